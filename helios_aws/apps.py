@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class HeliosAWSConfig(AppConfig):
+    name = "helios_aws"
+    verbose_name = "Helios on AWS"
+    default_auto_field = "django.db.models.AutoField"

@@ -1,0 +1,233 @@
+"""``aws_configure``: render every file the server needs and write what changed.
+
+Everything is rendered and checked in memory first; only then are files written, each
+atomically. A rendered file that was edited by hand since this tool wrote it is never
+overwritten silently: the run stops before writing anything, unless ``force`` is given,
+in which case the edited copy is kept beside it as ``NAME.edited``.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from django.template import Context, Engine
+
+from . import envfile, layout as layout_mod, params
+from .errors import ConfigError
+from .files import check_writable, read_text, write_atomic
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+MANIFEST_NAME = "manifest.json"
+ENV_NAME = ".env"
+GITIGNORE = "# Secrets and machine state of this deployment: never commit them.\n" \
+            ".env\n*.key\n*.pem\nstate.json\n*.log\n"
+
+# Output file -> template. The keys are paths relative to the output directory.
+ARTIFACTS = {
+    "systemd/gunicorn.socket": "helios_aws/gunicorn.socket",
+    "systemd/gunicorn.service": "helios_aws/gunicorn.service",
+    "systemd/helios-celery.service": "helios_aws/helios-celery.service",
+    "systemd/helios-certbot-renew.service": "helios_aws/helios-certbot-renew.service",
+    "systemd/helios-certbot-renew.timer": "helios_aws/helios-certbot-renew.timer",
+    "nginx/helios-http.conf": "helios_aws/nginx-http.conf",
+    "nginx/helios-https.conf": "helios_aws/nginx-https.conf",
+}
+BROKER_UNITS = {
+    ("al2023", "redis"): "redis6.service",
+    ("debian13", "redis"): "redis-server.service",
+    ("al2023", "rabbitmq"): "rabbitmq-server.service",
+    ("debian13", "rabbitmq"): "rabbitmq-server.service",
+}
+# Keys aws_configure manages in the .env (besides the generated secrets).
+MANAGED_KEYS = (
+    "DJANGO_SETTINGS_MODULE", "DEBUG", "SSL", "HSTS", "ALLOWED_HOSTS", "URL_HOST",
+    "SECURE_URL_HOST", "EMAIL_USE_AWS", "AWS_SES_REGION_NAME", "DEFAULT_FROM_EMAIL",
+    "DEFAULT_FROM_NAME", "HELP_EMAIL_ADDRESS", "CELERY_BROKER_URL", "AUTH_ENABLED_SYSTEMS",
+    "GOOGLE_CLIENT_ID",
+)
+
+
+_engine = None
+
+
+def engine():
+    global _engine
+    if _engine is None:
+        _engine = Engine(dirs=[str(TEMPLATE_DIR)], autoescape=False)
+    return _engine
+
+
+def render(template_name, context):
+    return engine().get_template(template_name).render(Context(context, autoescape=False))
+
+
+@dataclasses.dataclass
+class FileChange:
+    path: str  # relative to the output directory
+    action: str  # "create", "update", "unchanged", "edited"
+    text: str
+    mode: int = 0o644
+
+
+@dataclasses.dataclass
+class Result:
+    out_dir: Path
+    files: list
+    env: envfile.Merge
+    warnings: list
+    dry_run: bool
+
+    @property
+    def changed(self):
+        return self.env.has_changes or any(
+            f.action in ("create", "update") for f in self.files)
+
+
+def template_context(deployment, project):
+    layout = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    return {
+        "d": deployment,
+        "project": project,
+        "layout": layout,
+        "workers": 3,
+        "broker_unit": BROKER_UNITS[(deployment.os, deployment.effective_broker)],
+        "protect_home": not str(layout.root).startswith(("/home", "/root")),
+        "http_port": deployment.http_port,
+        "https_port": deployment.https_port,
+        "https_port_suffix": "" if deployment.https_port == 443 else f":{deployment.https_port}",
+    }
+
+
+def desired_env(deployment, secrets):
+    """The .env values the deployment needs; ``secrets`` holds values given this run."""
+    url = deployment.url
+    values = {
+        "DJANGO_SETTINGS_MODULE": layout_mod.SETTINGS_MODULE,
+        "DEBUG": "0",
+        "SSL": "1",
+        "HSTS": "1",
+        "ALLOWED_HOSTS": deployment.domain,
+        "URL_HOST": url,
+        "SECURE_URL_HOST": url,
+        "EMAIL_USE_AWS": "1",
+        "AWS_SES_REGION_NAME": deployment.region,
+        "DEFAULT_FROM_EMAIL": deployment.email,
+        "DEFAULT_FROM_NAME": deployment.from_name,
+        "HELP_EMAIL_ADDRESS": deployment.email,
+        "CELERY_BROKER_URL": deployment.broker_url,
+        "AUTH_ENABLED_SYSTEMS": deployment.auth_systems,
+    }
+    if "google" in deployment.auth_list and deployment.google_client_id:
+        values["GOOGLE_CLIENT_ID"] = deployment.google_client_id
+    values.update({k: v for k, v in secrets.items() if v})
+    return values
+
+
+def read_manifest(out_dir):
+    text = read_text(Path(out_dir) / MANIFEST_NAME)
+    if not text:
+        return {"files": {}, "env": {}}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{Path(out_dir) / MANIFEST_NAME} is damaged.",
+                          "Delete it; the next aws_configure run treats every existing "
+                          "file as edited by hand and asks for --force.")
+    return {"files": data.get("files", {}), "env": data.get("env", {})}
+
+
+def plan_files(out_dir, rendered, manifest):
+    changes = []
+    for rel, text in rendered.items():
+        current = read_text(Path(out_dir) / rel)
+        if current is None:
+            action = "create"
+        elif current == text:
+            action = "unchanged"
+        elif manifest["files"].get(rel) == envfile.fingerprint(current):
+            action = "update"
+        else:
+            action = "edited"
+        changes.append(FileChange(rel, action, text))
+    return changes
+
+
+def configure(deployment, project, out_dir, secrets=None, dry_run=False, force=False):
+    """Render and (unless ``dry_run``) write the deployment's files into ``out_dir``.
+
+    ``secrets`` are .env values given explicitly this run (Google client secret, external
+    DATABASE_URL...): they replace what the .env holds. Returns a :class:`Result`.
+    """
+    secrets = dict(secrets or {})
+    out_dir = Path(out_dir)
+    _require(deployment)
+    check_writable(out_dir)
+    manifest = read_manifest(out_dir)
+    warnings = []
+
+    context = template_context(deployment, project)
+    rendered = {rel: render(tpl, context) for rel, tpl in ARTIFACTS.items()}
+    files = plan_files(out_dir, rendered, manifest)
+    edited = [f.path for f in files if f.action == "edited"]
+    if edited and not force:
+        raise ConfigError(
+            "These generated files were edited by hand: " + ", ".join(edited) + ".",
+            "Move your changes into the deployment parameters, or re-run with --force to "
+            "regenerate them (your copies are kept as NAME.edited).",
+        )
+
+    env_path = out_dir / ENV_NAME
+    existing_env = read_text(env_path)
+    desired = desired_env(deployment, secrets)
+    merge = envfile.merge(existing_env, desired, manifest["env"], forced=set(secrets))
+    old_env = envfile.parse(existing_env)
+    if "URL_HOST" in merge.changed:
+        warnings.append(
+            f"URL_HOST changes from {old_env['URL_HOST']} to {desired['URL_HOST']}: links in "
+            "mail already sent and elections already created keep the old address."
+        )
+    for key in merge.kept:
+        if key not in envfile.SECRET_KEYS:
+            warnings.append(f"{key} in .env was edited by hand; kept it (the parameters "
+                            f"say {desired[key]!r}).")
+    result = Result(out_dir, files, merge, warnings, dry_run)
+    if dry_run:
+        return result
+
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for change in files:
+        if change.action == "unchanged":
+            continue
+        target = out_dir / change.path
+        if change.action == "edited":
+            write_atomic(target.with_name(target.name + ".edited"), read_text(target))
+        write_atomic(target, change.text, mode=change.mode)
+    if merge.has_changes or existing_env is None:
+        write_atomic(env_path, merge.text, mode=0o600)
+    else:
+        env_path.chmod(0o600)
+    if read_text(out_dir / ".gitignore") is None:
+        write_atomic(out_dir / ".gitignore", GITIGNORE)
+    params.write_record(out_dir, deployment)
+    new_manifest = {
+        "files": {f.path: envfile.fingerprint(f.text) for f in files},
+        "env": {**manifest["env"],
+                **envfile.hashes_for(merge.text, set(MANAGED_KEYS) - set(merge.kept))},
+    }
+    write_atomic(out_dir / MANIFEST_NAME,
+                 json.dumps(new_manifest, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _require(deployment):
+    missing = [params.flag_name(n) for n in ("domain", "email") if not getattr(deployment, n)]
+    if missing:
+        raise ConfigError(f"Missing {' and '.join(missing)}.",
+                          "Give them as flags, e.g. --domain vote.example.org "
+                          "--email elections@example.org.")
+    if "google" in deployment.auth_list and not deployment.google_client_id:
+        raise ConfigError(
+            "Google login is enabled but --google-client-id is missing.",
+            "Give --google-client-id and --google-client-secret (callback URL "
+            f"https://{deployment.domain}/auth/after/), or leave google out of --auth-systems.",
+        )

@@ -1,0 +1,57 @@
+"""Writing files safely: atomically, with the right mode from the first byte."""
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def write_atomic(path, text, mode=0o644):
+    """Replace ``path`` with ``text`` so readers see the old file or the new one, never half.
+
+    The temporary file is created with ``mode`` already set, so a secret is never readable
+    by others, not even for an instant.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"Cannot write in {path.parent}: {exc.strerror}.",
+                          "Choose a writable --output directory or fix its permissions.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def check_writable(directory):
+    """Fail early, before anything is written, when ``directory`` cannot take files."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{directory} cannot be created: {probe} is not a directory.",
+                          "Give another --output directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{directory} is not writable.",
+                          "Give another --output directory or fix its permissions.")
+
+
+def read_text(path):
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,122 @@
+"""Generate every file the Helios server needs: .env, systemd units, nginx sites."""
+
+from django.core.management.base import BaseCommand
+
+from helios_aws import cli, configure, envfile, params, project as project_mod
+from helios_aws.errors import ConfigError
+
+
+class Command(BaseCommand):
+    help = (
+        "Write the deployment's .env, systemd units and nginx sites into the output "
+        "directory (deploy/ by default), from the project's own config and the flags. "
+        "Safe to re-run: existing secrets and hand edits are kept."
+    )
+
+    def add_arguments(self, parser):
+        params.add_output_argument(parser)
+        params.add_deployment_arguments(parser)
+        parser.add_argument("--google-client-secret", default=None,
+                            help="Google OAuth client secret (better: the "
+                                 "HELIOS_GOOGLE_CLIENT_SECRET environment variable).")
+        parser.add_argument("--database-url", default=None,
+                            help="An external PostgreSQL (Helios requires SSL on it). Leave "
+                                 "unset for the local database over the unix socket.")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Show what would be written or changed; write nothing.")
+        parser.add_argument("--force", action="store_true",
+                            help="Regenerate files that were edited by hand (keeping copies).")
+        parser.add_argument("--no-input", action="store_true",
+                            help="Never prompt; fail when a required value is missing.")
+
+    @cli.translate_errors
+    def handle(self, *args, **options):
+        project = project_mod.inspect()
+        out_dir = cli.resolve_output(options)
+        recorded = params.read_record(out_dir) or {}
+        derived = {"email": project.default_from_email,
+                   "auth_systems": project.auth_systems}
+        layers = [cli.settings_layer(), recorded, cli.flag_values(options)]
+        deployment = self._complete(derived, layers, options)
+        secrets = self._secrets(deployment, out_dir, options)
+
+        result = configure.configure(deployment, project, out_dir, secrets=secrets,
+                                     dry_run=options["dry_run"], force=options["force"])
+        self._report(project, result, options["verbosity"])
+
+    def _complete(self, derived, layers, options):
+        values = {k: v for k, v in derived.items() if v}
+        merged = dict(values)
+        for layer in layers:
+            merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        if merged.get("auth_systems"):
+            merged["auth_systems"] = ",".join(
+                s.strip() for s in merged["auth_systems"].split(",")
+                if s.strip() and s.strip() != "devlogin")
+        for name in ("domain", "email"):
+            if not merged.get(name) and cli.can_ask(options):
+                merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
+        return params.build([merged])
+
+    def _secrets(self, deployment, out_dir, options):
+        secrets = {}
+        google = cli.secret_from(options, "google_client_secret", "HELIOS_GOOGLE_CLIENT_SECRET")
+        if "google" in deployment.auth_list:
+            existing = envfile.parse(configure.read_text(out_dir / configure.ENV_NAME))
+            if not google and not existing.get("GOOGLE_CLIENT_SECRET"):
+                if cli.can_ask(options):
+                    google = cli.ask("Google OAuth client secret", secret=True)
+                if not google:
+                    raise ConfigError(
+                        "Google login is enabled but no Google client secret is known.",
+                        "Set HELIOS_GOOGLE_CLIENT_SECRET (or --google-client-secret), or "
+                        "leave google out of --auth-systems.",
+                    )
+        if google:
+            secrets["GOOGLE_CLIENT_SECRET"] = google
+        database_url = cli.secret_from(options, "database_url", "HELIOS_DATABASE_URL")
+        if database_url:
+            if not database_url.startswith(("postgres://", "postgresql://")):
+                raise ConfigError("--database-url must be a postgres:// URL.",
+                                  "Give postgres://USER:PASSWORD@HOST:5432/helios (Helios "
+                                  "connects to it with SSL required).")
+            secrets["DATABASE_URL"] = database_url
+        return secrets
+
+    def _report(self, project, result, verbosity):
+        out = self.stdout
+        if verbosity >= 2:
+            out.write(f"Project: {project.root} ({project.wsgi}, Celery app "
+                      f"{project.celery_app}, dependencies from "
+                      f"{'uv.lock' if project.dependency_source == 'uv' else 'requirements.txt'}"
+                      f", Python {project.python})")
+            for alias in project.static:
+                out.write(f"  static {alias.url} -> {alias.path}/")
+        for warning in result.warnings:
+            self.stderr.write(self.style.WARNING(f"Warning: {warning}"))
+        env = result.env
+        if env.added:
+            out.write(f".env: {'would add' if result.dry_run else 'added'} "
+                      f"{', '.join(env.added)}")
+        if env.changed:
+            out.write(f".env: {'would change' if result.dry_run else 'changed'} "
+                      f"{', '.join(env.changed)}")
+        labels = {"create": "created", "update": "updated", "edited": "regenerated (hand edit "
+                  "kept as .edited)"}
+        for change in result.files:
+            if change.action == "unchanged":
+                if verbosity >= 2:
+                    out.write(f"unchanged {change.path}")
+                continue
+            label = labels[change.action]
+            if result.dry_run:
+                label = f"would be {label}"
+            out.write(f"{change.path}: {label}")
+        if not result.changed:
+            out.write(self.style.SUCCESS(f"No changes: every file in {result.out_dir} is "
+                                         "up to date."))
+        elif result.dry_run:
+            out.write(self.style.WARNING(f"Dry run: nothing was written to {result.out_dir}."))
+        else:
+            out.write(self.style.SUCCESS(f"Done. The deployment's files are in "
+                                         f"{result.out_dir.resolve()}"))

@@ -1,0 +1,50 @@
+"""Helios's settings plus helios-aws, for ``--settings`` or ``DJANGO_SETTINGS_MODULE``.
+
+Helios reads its configuration from ``os.environ`` only, and some of its modules read the
+root ``settings`` module directly (``import settings``), so values set in an overlay would
+not reach them. This module therefore:
+
+1. loads the deployment's .env into ``os.environ`` *before* importing the project's
+   settings (values already in the environment win): the file named by
+   ``HELIOS_ENV_FILE``, else ``.env`` in the project root;
+2. imports the project's root ``settings`` module;
+3. appends ``helios_aws`` to ``INSTALLED_APPS``;
+4. sets only what Helios never reads raw: django-ses's region (and endpoint, when
+   ``AWS_ENDPOINT_URL`` points at a local stand-in), and the SES
+   access key when the deployment uses one instead of an instance role.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import environ
+
+
+def _env_file():
+    explicit = os.environ.get("HELIOS_ENV_FILE")
+    if explicit:
+        return Path(explicit)
+    spec = importlib.util.find_spec("settings")
+    root = Path(spec.origin).parent if spec and spec.origin else Path.cwd()
+    return root / ".env"
+
+
+HELIOS_AWS_ENV_FILE = str(_env_file())
+environ.Env.read_env(HELIOS_AWS_ENV_FILE, overwrite=False)
+
+from settings import *  # noqa: E402,F401,F403
+from settings import INSTALLED_APPS as _PROJECT_APPS  # noqa: E402
+
+if "helios_aws" not in _PROJECT_APPS:
+    INSTALLED_APPS = tuple(_PROJECT_APPS) + ("helios_aws",)
+
+AWS_SES_REGION_NAME = os.environ.get("AWS_SES_REGION_NAME", "us-east-1")
+# django-ses builds its endpoint from the region and ignores boto3's AWS_ENDPOINT_URL;
+# honour it (and the per-service variable) so a rehearsal against a local AWS works.
+_endpoint = os.environ.get("AWS_ENDPOINT_URL_SES") or os.environ.get("AWS_ENDPOINT_URL")
+if _endpoint:
+    AWS_SES_REGION_ENDPOINT_URL = _endpoint
+if os.environ.get("AWS_SES_ACCESS_KEY_ID"):
+    AWS_SES_ACCESS_KEY_ID = os.environ["AWS_SES_ACCESS_KEY_ID"]
+    AWS_SES_SECRET_ACCESS_KEY = os.environ.get("AWS_SES_SECRET_ACCESS_KEY", "")
