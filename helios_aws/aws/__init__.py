@@ -1,0 +1,1 @@
+"""The AWS half: one session factory, and the steps that create or adopt resources."""

@@ -1,0 +1,109 @@
+"""The one place boto3 clients are built, and where botocore errors become ours.
+
+The standard credential chain applies (environment, ``AWS_PROFILE``, shared files, SSO,
+instance roles); ``--profile`` and ``--region`` override it. ``AWS_ENDPOINT_URL`` (and the
+per-service ``AWS_ENDPOINT_URL_<SERVICE>``) is honoured by botocore itself, which is how
+the tests and the local rehearsal reach a local AWS. Retries use botocore's standard mode.
+"""
+
+import contextlib
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from ..errors import AWSError
+
+CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=10,
+    read_timeout=60,
+    user_agent_extra="helios-aws",
+)
+TAG_KEY = "helios-aws:deployment"
+
+NO_CREDENTIALS_HINT = (
+    "Configure AWS credentials: `aws configure` (or `aws sso login`), set AWS_PROFILE or "
+    "pass --profile, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+)
+
+
+class AWS:
+    """A boto3 session and its clients, built once per run."""
+
+    def __init__(self, region, profile=None):
+        self.region = region
+        self.profile = profile
+        try:
+            self.session = boto3.Session(profile_name=profile or None, region_name=region)
+        except botocore.exceptions.ProfileNotFound:
+            raise AWSError(f"The AWS profile {profile!r} does not exist.",
+                           "Check `aws configure list-profiles`, or drop --profile.")
+        self._clients = {}
+
+    def client(self, service, region=None):
+        key = (service, region or self.region)
+        if key not in self._clients:
+            self._clients[key] = self.session.client(
+                service, region_name=region or self.region, config=CONFIG)
+        return self._clients[key]
+
+    def tags(self, deployment_name, name=None):
+        tags = [{"Key": TAG_KEY, "Value": deployment_name}]
+        if name:
+            tags.append({"Key": "Name", "Value": name})
+        return tags
+
+
+def error_code(exc):
+    return exc.response.get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+
+
+@contextlib.contextmanager
+def translate(action, hints=None):
+    """Re-raise botocore errors met while doing ``action`` as AWSError with a hint.
+
+    ``hints`` maps AWS error codes to hints specific to the call.
+    """
+    try:
+        yield
+    except (botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError):
+        raise AWSError(f"No AWS credentials were found while trying to {action}.",
+                       NO_CREDENTIALS_HINT)
+    except botocore.exceptions.ClientError as exc:
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        hint = (hints or {}).get(code)
+        if hint is None and code in ("InvalidClientTokenId", "UnrecognizedClientException",
+                                     "AuthFailure", "ExpiredToken", "SignatureDoesNotMatch"):
+            hint = NO_CREDENTIALS_HINT
+        if hint is None and code in ("AccessDenied", "AccessDeniedException",
+                                     "UnauthorizedOperation"):
+            hint = "Give the AWS identity permission for this action, or use another profile."
+        raise AWSError(f"AWS refused to {action}: {code}: {message}",
+                       hint or "See the message above; fix it and run the command again.")
+    except botocore.exceptions.EndpointConnectionError as exc:
+        raise AWSError(f"Could not reach AWS to {action}: {exc}.",
+                       "Check the network and --region (or AWS_ENDPOINT_URL).")
+    except botocore.exceptions.WaiterError as exc:
+        raise AWSError(f"Gave up waiting to {action}: {exc}.",
+                       "Look at the resource in the AWS console; run again to resume.")
+    except botocore.exceptions.BotoCoreError as exc:
+        raise AWSError(f"AWS client error while trying to {action}: {exc}.",
+                       "Check the AWS configuration and run the command again.")
+
+
+def wait(waiter, action, max_seconds, delay=5, **kwargs):
+    """Run a botocore waiter bounded to about ``max_seconds``, with a clear timeout message."""
+    attempts = max(1, int(max_seconds // delay))
+    try:
+        waiter.wait(WaiterConfig={"Delay": delay, "MaxAttempts": attempts}, **kwargs)
+    except botocore.exceptions.WaiterError as exc:
+        if "Max attempts exceeded" in str(exc):
+            from ..errors import StepTimeout
+
+            raise StepTimeout(f"Timed out after {max_seconds}s waiting to {action}.",
+                              "AWS may be slow; run the command again to resume waiting.")
+        raise AWSError(f"Waiting to {action} failed: {exc}.",
+                       "Look at the resource in the AWS console; run again to resume.")

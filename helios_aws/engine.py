@@ -1,0 +1,252 @@
+"""Plan-then-apply provisioning: small idempotent steps under one contract.
+
+A step reads the current state, says what would change, changes only that, and reports
+``created`` / ``updated`` / ``unchanged`` (or ``failed``). The AWS half and the host half
+are both lists of steps run by the same :class:`Runner`, so ``--plan``, progress lines,
+the log and resumption behave the same for both.
+
+State lives in ``state.json`` in the output directory, saved after every step, but for AWS
+the tags are the truth: a step finds its resource by tag first, so a lost state file or an
+interrupted run never leads to duplicates.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from .errors import HeliosAWSError
+from .files import read_text, write_atomic
+
+STATE_NAME = "state.json"
+LOG_NAME = "provision.log"
+
+CREATE, UPDATE, KEEP, ADOPT = "create", "update", "keep", "adopt"
+CREATED, UPDATED, UNCHANGED, FAILED = "created", "updated", "unchanged", "failed"
+
+
+class Change:
+    """What a step would do: an action and human-readable details (never secrets)."""
+
+    def __init__(self, action, *details):
+        self.action = action
+        self.details = [d for d in details if d]
+
+    def __repr__(self):
+        return f"Change({self.action!r}, {self.details!r})"
+
+
+class Step:
+    """One idempotent unit of provisioning.
+
+    Subclasses set ``name`` and implement :meth:`read`, :meth:`plan` and :meth:`apply`.
+    ``read`` must not change anything; it may record facts for later steps in
+    ``ctx.facts`` (ids, addresses). ``plan`` compares the state with what the deployment
+    wants. ``apply`` is only called when the plan is not ``keep``; it returns ``created``
+    or ``updated``. Errors are raised as :class:`~helios_aws.errors.HeliosAWSError`.
+    """
+
+    name = ""
+
+    def read(self, ctx):
+        raise NotImplementedError
+
+    def plan(self, ctx, current):
+        raise NotImplementedError
+
+    def apply(self, ctx, current, change):
+        raise NotImplementedError
+
+    def monthly_cost(self, ctx):
+        """Estimated USD per month of what this step keeps in existence, or None."""
+        return None
+
+
+class State:
+    """The state file: resource ids and facts worth keeping between runs."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        text = read_text(self.path)
+        try:
+            self.data = json.loads(text) if text else {}
+        except ValueError:
+            self.data = {}
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def set(self, key, value):
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    def save(self):
+        write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n",
+                     mode=0o600)
+
+
+class Redactor(logging.Filter):
+    """Replaces every registered secret value in log records."""
+
+    MASK = "********"
+
+    def __init__(self):
+        super().__init__()
+        self.secrets = set()
+
+    def add(self, value):
+        if value and len(value) >= 4:
+            self.secrets.add(value)
+
+    def redact(self, text):
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, self.MASK)
+        return text
+
+    def filter(self, record):
+        record.msg = self.redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+class Context:
+    """What steps share: the deployment, files, state, facts, AWS and SSH access."""
+
+    def __init__(self, deployment, out_dir, aws=None, ssh=None, options=None, out=None):
+        self.deployment = deployment
+        self.out_dir = Path(out_dir)
+        self.state = State(self.out_dir / STATE_NAME)
+        self.facts = {}
+        self.aws = aws
+        self.ssh = ssh
+        self.options = options or {}
+        self.redactor = Redactor()
+        self.log = _file_logger(self.out_dir / LOG_NAME, self.redactor)
+        self.out = out
+
+    def secret(self, value):
+        """Register a value that must never appear in output or the log; returns it."""
+        self.redactor.add(value)
+        return value
+
+    def detail(self, message):
+        """A line shown at --verbosity 2, and always logged."""
+        message = self.redactor.redact(message)
+        self.log.info(message)
+        if self.out is not None:
+            self.out.detail(message)
+
+
+def _file_logger(path, redactor):
+    logger = logging.getLogger(f"helios_aws.run.{path}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(redactor)
+    logger.addHandler(handler)
+    path.chmod(0o600)
+    return logger
+
+
+class Output:
+    """Progress for the user: one line per step, details at verbosity 2."""
+
+    def __init__(self, write, verbosity=1, style=None):
+        self.write = write
+        self.verbosity = verbosity
+        self.style = style
+
+    def line(self, text, kind=None):
+        if self.style is not None and kind:
+            text = getattr(self.style, kind)(text)
+        self.write(text)
+
+    def detail(self, text):
+        if self.verbosity >= 2:
+            self.write("      " + text)
+
+
+class StepFailed(HeliosAWSError):
+    """A step failed; the message names the step and what went wrong."""
+
+
+class Runner:
+    """Runs steps in order: :meth:`plan` only reads, :meth:`apply` changes what differs."""
+
+    def __init__(self, steps, ctx, out):
+        self.steps = list(steps)
+        self.ctx = ctx
+        self.out = out
+
+    def _label(self, index, step):
+        width = len(str(len(self.steps)))
+        return f"[{index:>{width}}/{len(self.steps)}] {step.name}"
+
+    def plan(self):
+        """Read every step and return [(step, change)]; changes nothing."""
+        rows = []
+        for index, step in enumerate(self.steps, 1):
+            current = step.read(self.ctx)
+            change = step.plan(self.ctx, current)
+            rows.append((step, change))
+            kind = None if change.action == KEEP else "WARNING"
+            self.out.line(f"{self._label(index, step)}: {change.action}", kind)
+            for detail in change.details:
+                self.out.line(f"      {self.ctx.redactor.redact(detail)}")
+            self.ctx.log.info("plan %s: %s %s", step.name, change.action, change.details)
+        return rows
+
+    def apply(self):
+        """Run every step; returns [(step, outcome, seconds)]. Stops at the first failure."""
+        results = []
+        self.ctx.log.info("run started: %d steps", len(self.steps))
+        for index, step in enumerate(self.steps, 1):
+            started = time.monotonic()
+            label = self._label(index, step)
+            try:
+                current = step.read(self.ctx)
+                change = step.plan(self.ctx, current)
+                for detail in change.details:
+                    self.ctx.detail(detail)
+                if change.action == KEEP:
+                    outcome = UNCHANGED
+                else:
+                    outcome = step.apply(self.ctx, current, change) or (
+                        CREATED if change.action == CREATE else UPDATED)
+            except KeyboardInterrupt:
+                self.ctx.state.save()
+                self.ctx.log.warning("interrupted during %s", step.name)
+                raise StepFailed(f"Interrupted during step {index} ({step.name}).",
+                                 "Run the same command again: it resumes where it stopped "
+                                 "and creates nothing twice.")
+            except HeliosAWSError as exc:
+                self.ctx.state.save()
+                elapsed = time.monotonic() - started
+                self.out.line(f"{label}: {FAILED} ({elapsed:.1f}s)", "ERROR")
+                self.ctx.log.error("%s failed: %s", step.name, exc)
+                raise StepFailed(f"Step {index} ({step.name}) failed: {exc.message}",
+                                 exc.hint) from exc
+            self.ctx.state.save()
+            elapsed = time.monotonic() - started
+            kind = {CREATED: "SUCCESS", UPDATED: "WARNING"}.get(outcome)
+            self.out.line(f"{label}: {outcome} ({elapsed:.1f}s)", kind)
+            self.ctx.log.info("%s: %s in %.1fs", step.name, outcome, elapsed)
+            results.append((step, outcome, elapsed))
+        return results
+
+
+def summary(results):
+    """"no changes" when every step was unchanged, else counts per outcome."""
+    counts = {}
+    for _, outcome, _ in results:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    if set(counts) <= {UNCHANGED}:
+        return "no changes"
+    return ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
