@@ -53,5 +53,5 @@ def check_writable(directory):
 def read_text(path):
     try:
         return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None

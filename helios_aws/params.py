@@ -24,7 +24,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
 from .errors import ConfigError
-from .files import write_atomic
+from .files import read_text, write_atomic
 
 RECORD_NAME = "deployment.json"
 DEFAULT_OUTPUT = "deploy"
@@ -182,9 +182,8 @@ def output_dir(option, project_root):
 def read_record(out_dir):
     """The parameters recorded in ``out_dir``, or ``None`` when there is no record."""
     path = Path(out_dir) / RECORD_NAME
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    text = read_text(path)
+    if text is None:
         return None
     try:
         data = json.loads(text)

@@ -45,14 +45,15 @@ class Command(BaseCommand):
         self._report(project, result, options["verbosity"])
 
     def _complete(self, derived, layers, options):
-        values = {k: v for k, v in derived.items() if v}
-        merged = dict(values)
-        for layer in layers:
-            merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        # The project's own AUTH_ENABLED_SYSTEMS is only a default: devlogin, which Helios
+        # adds in DEBUG, is dropped from it; given explicitly, validation refuses it.
+        merged = {k: v for k, v in derived.items() if v}
         if merged.get("auth_systems"):
             merged["auth_systems"] = ",".join(
                 s.strip() for s in merged["auth_systems"].split(",")
                 if s.strip() and s.strip() != "devlogin")
+        for layer in layers:
+            merged.update({k: v for k, v in (layer or {}).items() if v is not None})
         for name in ("domain", "email"):
             if not merged.get(name) and cli.can_ask(options):
                 merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
