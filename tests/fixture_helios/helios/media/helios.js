@@ -1,0 +1,2 @@
+// Client-side helpers of the election pages.
+var HELIOS = { version: "fixture" };

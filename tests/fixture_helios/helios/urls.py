@@ -1,0 +1,9 @@
+"""URLs under /helios/."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("elections/params", views.election_params, name="election@params"),
+]

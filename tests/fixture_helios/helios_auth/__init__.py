@@ -1,0 +1,1 @@
+"""The authentication app: login through the enabled authentication systems."""

@@ -1,0 +1,39 @@
+"""Login views.
+
+They read the root ``settings`` module itself rather than ``django.conf.settings``:
+a settings overlay that redefines URL_HOST or SECURE_URL_HOST changes what Django
+sees, not what these views see. Only the environment reaches both.
+"""
+
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
+
+import settings
+
+
+def after_login_url():
+    """Absolute URL the external identity providers send users back to."""
+    return settings.SECURE_URL_HOST + "/auth/after/"
+
+
+def url_host(request):
+    """The site address as these views see it, as plain text."""
+    return HttpResponse(settings.URL_HOST, content_type="text/plain")
+
+
+def enabled_systems(request):
+    """The authentication systems the URLconf was built for."""
+    from .urls import AUTH_ENABLED_SYSTEMS
+
+    return JsonResponse({"systems": AUTH_ENABLED_SYSTEMS})
+
+
+def start(request, system):
+    """Begin a login: send the user to the provider, which comes back to after_login_url()."""
+    request.session["auth_system_name"] = system
+    return HttpResponseRedirect(after_login_url())
+
+
+def after(request):
+    """Where a provider returns; the fixture only forgets the pending login."""
+    request.session.pop("auth_system_name", None)
+    return HttpResponseRedirect(settings.URL_HOST + "/")

@@ -1,0 +1,2 @@
+// The voting booth runs entirely in the browser.
+var BOOTH = { started: false };

