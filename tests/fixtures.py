@@ -1,15 +1,13 @@
-"""Build the projects the tests run against, and the services they need.
+"""Build the projects the tests run against.
 
 ``fixture_helios/`` is a miniature Helios-like project (see the docstring of its
 ``settings.py``). Tests never run it in place: ``make_fixture_project`` copies it
 to a temporary directory, in one of the two layouts Helios checkouts come in.
 """
 
-import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -151,57 +149,3 @@ def run_manage(project, *args, env=None, check=False, timeout=60):
         check=check,
         timeout=timeout,
     )
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def postgres_bin_dir():
-    """Directory of PostgreSQL's server programs, or None when none is installed."""
-    root = Path("/usr/lib/postgresql")
-    if not root.is_dir():
-        return None
-    versions = sorted((p for p in root.iterdir() if (p / "bin" / "initdb").exists()), key=lambda p: int(p.name))
-    return versions[-1] / "bin" if versions else None
-
-
-@contextlib.contextmanager
-def private_postgres(databases=("helios",)):
-    """Run a throw-away PostgreSQL cluster; yield the libpq variables that reach it.
-
-    The cluster listens on a free port of 127.0.0.1 and on a socket directory
-    of its own, trusts every local connection, and is removed on exit. When
-    this process is root the server runs as the ``postgres`` user.
-    """
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        raise RuntimeError("PostgreSQL server programs are not installed")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    base = Path(tempfile.mkdtemp(prefix="helios-pg-"))
-    data, log = base / "data", base / "server.log"
-    port = free_port()
-    if as_postgres:
-        shutil.chown(base, "postgres")
-    pg_ctl = as_postgres + [str(bin_dir / "pg_ctl"), "-D", str(data)]
-    try:
-        subprocess.run(
-            as_postgres + [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-            check=True,
-            capture_output=True,
-        )
-        options = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off" % (port, base)
-        subprocess.run(pg_ctl + ["-l", str(log), "-o", options, "-w", "start"], check=True, capture_output=True)
-        env = {"PGHOST": str(base), "PGPORT": str(port), "PGUSER": "postgres"}
-        for name in databases:
-            subprocess.run(
-                [str(bin_dir / "createdb"), name], check=True, capture_output=True, env=dict(os.environ, **env)
-            )
-        yield env
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(pg_ctl + ["-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)

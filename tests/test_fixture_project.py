@@ -17,14 +17,12 @@ import tomllib
 
 import pytest
 
+import rig
 from fixtures import (
     FIXTURE_REQUIREMENTS,
-    free_port,
     helios_env,
     make_fixture_project,
     make_not_helios_project,
-    postgres_bin_dir,
-    private_postgres,
     run_manage,
 )
 
@@ -254,7 +252,7 @@ def test_static_trees_are_serve_patterns_in_the_urlconf(project):
 @pytest.fixture(scope="module")
 def gunicorn_port(project):
     """gunicorn serving ``wsgi:application`` with production settings and no reachable database."""
-    port = free_port()
+    port = rig.free_port()
     env = helios_env(**PRODUCTION_ENV, PGHOST=str(project / "no-database-here"))
     log = project / "gunicorn.log"
     with open(log, "w") as output:
@@ -366,14 +364,17 @@ print(json.dumps({
 """
 
 
-@pytest.mark.skipif(postgres_bin_dir() is None, reason="PostgreSQL server programs are not installed")
 def test_migrations_and_readiness_against_postgresql(project):
-    with private_postgres() as pg:
-        env = helios_env(**pg)
+    # A cluster of its own: the test needs a `helios` database nothing has migrated yet.
+    postgres = rig.Postgres()
+    try:
+        env = helios_env(**postgres.env)
         before = run_manage(project, "showmigrations", "--plan", env=env, check=True).stdout
         run_manage(project, "migrate", "--no-input", env=env, check=True)
         after = run_manage(project, "showmigrations", "--plan", env=env, check=True).stdout
         seen = run_python(project, READINESS, env)
+    finally:
+        postgres.stop()
 
     assert "[ ]  helios.0001_initial" in before
     assert "[X]  helios.0001_initial" in after and "[ ]" not in after
