@@ -23,6 +23,8 @@ LOG_NAME = "provision.log"
 
 CREATE, UPDATE, KEEP, ADOPT = "create", "update", "keep", "adopt"
 CREATED, UPDATED, UNCHANGED, FAILED = "created", "updated", "unchanged", "failed"
+# An existing resource taken into the state file (found by its tag): nothing changed in it.
+ADOPTED = "adopted"
 
 
 class Change:

@@ -4,6 +4,10 @@ The standard credential chain applies (environment, ``AWS_PROFILE``, shared file
 instance roles); ``--profile`` and ``--region`` override it. ``AWS_ENDPOINT_URL`` (and the
 per-service ``AWS_ENDPOINT_URL_<SERVICE>``) is honoured by botocore itself, which is how
 the tests and the local rehearsal reach a local AWS. Retries use botocore's standard mode.
+
+A run reads each resource once: :meth:`AWS.cached` keeps what a read returned, so the
+checks made before anything is changed and the steps that follow share one call; a step
+that changes a resource drops what it read with :meth:`AWS.forget`.
 """
 
 import contextlib
@@ -12,7 +16,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ..errors import AWSError
+from ..errors import AWSError, StepTimeout
 
 CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
@@ -40,6 +44,7 @@ class AWS:
             raise AWSError(f"The AWS profile {profile!r} does not exist.",
                            "Check `aws configure list-profiles`, or drop --profile.")
         self._clients = {}
+        self._cache = {}
 
     def client(self, service, region=None):
         key = (service, region or self.region)
@@ -47,6 +52,26 @@ class AWS:
             self._clients[key] = self.session.client(
                 service, region_name=region or self.region, config=CONFIG)
         return self._clients[key]
+
+    def observe(self, callback):
+        """Call ``callback(service, operation, params)`` once for every API call of this
+        run (retries included in the one call), with the call's own parameters."""
+
+        def before_parameter_build(model, params, **kwargs):
+            callback(model.service_model.service_name, model.name, params)
+
+        self.session.events.register("before-parameter-build", before_parameter_build)
+
+    def cached(self, key, fetch):
+        """What ``fetch()`` returns, called once per run for ``key``."""
+        if key not in self._cache:
+            self._cache[key] = fetch()
+        return self._cache[key]
+
+    def forget(self, *keys):
+        """Drop cached reads of a resource that was just changed."""
+        for key in keys:
+            self._cache.pop(key, None)
 
     def tags(self, deployment_name, name=None):
         tags = [{"Key": TAG_KEY, "Value": deployment_name}]
@@ -94,6 +119,18 @@ def translate(action, hints=None):
                        "Check the AWS configuration and run the command again.")
 
 
+def call(action, operation, missing=(), hints=None, **kwargs):
+    """``operation(**kwargs)`` with errors translated; ``None`` when AWS answers with one
+    of the error codes in ``missing`` (the "no such thing" answers of a read)."""
+    with translate(action, hints):
+        try:
+            return operation(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in missing:
+                return None
+            raise
+
+
 def wait(waiter, action, max_seconds, delay=5, **kwargs):
     """Run a botocore waiter bounded to about ``max_seconds``, with a clear timeout message."""
     attempts = max(1, int(max_seconds // delay))
@@ -101,8 +138,6 @@ def wait(waiter, action, max_seconds, delay=5, **kwargs):
         waiter.wait(WaiterConfig={"Delay": delay, "MaxAttempts": attempts}, **kwargs)
     except botocore.exceptions.WaiterError as exc:
         if "Max attempts exceeded" in str(exc):
-            from ..errors import StepTimeout
-
             raise StepTimeout(f"Timed out after {max_seconds}s waiting to {action}.",
                               "AWS may be slow; run the command again to resume waiting.")
         raise AWSError(f"Waiting to {action} failed: {exc}.",

@@ -1,0 +1,92 @@
+"""Steps 1 and 2: whose AWS account this is, and which machine image a new server gets."""
+
+from ..engine import KEEP, Change
+from ..errors import AWSError, ConfigError
+from ..params import ARCHES
+from .base import AWSStep
+from .session import call
+
+
+def caller(ctx):
+    """The caller's identity (account, ARN, partition), read once per run."""
+    def fetch():
+        sts = ctx.aws.client("sts")
+        return call("read the AWS account (sts get-caller-identity)", sts.get_caller_identity)
+
+    identity = ctx.aws.cached("caller", fetch)
+    return {
+        "account": identity["Account"],
+        "arn": identity["Arn"],
+        "partition": identity["Arn"].split(":")[1],
+    }
+
+
+class AccountStep(AWSStep):
+    """The credentials work, and they are for the account the deployment lives in."""
+
+    name = "AWS account"
+    state_key = "account"
+
+    def read(self, ctx):
+        identity = caller(ctx)
+        ctx.facts["account"] = identity["account"]
+        ctx.facts["partition"] = identity["partition"]
+        return identity
+
+    def plan(self, ctx, current):
+        recorded = self.record(ctx).get("id")
+        if recorded and recorded != current["account"]:
+            raise ConfigError(
+                f"This deployment's resources are in AWS account {recorded}, but the "
+                f"credentials are for account {current['account']} ({current['arn']}).",
+                f"Use credentials for account {recorded} (--profile or AWS_PROFILE), or "
+                "give a new deployment its own --output directory.",
+            )
+        # Not a resource: remembering the account needs no change in AWS.
+        ctx.state.set(self.state_key, {"id": current["account"]})
+        return Change(KEEP, f"account {current['account']} as {current['arn']}, "
+                            f"region {ctx.aws.region}")
+
+
+def image_parameter(deployment):
+    """The SSM public parameter naming the latest image of the deployment's OS."""
+    return deployment.os_profile["ssm_parameter"].format(
+        arch=deployment.arch, debian_arch=ARCHES[deployment.arch])
+
+
+class ImageStep(AWSStep):
+    """The latest image for the OS and architecture, from AWS's public SSM parameter.
+
+    Only a new instance uses it: a running server is never replaced by a newer image.
+    """
+
+    name = "machine image"
+    state_key = "image"
+
+    def read(self, ctx):
+        parameter = image_parameter(ctx.deployment)
+
+        def fetch():
+            ssm = ctx.aws.client("ssm")
+            return call(f"read the SSM parameter {parameter}", ssm.get_parameters,
+                        Names=[parameter])
+
+        found = ctx.aws.cached(("ssm", parameter), fetch)["Parameters"]
+        image_id = found[0]["Value"] if found else None
+        if image_id:
+            ctx.facts["image_id"] = image_id
+        return {"parameter": parameter, "image_id": image_id}
+
+    def plan(self, ctx, current):
+        d = ctx.deployment
+        if not current["image_id"]:
+            raise AWSError(
+                f"AWS has no public parameter {current['parameter']} in region "
+                f"{ctx.aws.region}, so the latest {d.os_profile['label']} image for "
+                f"{d.arch} is unknown.",
+                "Check --os, --arch and --region (aws_configure records them).",
+            )
+        ctx.state.set(self.state_key, {"id": current["image_id"],
+                                       "parameter": current["parameter"]})
+        return Change(KEEP, f"{current['image_id']}: latest {d.os_profile['label']} "
+                            f"({d.arch}) from {current['parameter']}")

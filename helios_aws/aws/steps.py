@@ -1,0 +1,27 @@
+"""The AWS half, in order: what each step needs from the ones before it is in ``ctx.facts``
+(account, image, key pair, security group, instance profile, instance, address, zone)."""
+
+from .account import AccountStep, ImageStep
+from .compute import HostKeyStep, InstanceStep, KeyPairStep
+from .dns import DNSStep
+from .identity import MailRoleStep, MailUserStep
+from .mail import MailStep
+from .network import ElasticIPStep, SecurityGroupStep
+
+
+def steps(deployment):
+    """The ten AWS steps for ``deployment`` (the mail credentials depend on
+    ``ses_credentials``: an instance role by default, an IAM user with ``keys``)."""
+    mail_credentials = MailUserStep() if deployment.ses_credentials == "keys" else MailRoleStep()
+    return [
+        AccountStep(),
+        ImageStep(),
+        KeyPairStep(),
+        SecurityGroupStep(),
+        mail_credentials,
+        InstanceStep(),
+        ElasticIPStep(),
+        DNSStep(),
+        MailStep(),
+        HostKeyStep(),
+    ]

@@ -1,0 +1,75 @@
+"""Create (or adopt), check, stop, start or destroy the deployment's AWS resources and host."""
+
+from django.core.management.base import BaseCommand
+
+from helios_aws import cli, params, provision
+from helios_aws.engine import Output
+from helios_aws.errors import ConfigError
+
+
+class Command(BaseCommand):
+    help = (
+        "Provision the deployment recorded by aws_configure: the AWS resources (key pair, "
+        "security group, mail permissions, EC2 instance, Elastic IP, DNS, SES), then the "
+        "host. Safe to re-run: what exists is adopted by its tag, only differences change."
+    )
+
+    def add_arguments(self, parser):
+        params.add_output_argument(parser)
+        parser.add_argument("--profile", default=None,
+                            help="AWS profile to use (default: the standard credential chain).")
+        parser.add_argument("--region", default=None,
+                            help="AWS region for this run (default: the deployment's).")
+        action = parser.add_mutually_exclusive_group()
+        action.add_argument("--plan", action="store_true",
+                            help="Show what would be created, changed or adopted and the "
+                                 "estimated monthly cost; change nothing.")
+        action.add_argument("--destroy", action="store_true",
+                            help="Delete the deployment's AWS resources (asks first; "
+                                 "snapshots the root volume first).")
+        action.add_argument("--stop", action="store_true", help="Stop the instance.")
+        action.add_argument("--start", action="store_true", help="Start the instance.")
+        parser.add_argument("--skip-host", action="store_true",
+                            help="Provision AWS only, not the server's software.")
+        parser.add_argument("--skip-aws", action="store_true",
+                            help="Provision the host only, with what AWS gave it last time.")
+        parser.add_argument("--no-snapshot", action="store_true",
+                            help="With --destroy: do not snapshot the root volume first.")
+        parser.add_argument("--no-input", action="store_true",
+                            help="Never prompt (--destroy then proceeds without asking).")
+        host = parser.add_argument_group("host half")
+        host.add_argument("--host", default=None,
+                          help="Address of the server (default: the Elastic IP).")
+        host.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22).")
+        host.add_argument("--ssh-key", default=None,
+                          help="Private key for SSH (default: the key pair's key in the "
+                               "output directory).")
+        host.add_argument("--trust-host-key", default=None, metavar="FINGERPRINT",
+                          help="The server's SSH host key fingerprint (SHA256:...), when "
+                               "it cannot be read from the console output.")
+        host.add_argument("--server", default=None, metavar="URL",
+                          help="ACME directory URL for the certificate (default: Let's "
+                               "Encrypt).")
+        host.add_argument("--git-url", default=None, help="Helios repository to deploy.")
+        host.add_argument("--git-ref", default=None, help="Branch, tag or commit to deploy.")
+
+    @cli.translate_errors
+    def handle(self, *args, **options):
+        out_dir = cli.resolve_output(options)
+        overrides = {"region": options["region"]} if options["region"] else None
+        deployment = params.load(out_dir, overrides, cli.settings_layer())
+        out = Output(self.stdout.write, options["verbosity"], self.style)
+        provision.run(deployment, out_dir, options, out, self._confirmer(options))
+
+    def _confirmer(self, options):
+        def confirm(prompt, expected):
+            if options["no_input"]:
+                return True
+            if not cli.can_ask(options):
+                raise ConfigError("--destroy asks for confirmation, and there is no "
+                                  "terminal to ask in.",
+                                  "Run it in a terminal, or add --no-input to skip the "
+                                  "question.")
+            return cli.ask(prompt) == expected
+
+        return confirm

@@ -1,0 +1,248 @@
+"""``aws_provision``: plan, apply, tear down, stop and start one deployment.
+
+A run is the AWS steps (:mod:`helios_aws.aws.steps`) followed by the host steps of
+``helios_aws.host.steps`` when that half is installed and ``--skip-host`` is not given.
+Before anything is changed every AWS step is read and planned: bad input (an instance
+type that does not exist, a domain without a hosted zone, a key file that would be
+overwritten, no credentials) stops the run while nothing exists yet.
+"""
+
+import importlib
+import importlib.util
+
+from . import envfile, params
+from .aws import inventory, pricing
+from .aws.base import AWSStep
+from .aws.compute import KEY_FILE, InstanceStep
+from .aws.console import TRUSTED_FINGERPRINT_RE
+from .aws.session import AWS
+from .aws.steps import steps as aws_steps
+from .configure import ENV_NAME
+from .engine import KEEP, Context, Output, Runner, summary
+from .errors import ConfigError
+from .files import read_text
+
+HOST_STEPS = "helios_aws.host.steps"
+LOGGED_PARAMS_LENGTH = 400
+
+
+def run(deployment, out_dir, options, out, confirm):
+    """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
+    provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
+    check_options(options)
+    ctx = make_context(deployment, out_dir, options, out)
+    if options.get("destroy"):
+        return destroy(ctx, out, confirm)
+    if options.get("stop") or options.get("start"):
+        return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
+    if options.get("plan"):
+        return show_plan(ctx, out)
+    return provision(ctx, out)
+
+
+def check_options(options):
+    fingerprint = options.get("trust_host_key")
+    if fingerprint and not TRUSTED_FINGERPRINT_RE.match(fingerprint):
+        raise ConfigError(f"--trust-host-key {fingerprint!r} is not an OpenSSH SHA256 "
+                          "fingerprint.",
+                          "Give it as ssh-keygen -lf prints it: SHA256: and 43 characters.")
+    port = options.get("ssh_port")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"--ssh-port {port} is not a TCP port.", "Use 1-65535.")
+    if options.get("skip_aws") and options.get("skip_host"):
+        raise ConfigError("--skip-aws and --skip-host together leave nothing to do.",
+                          "Drop one of them.")
+    if options.get("skip_aws") and any(options.get(a) for a in ("destroy", "stop", "start")):
+        raise ConfigError("--destroy, --stop and --start act on AWS; --skip-aws forbids it.",
+                          "Drop --skip-aws.")
+
+
+def make_context(deployment, out_dir, options, out):
+    """The run's context: AWS clients for the deployment's region (or --region, already
+    in ``deployment``) and --profile, the state file, and a log with secrets redacted."""
+    ctx = Context(deployment, out_dir, aws=AWS(deployment.region, options.get("profile")),
+                  options=options, out=out)
+    env = envfile.parse(read_text(ctx.out_dir / ENV_NAME))
+    for key in envfile.SECRET_KEYS:
+        ctx.secret(env.get(key))
+
+    def log_call(service, operation, call_params):
+        text = repr(call_params)
+        if len(text) > LOGGED_PARAMS_LENGTH:
+            text = text[:LOGGED_PARAMS_LENGTH] + "..."
+        ctx.log.info("aws %s.%s %s", service, operation, text)
+
+    ctx.aws.observe(log_call)
+    return ctx
+
+
+def host_steps(ctx):
+    """The host half's steps, or None when that half is not installed."""
+    try:
+        if importlib.util.find_spec(HOST_STEPS) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return list(importlib.import_module(HOST_STEPS).steps(ctx))
+
+
+def _host_half(ctx, out):
+    if ctx.options.get("skip_host"):
+        return []
+    found = host_steps(ctx)
+    if found is None:
+        out.line("The host half is not installed in this version: only AWS is provisioned.",
+                 "NOTICE")
+        return []
+    return found
+
+
+def provision(ctx, out):
+    """The default action: every step that is not skipped."""
+    chosen = [] if ctx.options.get("skip_aws") else aws_steps(ctx.deployment)
+    return apply(ctx, out, chosen, _host_half(ctx, out))
+
+
+def apply(ctx, out, aws, host=()):
+    """Check and plan the ``aws`` steps, then run them and the ``host`` steps; returns the
+    runner's results."""
+    if aws:
+        preflight(ctx, aws, out)
+    else:
+        facts_from_state(ctx)
+    results = Runner(list(aws) + list(host), ctx, out).apply()
+    if out.verbosity >= 2 and aws:
+        show_costs(ctx, aws, out)
+    finish(ctx, out, summary(results))
+    return results
+
+
+def preflight(ctx, steps, out):
+    """Read and plan every AWS step, printing nothing: whatever a step refuses is refused
+    before any step has changed anything. Reads are cached for the run, so the steps that
+    follow do not ask AWS twice."""
+    warn_world_ssh(ctx, out)
+    out.detail("Checking the deployment against AWS before changing anything...")
+    return Runner(steps, ctx, Output(lambda text: None)).plan()
+
+
+def warn_world_ssh(ctx, out):
+    cidr = ctx.deployment.ssh_cidr
+    if cidr and params.is_world(cidr):
+        out.line(f"Warning: --ssh-cidr {cidr} opens SSH (port 22) to the whole internet. "
+                 "Prefer your own address as a /32.", "WARNING")
+
+
+def facts_from_state(ctx):
+    """With --skip-aws, what the AWS half recorded last time, for the host half."""
+    address = ctx.state.get("elastic_ip") or {}
+    if address.get("public_ip"):
+        ctx.facts["host"] = address["public_ip"]
+    host_key = ctx.state.get("host_key") or {}
+    if host_key.get("fingerprints"):
+        ctx.facts["host_fingerprints"] = host_key["fingerprints"]
+        ctx.facts["host_keys"] = host_key.get("keys", [])
+    key_file = ctx.out_dir / KEY_FILE
+    if key_file.exists():
+        ctx.facts["ssh_key_file"] = str(key_file)
+
+
+def finish(ctx, out, text):
+    for item in ctx.facts.get("notes", []):
+        out.line(f"Note: {ctx.redactor.redact(item)}", "WARNING")
+    ctx.log.info("summary: %s", text)
+    out.line(f"Done: {text}.", "SUCCESS")
+
+
+def show_costs(ctx, steps, out):
+    lines = [line for step in steps if isinstance(step, AWSStep)
+             for line in step.cost_lines(ctx)]
+    if lines:
+        out.line("Estimated monthly cost (USD, us-east-1 on-demand prices; other regions "
+                 "differ):")
+        for row in pricing.table(lines):
+            out.line(row)
+
+
+def show_plan(ctx, out):
+    """--plan: what every step would do and what it would cost; changes nothing."""
+    aws = [] if ctx.options.get("skip_aws") else aws_steps(ctx.deployment)
+    if aws:
+        warn_world_ssh(ctx, out)
+        rows = Runner(aws, ctx, out).plan()
+        show_costs(ctx, aws, out)
+    else:
+        facts_from_state(ctx)
+        rows = []
+    host = _host_half(ctx, out)
+    if host and all(change.action == KEEP for _, change in rows):
+        Runner(host, ctx, out).plan()
+    elif host:
+        out.line(f"The host half ({len(host)} steps) is planned once the server exists.")
+    for item in ctx.facts.get("notes", []):
+        out.line(f"Note: {ctx.redactor.redact(item)}", "WARNING")
+    out.line("Plan only: nothing was changed.", "SUCCESS")
+    return rows
+
+
+def destroy(ctx, out, confirm):
+    """--destroy: snapshot the root volume (unless --no-snapshot), delete what the
+    deployment made in reverse order, then list whatever tagged for it remains."""
+    d = ctx.deployment
+    steps = aws_steps(d)
+    current = [(step, step.read(ctx)) for step in steps]
+    doomed = [line for step, state in current for line in step.teardown(ctx, state)]
+    if not doomed:
+        out.line(f"Nothing of deployment {d.name} exists in AWS ({ctx.aws.region}).")
+    else:
+        out.line(f"This deletes, in AWS account {ctx.facts['account']} ({ctx.aws.region}):")
+        for line in doomed:
+            out.line(f"  - {line}")
+        instance_step, instance = next((s, c) for s, c in current if isinstance(s, InstanceStep))
+        snapshot = not ctx.options.get("no_snapshot") and instance["instance"] is not None
+        if snapshot:
+            out.line("A snapshot of the root volume is taken first and kept (about "
+                     f"${pricing.snapshot_month(d.volume_size):.2f}/month at most).")
+        elif instance["instance"] is not None:
+            out.line("No snapshot (--no-snapshot): the server's data is lost for good.",
+                     "WARNING")
+        if not confirm(f"Type the deployment name ({d.name}) to destroy it", d.name):
+            out.line("Cancelled: nothing was destroyed.", "WARNING")
+            return []
+        ctx.log.info("destroy confirmed: %s", doomed)
+        if snapshot:
+            snapshot_id = instance_step.snapshot(ctx, instance)
+            out.line(f"snapshot {snapshot_id} of the root volume: completed", "SUCCESS")
+        for step, state in reversed(current):
+            for line in step.destroy(ctx, state):
+                out.line(line)
+                ctx.log.info("destroy: %s", line)
+            ctx.state.save()
+    remaining = inventory.leftovers(ctx)
+    report_leftovers(ctx, out, remaining)
+    return remaining
+
+
+def report_leftovers(ctx, out, remaining):
+    tag = f"helios-aws:deployment={ctx.deployment.name}"
+    if not remaining:
+        out.line(f"Nothing tagged {tag} remains in {ctx.aws.region}.", "SUCCESS")
+        return
+    out.line(f"Still there, tagged {tag}:")
+    for text, usd in remaining:
+        cost = "free" if usd is None else f"${usd:.2f}/month"
+        out.line(f"  - {text} ({cost})")
+        ctx.log.info("left: %s", text)
+
+
+def stop_or_start(ctx, out, action):
+    """--stop / --start: the guide's advice for servers used now and then."""
+    step = InstanceStep()
+    message = getattr(step, action)(ctx, step.read(ctx))
+    out.line(message, "SUCCESS")
+    if action == "stop":
+        d = ctx.deployment
+        out.line(f"While stopped the instance costs nothing; its volume (about "
+                 f"${pricing.gp3_month(d.volume_size):.2f}/month) and the Elastic IP "
+                 f"(${pricing.public_ipv4_month():.2f}/month) still do.")
+    ctx.log.info("%s: %s", action, message)
