@@ -5,3 +5,7 @@ class HeliosAWSConfig(AppConfig):
     name = "helios_aws"
     verbose_name = "Helios on AWS"
     default_auto_field = "django.db.models.AutoField"
+
+    def ready(self):
+        # Importing the module registers its system checks.
+        from . import checks  # noqa: F401
