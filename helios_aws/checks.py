@@ -240,17 +240,17 @@ def check_ssl(app_configs=None, **kwargs):
     return [] if enforced else [E007]
 
 
-def hsts_middleware_installed():
-    """Whether Helios's (or any) HSTS middleware is installed, or Django's HSTS is on."""
-    return bool(settings.SECURE_HSTS_SECONDS) or any(
-        str(path).rsplit(".", 1)[-1] == "HSTSMiddleware" for path in settings.MIDDLEWARE)
+def hsts_enabled():
+    """Whether Strict-Transport-Security is sent: Helios's HSTSMiddleware sends it while
+    its STS setting (HSTS=1) is on; Django's SecurityMiddleware with SECURE_HSTS_SECONDS."""
+    return bool(settings.SECURE_HSTS_SECONDS) or bool(helios_setting("STS", False))
 
 
 @register(Tags.security, TAG, deploy=True)
 def check_hsts(app_configs=None, **kwargs):
     if not _is_helios():
         return []
-    return [] if hsts_middleware_installed() else [W001]
+    return [] if hsts_enabled() else [W001]
 
 
 @register(TAG, deploy=True)

@@ -1,0 +1,157 @@
+"""The helios_aws system checks, run by `manage.py check --deploy` on the Helios-like fixture
+with the .env aws_configure writes, and with that .env broken one way at a time."""
+
+import re
+
+import pytest
+
+from fixtures import helios_env, make_fixture_project, run_manage
+
+SETTINGS = "--settings=helios_aws.settings_overrides.production"
+CONFIGURE = ["aws_configure", SETTINGS, "--domain", "vote.example.org", "--email",
+             "elections@example.org", "--auth-systems", "password", "--broker", "rabbitmq",
+             "--no-input"]
+ID_RE = re.compile(r"\((\w+\.[CEWID]\d{3})\)")
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory):
+    project = make_fixture_project(tmp_path_factory.mktemp("checks"), "requirements")
+    result = run_manage(project, *CONFIGURE)
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def env_text(project):
+    return (project / "deploy/.env").read_text()
+
+
+def write_env(tmp_path, text, mode=0o600):
+    path = tmp_path / "helios.env"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def with_values(text, **values):
+    """The .env text with each KEY=value replaced (or added)."""
+    for key, value in values.items():
+        text, count = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
+        if not count:
+            text += f"{key}={value}\n"
+    return text
+
+
+def check_ids(project, env_file, *args):
+    result = run_manage(project, "check", SETTINGS, *args,
+                        env=helios_env(HELIOS_ENV_FILE=str(env_file)))
+    return set(ID_RE.findall(result.stdout + result.stderr)), result
+
+
+def ours(ids):
+    return {i for i in ids if i.startswith("helios_aws.")}
+
+
+def test_good_env_leaves_only_djangos_two_false_positives(configured, tmp_path):
+    # A unix-socket DATABASE_URL is fine: libpq ignores sslmode=require on sockets.
+    text = with_values(env_text(configured),
+                       DATABASE_URL="postgres://helios@%2Frun%2Fpostgresql/helios")
+    env_file = write_env(tmp_path, text)
+    ids, result = check_ids(configured, env_file, "--deploy")
+    assert ids == {"security.W003", "security.W004"}, result.stdout + result.stderr
+    ids, result = check_ids(configured, env_file)
+    assert ids == set() and result.returncode == 0, result.stderr
+
+
+def test_helios_defaults_fail_each_production_check(configured, tmp_path):
+    env_file = write_env(tmp_path, "# nothing: Helios's own defaults\n")
+    ids, result = check_ids(configured, env_file, "--deploy")
+    assert result.returncode == 1
+    assert ours(ids) == {
+        "helios_aws.E001",  # DEBUG defaults to on
+        "helios_aws.E002",  # SECRET_KEY 'replaceme'
+        "helios_aws.E003",  # EMAIL_OPTOUT_SECRET 'replace-with-secure-random-key'
+        "helios_aws.E005",  # URL_HOST http://localhost:8000
+        "helios_aws.E006",  # SECURE_URL_HOST too
+        "helios_aws.E007",  # SSL off
+        "helios_aws.E008",  # DEFAULT_FROM_EMAIL ben@adida.net
+        "helios_aws.E009",  # google enabled by default, without client id and secret
+        "helios_aws.E012",  # devlogin, added by DEBUG
+        "helios_aws.W001",  # HSTS off
+        "helios_aws.W002",  # SMTP, not SES
+    }, result.stderr
+    assert "DEFAULT_FROM_EMAIL=ben@adida.net" in result.stderr
+
+
+def test_secrets_hosts_and_urls(configured, tmp_path):
+    text = with_values(
+        env_text(configured),
+        SECRET_KEY="weak-but-no-placeholder",
+        EMAIL_OPTOUT_SECRET="short",
+        ALLOWED_HOSTS="other.example.org",
+        URL_HOST="https://vote.example.org/helios",
+        SECURE_URL_HOST="http://vote.example.org",
+        SSL="true",
+        HSTS="0",
+        DEBUG="1",
+    )
+    ids, result = check_ids(configured, write_env(tmp_path, text), "--deploy")
+    assert ours(ids) == {
+        "helios_aws.E001",  # DEBUG=1
+        "helios_aws.E004",  # vote.example.org not in ALLOWED_HOSTS
+        "helios_aws.E005",  # a path in URL_HOST
+        "helios_aws.E006",  # http:// SECURE_URL_HOST
+        "helios_aws.E007",  # SSL=true is off for Helios...
+        "helios_aws.W006",  # ...which is why it is named
+        "helios_aws.E012",  # DEBUG adds devlogin
+        "helios_aws.W001",  # HSTS=0
+        "helios_aws.W003",  # a short EMAIL_OPTOUT_SECRET
+    }, result.stderr
+    # A weak SECRET_KEY is Django's own finding; ours is for placeholders only.
+    assert "security.W009" in ids
+    # Without HSTS, Django's W004 is no false positive: it stays.
+    assert "security.W004" in ids
+    assert "SSL=true" in result.stderr
+
+
+def test_mail_auth_database_broker_and_file_mode(configured, tmp_path):
+    text = with_values(
+        env_text(configured),
+        EMAIL_USE_AWS="0",
+        DEFAULT_FROM_EMAIL="webmaster@localhost",
+        AUTH_ENABLED_SYSTEMS="password,google,devlogin",
+        GOOGLE_CLIENT_ID="id-without-secret.apps",
+        DATABASE_URL="postgres://helios:pw@127.0.0.1:5432/helios",
+        CELERY_BROKER_URL="librabbitmq://localhost",
+    )
+    ids, result = check_ids(configured, write_env(tmp_path, text, mode=0o644), "--deploy")
+    assert ours(ids) == {
+        "helios_aws.W002",  # SMTP
+        "helios_aws.E008",  # a placeholder sender
+        "helios_aws.E009",  # google without its secret
+        "helios_aws.E012",  # devlogin listed explicitly
+        "helios_aws.W004",  # Helios requires SSL on DATABASE_URL: not on a local server
+        "helios_aws.E011",  # librabbitmq is not installed
+        "helios_aws.E010",  # the .env is readable by others
+    }, result.stderr
+    assert "needs the 'librabbitmq' package" in result.stderr
+    assert "mode 0644" in result.stderr
+
+
+def test_unknown_broker_transport(configured, tmp_path):
+    text = with_values(env_text(configured), CELERY_BROKER_URL="nosuch://localhost")
+    ids, result = check_ids(configured, write_env(tmp_path, text), "--deploy")
+    assert ours(ids) == {"helios_aws.E011"}
+    assert "kombu has no 'nosuch' transport" in result.stderr
+
+
+def test_overlay_values_that_helios_never_sees(configured, tmp_path):
+    (configured / "trap_settings.py").write_text(
+        "from helios_aws.settings_overrides.production import *  # noqa\n"
+        "URL_HOST = 'https://elsewhere.example.org'\n")
+    env_file = write_env(tmp_path, env_text(configured))
+    result = run_manage(configured, "check", "--settings=trap_settings",
+                        env=helios_env(HELIOS_ENV_FILE=str(env_file)))
+    # Not deploy-only: the trap matters wherever the overlay is used.
+    assert set(ID_RE.findall(result.stderr + result.stdout)) == {"helios_aws.W005"}
+    assert "URL_HOST" in result.stderr
