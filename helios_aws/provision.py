@@ -13,7 +13,7 @@ import importlib.util
 from . import envfile, params
 from .aws import inventory, pricing
 from .aws.base import AWSStep
-from .aws.compute import KEY_FILE, InstanceStep
+from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
 from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
@@ -31,13 +31,18 @@ def run(deployment, out_dir, options, out, confirm):
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(options)
     ctx = make_context(deployment, out_dir, options, out)
-    if options.get("destroy"):
-        return destroy(ctx, out, confirm)
-    if options.get("stop") or options.get("start"):
-        return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
-    if options.get("plan"):
-        return show_plan(ctx, out)
-    return provision(ctx, out)
+    try:
+        if options.get("destroy"):
+            return destroy(ctx, out, confirm)
+        if options.get("stop") or options.get("start"):
+            return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
+        if options.get("plan"):
+            return show_plan(ctx, out)
+        return provision(ctx, out)
+    finally:
+        # The host half opens the run's SSH connection on first use.
+        if ctx.ssh is not None:
+            ctx.ssh.close()
 
 
 def check_options(options):
@@ -140,8 +145,7 @@ def facts_from_state(ctx):
         ctx.facts["host"] = address["public_ip"]
     host_key = ctx.state.get("host_key") or {}
     if host_key.get("fingerprints"):
-        ctx.facts["host_fingerprints"] = host_key["fingerprints"]
-        ctx.facts["host_keys"] = host_key.get("keys", [])
+        publish_host_key(ctx, host_key)
     key_file = ctx.out_dir / KEY_FILE
     if key_file.exists():
         ctx.facts["ssh_key_file"] = str(key_file)

@@ -301,7 +301,7 @@ class InstanceStep(AWSStep):
             instance = poll(attempt, "use the new instance profile", self.profile_timeout, 5,
                             "Run the command again; IAM may be slow to publish the profile.")
         iid = instance["InstanceId"]
-        self.save_record(ctx, id=iid, volume_size=d.volume_size)
+        self.save_record(ctx, id=iid)
         ctx.facts["instance_id"] = iid
         ctx.facts["root_volume_id"] = root_volume_id(instance)
         ctx.detail(f"launched {iid}")
@@ -410,12 +410,19 @@ class InstanceStep(AWSStep):
         return [f"terminated {iid}"]
 
 
+def publish_host_key(ctx, record):
+    """Put a recorded host key into the facts the host half reads."""
+    ctx.facts["host_fingerprints"] = sorted(record["fingerprints"].values())
+    ctx.facts["host_keys"] = record.get("keys", [])
+
+
 class HostKeyStep(AWSStep):
     """The new server's SSH host key fingerprints, read from the console output where
     cloud-init prints them at first boot, so the first SSH connection is verified.
 
-    Facts for the host half: ``host_fingerprints`` ({key type: "SHA256:..."}) and
-    ``host_keys`` (the public keys whose fingerprints matched, when printed).
+    Facts for the host half: ``host_fingerprints`` (["SHA256:...", ...], one a key type)
+    and ``host_keys`` (the public keys whose fingerprints matched, when printed). The
+    state file keeps the key type of each fingerprint.
     """
 
     name = "SSH host key"
@@ -429,8 +436,7 @@ class HostKeyStep(AWSStep):
         record = self.record(ctx)
         instance_id = ctx.facts.get("instance_id")
         if instance_id and record.get("instance_id") == instance_id:
-            ctx.facts["host_fingerprints"] = record["fingerprints"]
-            ctx.facts["host_keys"] = record.get("keys", [])
+            publish_host_key(ctx, record)
             return record
         return None
 
@@ -460,8 +466,7 @@ class HostKeyStep(AWSStep):
             "again. Or read the fingerprint in the EC2 console (Actions, Monitor and "
             "troubleshoot, Get system log) and pass it with --trust-host-key.")
         self.save_record(ctx, instance_id=iid, fingerprints=fingerprints, keys=keys)
-        ctx.facts["host_fingerprints"] = fingerprints
-        ctx.facts["host_keys"] = keys
+        publish_host_key(ctx, self.record(ctx))
         for kind, fp in sorted(fingerprints.items()):
             ctx.detail(f"{kind} {fp}")
         return ADOPTED if change.action == ADOPT else CREATED

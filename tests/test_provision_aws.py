@@ -1,0 +1,624 @@
+"""aws_provision's AWS half against moto in server mode, over HTTP.
+
+Most tests run the real command (``manage.py aws_configure`` then ``manage.py
+aws_provision --skip-host``) in the fixture Helios project, as an operator would. The
+resumption tests run the library in-process, so that a crash can be injected after each
+step by wrapping the real step list, with nothing test-only in the product. moto cannot
+answer ``sesv2 GetAccount``: that one call is covered with botocore's Stubber.
+
+moto's console output is a fixed text without SSH host keys; the stand-in is given the
+text cloud-init really prints (real keys made by ssh-keygen), as AWS would serve it.
+"""
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+
+import boto3
+import moto.ec2.responses.general as moto_console
+import pytest
+from botocore.stub import Stubber
+
+from fixtures import helios_env, make_fixture_project, run_manage
+from helios_aws import envfile, params, provision
+from helios_aws.aws.compute import HostKeyStep
+from helios_aws.aws.mail import MailStep
+from helios_aws.aws.steps import steps as aws_steps
+from helios_aws.engine import CREATE, Change, Output, Step
+from helios_aws.errors import StepTimeout
+
+NAME = "helios"
+DOMAIN = "vote.example.org"
+ZONE = "example.org"
+EMAIL = "elections@example.org"
+CIDR = "203.0.113.7/32"
+SETTINGS = "--settings=helios_aws.settings_overrides.production"
+STEP_LINE = re.compile(r"^\[\s*\d+/\d+\] (.+): (\w+) \(", re.M)
+TAGGED = [{"Name": "tag:helios-aws:deployment", "Values": [NAME]}]
+LIVE = [{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+
+ONE_OF_EACH = {
+    "instances": 1, "addresses": 1, "security_groups": 1, "key_pairs": 1, "roles": 1,
+    "instance_profiles": 1, "users": 0, "a_records": 1, "dkim_cnames": 3, "spf": 1,
+    "dmarc": 1, "ses_identities": 2, "volumes": 1, "snapshots": 0,
+}
+NOTHING = dict.fromkeys(ONE_OF_EACH, 0)
+MOTO_CONSOLE = moto_console.SAMPLE_CONSOLE_OUTPUT
+
+
+# ------------------------------------------------------------------------ the stand-in
+
+
+@pytest.fixture(scope="module")
+def host_keys(tmp_path_factory):
+    """Real host keys and their fingerprints as ssh-keygen prints them."""
+    directory = tmp_path_factory.mktemp("host-keys")
+    keys = {}
+    for kind, option in (("ECDSA", "ecdsa"), ("ED25519", "ed25519")):
+        path = directory / f"ssh_host_{option}_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", option, "-N", "", "-C",
+                        "root@ip-172-31-22-10.ec2.internal", "-f", str(path)], check=True)
+        listed = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], check=True,
+                                capture_output=True, text=True).stdout.split()
+        keys[kind] = {"public": path.with_suffix(".pub").read_text().strip(),
+                      "fingerprint": listed[1], "bits": listed[0]}
+    return keys
+
+
+def cloud_init_console(keys):
+    """The end of an Amazon Linux 2023 serial console log, as cloud-init 22 writes it."""
+    host = "root@ip-172-31-22-10.ec2.internal"
+    prefix = "<14>Nov 25 12:40:05 cloud-init:"
+    lines = [
+        "[    6.912345] cloud-init[1583]: Cloud-init v. 22.2.2 running 'init' at Wed, "
+        "25 Nov 2026 12:40:02 +0000. Up 6.88 seconds.",
+        "[    8.124010] cloud-init[1583]: Generating public/private ed25519 key pair.",
+        f"{prefix} #############################################################",
+        f"{prefix} -----BEGIN SSH HOST KEY FINGERPRINTS-----",
+    ]
+    lines += [f"{prefix} {k['bits']} {k['fingerprint']} {host} ({kind})" for kind, k in keys.items()]
+    lines += [
+        f"{prefix} -----END SSH HOST KEY FINGERPRINTS-----",
+        f"{prefix} #############################################################",
+        "-----BEGIN SSH HOST KEY KEYS-----",
+        *(k["public"] for k in keys.values()),
+        "-----END SSH HOST KEY KEYS-----",
+        "[   10.503211] cloud-init[1702]: Cloud-init v. 22.2.2 finished at Wed, 25 Nov 2026 "
+        "12:40:07 +0000. Datasource DataSourceEc2.  Up 10.49 seconds",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@pytest.fixture(autouse=True)
+def aws(aws_env, monkeypatch, host_keys):
+    """moto, emptied, serving cloud-init's real console text; the zone of the domain."""
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", cloud_init_console(host_keys))
+    return aws_env
+
+
+def create_zone(name=ZONE):
+    return boto3.client("route53").create_hosted_zone(
+        Name=name, CallerReference=name)["HostedZone"]["Id"]
+
+
+def inventory():
+    """How many of each thing moto holds (all of them, tagged or not)."""
+    ec2, iam = boto3.client("ec2"), boto3.client("iam")
+    route53, ses = boto3.client("route53"), boto3.client("ses")
+    rrsets = []
+    for zone in route53.list_hosted_zones()["HostedZones"]:
+        rrsets += route53.list_resource_record_sets(HostedZoneId=zone["Id"])["ResourceRecordSets"]
+
+    def txt(name, start):
+        return sum(1 for r in rrsets if r["Name"] == name and r["Type"] == "TXT"
+                   for v in r["ResourceRecords"] if v["Value"].strip('"').startswith(start))
+
+    return {
+        "instances": sum(len(r["Instances"]) for r in
+                         ec2.describe_instances(Filters=LIVE)["Reservations"]),
+        "addresses": len(ec2.describe_addresses()["Addresses"]),
+        "security_groups": sum(1 for g in ec2.describe_security_groups()["SecurityGroups"]
+                               if g["GroupName"] != "default"),
+        "key_pairs": len(ec2.describe_key_pairs()["KeyPairs"]),
+        "roles": len(iam.list_roles()["Roles"]),
+        "instance_profiles": len(iam.list_instance_profiles()["InstanceProfiles"]),
+        "users": len(iam.list_users()["Users"]),
+        "a_records": sum(1 for r in rrsets if r["Type"] == "A"),
+        "dkim_cnames": sum(1 for r in rrsets if r["Type"] == "CNAME"
+                           and "._domainkey." in r["Name"]),
+        "spf": txt(f"{ZONE}.", "v=spf1"),
+        "dmarc": txt(f"_dmarc.{ZONE}.", "v=DMARC1"),
+        "ses_identities": len(ses.list_identities()["Identities"]),
+        "volumes": len(ec2.describe_volumes(Filters=TAGGED)["Volumes"]),
+        "snapshots": len(ec2.describe_snapshots(OwnerIds=["self"], Filters=TAGGED)["Snapshots"]),
+    }
+
+
+def tagged_left():
+    """Everything still tagged for the deployment, by kind."""
+    ec2, iam = boto3.client("ec2"), boto3.client("iam")
+    found = {
+        "instances": [i["InstanceId"] for r in ec2.describe_instances(
+            Filters=TAGGED + LIVE)["Reservations"] for i in r["Instances"]],
+        "addresses": [a["PublicIp"] for a in ec2.describe_addresses(Filters=TAGGED)["Addresses"]],
+        "security_groups": [g["GroupId"] for g in ec2.describe_security_groups(
+            Filters=TAGGED)["SecurityGroups"]],
+        "key_pairs": [k["KeyName"] for k in ec2.describe_key_pairs(Filters=TAGGED)["KeyPairs"]],
+        "volumes": [v["VolumeId"] for v in ec2.describe_volumes(Filters=TAGGED)["Volumes"]],
+        "snapshots": [s["SnapshotId"] for s in ec2.describe_snapshots(
+            OwnerIds=["self"], Filters=TAGGED)["Snapshots"]],
+        "roles": [r["RoleName"] for r in iam.list_roles()["Roles"]],
+        "instance_profiles": [p["InstanceProfileName"]
+                              for p in iam.list_instance_profiles()["InstanceProfiles"]],
+        "users": [u["UserName"] for u in iam.list_users()["Users"]],
+    }
+    return {kind: items for kind, items in found.items() if items}
+
+
+# ------------------------------------------------------------------------ the command
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory):
+    """The fixture project after ``aws_configure`` with the usual parameters."""
+    project = make_fixture_project(tmp_path_factory.mktemp("configured"), "requirements")
+    configure(project, "--ssh-cidr", CIDR)
+    return project
+
+
+@pytest.fixture
+def project(configured, tmp_path):
+    """A fresh copy of the configured project (aws_configure takes a second a run)."""
+    copy = tmp_path / "helios-server"
+    shutil.copytree(configured, copy, symlinks=True)
+    return copy
+
+
+def configure(project, *flags):
+    result = run_manage(project, "aws_configure", SETTINGS, "--no-input", "--domain", DOMAIN,
+                        "--email", EMAIL, "--auth-systems", "password", *flags)
+    assert result.returncode == 0, result.stderr
+    return project / "deploy"
+
+
+def run(project, *flags, env=None, check=True):
+    result = run_manage(project, "aws_provision", SETTINGS, "--skip-host", *flags, env=env)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def outcomes(stdout):
+    return dict(STEP_LINE.findall(stdout))
+
+
+def state(deploy):
+    return json.loads((deploy / "state.json").read_text())
+
+
+def assert_no_secret(deploy, texts, extra=()):
+    """The .env's secrets, the private key and ``extra`` appear in none of ``texts``."""
+    env = envfile.parse((deploy / ".env").read_text())
+    secrets = [env[key] for key in envfile.SECRET_KEYS if env.get(key)] + list(extra)
+    key_file = deploy / "ssh-key.pem"
+    if key_file.exists():
+        secrets += [line for line in key_file.read_text().splitlines()
+                    if line and not line.startswith("-----")]
+    assert secrets
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project, host_keys):
+    create_zone()
+    deploy = project / "deploy"
+
+    first = run(project, "--verbosity", "2")
+
+    assert outcomes(first.stdout) == {
+        "AWS account": "unchanged", "machine image": "unchanged", "key pair": "created",
+        "security group": "created", "mail permissions (IAM role)": "created",
+        "EC2 instance": "created", "Elastic IP": "created", "DNS record": "created",
+        "mail (SES)": "created", "SSH host key": "created"}
+    assert "Done: 8 created, 2 unchanged." in first.stdout
+    assert inventory() == ONE_OF_EACH
+    key_file = deploy / "ssh-key.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+
+    ec2 = boto3.client("ec2")
+    instance = ec2.describe_instances(Filters=TAGGED + LIVE)["Reservations"][0]["Instances"][0]
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["InstanceType"] == "t3.small"
+    assert {"Key": "Name", "Value": f"helios-{NAME}"} in instance["Tags"]
+    assert instance["IamInstanceProfile"]["Arn"].endswith(
+        f"instance-profile/helios-aws/helios-{NAME}-us-east-1")
+    volume = ec2.describe_volumes(Filters=TAGGED)["Volumes"][0]
+    assert (volume["VolumeType"], volume["Size"], volume["Encrypted"]) == ("gp3", 16, True)
+    address = ec2.describe_addresses(Filters=TAGGED)["Addresses"][0]
+    assert address["InstanceId"] == instance["InstanceId"]
+
+    group = ec2.describe_security_groups(Filters=TAGGED)["SecurityGroups"][0]
+    rules = {(p["FromPort"], r.get("CidrIp") or r.get("CidrIpv6")) for p in group["IpPermissions"]
+             for r in p["IpRanges"] + p["Ipv6Ranges"]}
+    assert rules == {(22, CIDR), (80, "0.0.0.0/0"), (80, "::/0"), (443, "0.0.0.0/0"),
+                     (443, "::/0")}
+
+    policy = boto3.client("iam").get_role_policy(
+        RoleName=f"helios-{NAME}-us-east-1", PolicyName="helios-ses-send")["PolicyDocument"]
+    statement, = policy["Statement"]
+    assert sorted(statement["Action"]) == ["ses:SendEmail", "ses:SendRawEmail"]
+    assert sorted(statement["Resource"]) == [
+        f"arn:aws:ses:us-east-1:123456789012:identity/{EMAIL}",
+        f"arn:aws:ses:us-east-1:123456789012:identity/{ZONE}"]
+
+    zone_id = boto3.client("route53").list_hosted_zones()["HostedZones"][0]["Id"]
+    a_record, = [r for r in boto3.client("route53").list_resource_record_sets(
+        HostedZoneId=zone_id)["ResourceRecordSets"] if r["Type"] == "A"]
+    assert a_record["Name"] == f"{DOMAIN}." and a_record["ResourceRecords"] == [
+        {"Value": address["PublicIp"]}]
+
+    recorded = state(deploy)["host_key"]
+    assert recorded["instance_id"] == instance["InstanceId"]
+    assert recorded["fingerprints"] == {kind: k["fingerprint"] for kind, k in host_keys.items()}
+    assert sorted(recorded["keys"]) == sorted(
+        " ".join(k["public"].split()[:2]) for k in host_keys.values())
+
+    second = run(project)
+
+    assert set(outcomes(second.stdout).values()) == {"unchanged"}
+    assert len(outcomes(second.stdout)) == 10
+    assert "Done: no changes." in second.stdout
+    assert inventory() == ONE_OF_EACH
+    log = (deploy / "provision.log").read_text()
+    assert_no_secret(deploy, [first.stdout, first.stderr, second.stdout, log,
+                              (deploy / "state.json").read_text()])
+
+
+def test_a_lost_state_file_means_adopting_by_tag_not_creating(project):
+    create_zone()
+    deploy = project / "deploy"
+    run(project)
+    before = state(deploy)
+    (deploy / "state.json").unlink()
+
+    adopted = run(project)
+
+    assert "created" not in outcomes(adopted.stdout).values()
+    assert outcomes(adopted.stdout)["EC2 instance"] == "adopted"
+    assert outcomes(adopted.stdout)["Elastic IP"] == "adopted"
+    assert inventory() == ONE_OF_EACH
+    after = state(deploy)
+    for key in ("instance", "elastic_ip", "security_group", "key_pair", "iam", "host_key"):
+        assert after[key] == before[key], key
+    assert "Done: no changes." in run(project).stdout
+
+
+def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project):
+    create_zone()
+    deploy = project / "deploy"
+
+    plan = run(project, "--plan")
+
+    assert [line.split(": ")[1] for line in plan.stdout.splitlines()
+            if STEP_LINE.match(line + " (")] == (
+        ["keep", "keep"] + ["create"] * 8)
+    assert "EC2 t3.small (on demand, all month)" in plan.stdout
+    assert re.search(r"EBS gp3 root volume, 16 GiB\s+1\.28", plan.stdout)
+    assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", plan.stdout)
+    assert re.search(r"Route 53 hosted zone example\.org \(already there\)\s+0\.50", plan.stdout)
+    assert re.search(r"Total\s+20\.61$", plan.stdout, re.M)
+    assert "Plan only: nothing was changed." in plan.stdout
+    assert inventory() == NOTHING
+    assert not (deploy / "ssh-key.pem").exists()
+    assert not (deploy / "state.json").exists()
+
+
+def test_ssh_open_to_the_world_is_allowed_only_when_asked_and_warned_about(project):
+    create_zone()
+    configure(project, "--ssh-cidr", "0.0.0.0/0", "--instance-type", "m5.2xlarge")
+
+    plan = run(project, "--plan")
+
+    assert "Warning: --ssh-cidr 0.0.0.0/0 opens SSH (port 22) to the whole internet" in plan.stdout
+    assert "allow tcp 22 from 0.0.0.0/0" in plan.stdout
+    assert re.search(r"EC2 m5\.2xlarge \(on demand, all month\)\s+price unknown$", plan.stdout,
+                     re.M)
+    assert re.search(r"Total\s+5\.43 \+ unknown$", plan.stdout, re.M)
+
+
+def _no_credentials():
+    env = helios_env()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        env.pop(name, None)
+    return env
+
+
+def _set_record(deploy, **values):
+    record = json.loads((deploy / "deployment.json").read_text())
+    record.update(values)
+    (deploy / "deployment.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown region", "--region 'us-east-9' is not an AWS region"),
+    ("instance type that does not exist", "--instance-type t3.gigantic does not exist in "
+                                          "region us-east-1"),
+    ("instance type of another architecture", "t4g.small runs arm64, but the deployment's "
+                                              "--arch is x86_64"),
+    ("no credentials", "No AWS credentials were found"),
+    ("no hosted zone", "No Route 53 hosted zone holds vote.example.org"),
+    ("invalid CIDR", "--ssh-cidr '203.0.113.300/32' is not an IP network"),
+    ("key file that would be overwritten", "exists, but no key pair of this deployment does"),
+])
+def test_bad_input_fails_clearly_before_anything_is_created(project, case, expected):
+    if case != "no hosted zone":
+        create_zone()
+    deploy = project / "deploy"
+    flags, env = [], None
+    if case == "unknown region":
+        flags = ["--region", "us-east-9"]
+    elif case == "instance type that does not exist":
+        _set_record(deploy, instance_type="t3.gigantic")
+    elif case == "instance type of another architecture":
+        _set_record(deploy, instance_type="t4g.small")
+    elif case == "no credentials":
+        env = _no_credentials()
+    elif case == "invalid CIDR":
+        _set_record(deploy, ssh_cidr="203.0.113.300/32")
+    elif case == "key file that would be overwritten":
+        (deploy / "ssh-key.pem").write_text("the only key to an older server\n")
+
+    result = run(project, *flags, env=env, check=False)
+
+    assert result.returncode != 0
+    assert "CommandError: " in result.stderr
+    assert expected in result.stderr
+    assert "Hint: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert inventory() == NOTHING
+    if case == "key file that would be overwritten":
+        assert (deploy / "ssh-key.pem").read_text() == "the only key to an older server\n"
+    if case == "no hosted zone":
+        assert "aws route53 create-hosted-zone --name example.org" in result.stderr
+
+
+def test_ses_access_key_goes_into_the_env_once_and_never_into_output(project):
+    create_zone()
+    deploy = configure(project, "--ses-credentials", "keys")
+
+    first = run(project, "--verbosity", "2")
+
+    assert outcomes(first.stdout)["mail credentials (IAM user)"] == "created"
+    env_file = deploy / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    env = envfile.parse(env_file.read_text())
+    iam = boto3.client("iam")
+    user = f"helios-{NAME}-us-east-1"
+    keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in keys] == [env["AWS_SES_ACCESS_KEY_ID"]]
+    assert len(env["AWS_SES_SECRET_ACCESS_KEY"]) >= 40
+    assert iam.list_roles()["Roles"] == []
+    policy = iam.get_user_policy(UserName=user, PolicyName="helios-ses-send")["PolicyDocument"]
+    assert sorted(policy["Statement"][0]["Action"]) == ["ses:SendEmail", "ses:SendRawEmail"]
+    instance = boto3.client("ec2").describe_instances(
+        Filters=TAGGED + LIVE)["Reservations"][0]["Instances"][0]
+    assert "IamInstanceProfile" not in instance
+
+    second = run(project, "--verbosity", "2")
+
+    assert outcomes(second.stdout)["mail credentials (IAM user)"] == "unchanged"
+    assert envfile.parse(env_file.read_text()) == env
+    assert [k["AccessKeyId"] for k in iam.list_access_keys(UserName=user)[
+        "AccessKeyMetadata"]] == [env["AWS_SES_ACCESS_KEY_ID"]]
+    assert_no_secret(deploy, [first.stdout, first.stderr, second.stdout, second.stderr,
+                              (deploy / "provision.log").read_text(),
+                              (deploy / "state.json").read_text()],
+                     extra=[env["AWS_SES_SECRET_ACCESS_KEY"]])
+
+
+def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
+    create_zone()
+    deploy = project / "deploy"
+    run(project)
+
+    refused = run(project, "--destroy", check=False)
+
+    assert refused.returncode != 0 and "asks for confirmation" in refused.stderr
+    assert inventory() == ONE_OF_EACH
+
+    destroyed = run(project, "--destroy", "--no-input")
+
+    left = tagged_left()
+    assert list(left) == ["snapshots"] and len(left["snapshots"]) == 1
+    assert f"snapshot {left['snapshots'][0]} of the root volume: completed" in destroyed.stdout
+    assert f"snapshot {left['snapshots'][0]} (16 GiB), kept on purpose" in destroyed.stdout
+    assert inventory() == dict(NOTHING, snapshots=1)
+    assert (deploy / "ssh-key.pem").exists()
+    assert "kept the private key" in destroyed.stdout
+
+
+def test_destroy_without_snapshot_leaves_nothing_tagged(project):
+    create_zone()
+    configure(project, "--ses-credentials", "keys")
+    run(project)
+
+    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot")
+
+    assert tagged_left() == {}
+    assert inventory() == NOTHING
+    assert "Nothing tagged helios-aws:deployment=helios remains in us-east-1." in destroyed.stdout
+    again = run(project, "--destroy", "--no-input")
+    assert "Nothing of deployment helios exists in AWS" in again.stdout
+
+
+def test_stop_and_start(project):
+    create_zone()
+    run(project)
+    ec2 = boto3.client("ec2")
+
+    def instance_state():
+        reservations = ec2.describe_instances(Filters=TAGGED + LIVE)["Reservations"]
+        return reservations[0]["Instances"][0]["State"]["Name"]
+
+    stopped = run(project, "--stop")
+    assert instance_state() == "stopped"
+    assert "the Elastic IP ($3.65/month) still do" in stopped.stdout
+
+    run(project, "--start")
+    assert instance_state() == "running"
+    assert "Done: no changes." in run(project).stdout
+
+
+# ------------------------------------------------------------------------ in-process
+
+
+def in_process(tmp_path, **fields):
+    """A recorded deployment and a context to run the library with, as the command does."""
+    out_dir = tmp_path / "deploy"
+    deployment = params.build([{"domain": DOMAIN, "email": EMAIL, "ssh_cidr": CIDR, **fields}])
+    params.write_record(out_dir, deployment)
+    lines = []
+    out = Output(lines.append, verbosity=2)
+    return provision.make_context(deployment, out_dir, {"skip_host": True}, out), out, lines
+
+
+class Crash(Exception):
+    """What a crash looks like to the runner: not one of the project's errors."""
+
+
+class CrashAfter(Step):
+    """The real step, then a crash (or Ctrl-C) right after it has done its work."""
+
+    def __init__(self, step, crash):
+        self.step, self.crash, self.name = step, crash, step.name
+
+    def read(self, ctx):
+        return self.step.read(ctx)
+
+    def plan(self, ctx, current):
+        return self.step.plan(ctx, current)
+
+    def apply(self, ctx, current, change):
+        self.step.apply(ctx, current, change)
+        raise self.crash()
+
+
+# Steps 1 and 2 (account, image) change nothing: a crash after them is a crash before 3.
+# Crashes and Ctrl-C (which the runner catches to save the state file) take turns.
+@pytest.mark.parametrize("index, crash", [(i, (Crash, KeyboardInterrupt)[i % 2])
+                                          for i in range(2, 10)])
+def test_a_run_that_dies_after_any_step_is_finished_by_the_next(tmp_path, index, crash):
+    create_zone()
+    ctx, out, _ = in_process(tmp_path)
+    steps = aws_steps(ctx.deployment)
+    steps[index] = CrashAfter(steps[index], crash)
+
+    with pytest.raises(Exception):
+        provision.apply(ctx, out, steps)
+
+    ctx, out, lines = in_process(tmp_path)
+    results = provision.provision(ctx, out)
+
+    assert inventory() == ONE_OF_EACH
+    done = {step.name: outcome for step, outcome, _ in results}
+    for step in aws_steps(ctx.deployment)[:index + 1]:
+        assert done[step.name] != "created", (step.name, lines)
+
+
+def test_security_group_drift_is_reported_and_put_right(tmp_path):
+    create_zone()
+    ctx, out, _ = in_process(tmp_path)
+    provision.provision(ctx, out)
+    ec2 = boto3.client("ec2")
+    group_id = ctx.state.get("security_group")["id"]
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
+         "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}])
+
+    ctx, out, lines = in_process(tmp_path)
+    results = provision.provision(ctx, out)
+
+    assert {step.name: outcome for step, outcome, _ in results}["security group"] == "updated"
+    assert "      remove tcp 5432 from 0.0.0.0/0 (PostgreSQL is never exposed)" in lines
+    assert "      allow tcp 443 from ::/0 (missing)" in lines
+    group = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    ports = sorted((p["FromPort"], len(p["IpRanges"]), len(p["Ipv6Ranges"]))
+                   for p in group["IpPermissions"])
+    assert ports == [(22, 1, 0), (80, 1, 1), (443, 1, 1)]
+
+
+def test_ses_sandbox_status_and_quota_are_reported_with_what_to_do(tmp_path):
+    create_zone()
+    ctx, _, _ = in_process(tmp_path)
+    step = MailStep()
+    with Stubber(ctx.aws.client("sesv2")) as stub:
+        stub.add_response("get_account", {
+            "ProductionAccessEnabled": False, "SendingEnabled": True,
+            "SendQuota": {"Max24HourSend": 200.0, "MaxSendRate": 1.0, "SentLast24Hours": 3.0},
+            "EnforcementStatus": "HEALTHY", "DedicatedIpAutoWarmupEnabled": False})
+
+        change = step.plan(ctx, step.read(ctx))
+
+        stub.assert_no_pending_responses()
+    assert ("SES sandbox in us-east-1: 200 messages a day, 1 a second, 3 sent in the last "
+            "24 hours") in change.details
+    sandbox, = [n for n in ctx.facts["notes"] if "in the sandbox" in n]
+    assert "mail goes only to verified addresses" in sandbox
+    assert ("aws sesv2 put-account-details --region us-east-1 --production-access-enabled "
+            "--mail-type TRANSACTIONAL --website-url https://vote.example.org") in sandbox
+
+
+def test_ses_production_access_is_reported_without_a_warning(tmp_path):
+    create_zone()
+    ctx, _, _ = in_process(tmp_path)
+    step = MailStep()
+    with Stubber(ctx.aws.client("sesv2")) as stub:
+        stub.add_response("get_account", {
+            "ProductionAccessEnabled": True, "SendingEnabled": True,
+            "SendQuota": {"Max24HourSend": 50000.0, "MaxSendRate": 14.0,
+                          "SentLast24Hours": 0.0}})
+
+        change = step.plan(ctx, step.read(ctx))
+
+    assert ("SES production access in us-east-1: 50000 messages a day, 14 a second, 0 sent "
+            "in the last 24 hours") in change.details
+    assert not [n for n in ctx.facts.get("notes", []) if "sandbox" in n]
+
+
+def test_ses_sandbox_status_is_unknown_when_aws_cannot_say(tmp_path):
+    # moto answers GetAccount with a 404, as an endpoint without the operation would.
+    create_zone()
+    ctx, _, _ = in_process(tmp_path)
+    step = MailStep()
+
+    change = step.plan(ctx, step.read(ctx))
+
+    assert "SES sandbox status: unknown" in change.details
+    unknown, = [n for n in ctx.facts["notes"] if "sandbox is unknown" in n]
+    assert "GetAccount answered HTTP 404" in unknown
+
+
+def test_waiting_for_the_host_key_is_bounded(tmp_path, monkeypatch):
+    # moto's own console text: a boot log in which cloud-init printed no keys.
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", MOTO_CONSOLE)
+    ctx, _, _ = in_process(tmp_path)
+    ec2 = boto3.client("ec2")
+    image = boto3.client("ssm").get_parameters(Names=[
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"])
+    ctx.facts["instance_id"] = ec2.run_instances(
+        ImageId=image["Parameters"][0]["Value"], MinCount=1, MaxCount=1,
+        InstanceType="t3.small")["Instances"][0]["InstanceId"]
+    step = HostKeyStep()
+    step.console_timeout, step.console_delay = 0.2, 0.1
+
+    with pytest.raises(StepTimeout) as raised:
+        step.apply(ctx, None, Change(CREATE))
+
+    assert "Timed out after 0.2s waiting to read the SSH host key" in raised.value.message
+    assert "--trust-host-key" in raised.value.hint
