@@ -258,6 +258,49 @@ class MotoServer:
         self._server.stop()
 
 
+def cloud_init_console(public_keys: Sequence[str],
+                       host: str = "root@ip-172-31-22-10.ec2.internal") -> str:
+    """The end of an EC2 serial console log as cloud-init writes it on first boot: the
+    fingerprint block of the given host public keys ("ssh-ed25519 AAAA... comment"), then
+    the keys themselves."""
+    prefix = "<14>Nov 25 12:40:05 cloud-init:"
+    lines = [
+        "[    6.912345] cloud-init[1583]: Cloud-init v. 22.2.2 running 'init' at Wed, "
+        "25 Nov 2026 12:40:02 +0000. Up 6.88 seconds.",
+        "[    8.124010] cloud-init[1583]: Generating public/private ed25519 key pair.",
+        f"{prefix} #############################################################",
+        f"{prefix} -----BEGIN SSH HOST KEY FINGERPRINTS-----",
+    ]
+    for public in public_keys:
+        bits, fingerprint, kind = ssh_keygen_fingerprint(public)
+        lines.append(f"{prefix} {bits} {fingerprint} {host} ({kind})")
+    lines += [
+        f"{prefix} -----END SSH HOST KEY FINGERPRINTS-----",
+        f"{prefix} #############################################################",
+        "-----BEGIN SSH HOST KEY KEYS-----",
+        *(" ".join(public.split()[:2]) + f" {host}" for public in public_keys),
+        "-----END SSH HOST KEY KEYS-----",
+        "[   10.503211] cloud-init[1702]: Cloud-init v. 22.2.2 finished at Wed, 25 Nov 2026 "
+        "12:40:07 +0000. Datasource DataSourceEc2.  Up 10.49 seconds",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def ssh_keygen_fingerprint(public_key: str) -> tuple[str, str, str]:
+    """(bits, "SHA256:...", type such as "ED25519") as `ssh-keygen -lf` prints them."""
+    listed = subprocess.run(["ssh-keygen", "-lf", "-"], input=public_key, text=True,
+                            capture_output=True, check=True).stdout.split()
+    return listed[0], listed[1], listed[-1].strip("()")
+
+
+def serve_console_output(text: str) -> None:
+    """Make the in-process moto server answer GetConsoleOutput with text (moto serves
+    one fixed text for every instance)."""
+    import moto.ec2.responses.general as console
+
+    console.SAMPLE_CONSOLE_OUTPUT = text
+
+
 # ---------------------------------------------------------------------------- certificates
 
 
