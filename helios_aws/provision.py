@@ -29,7 +29,7 @@ LOGGED_PARAMS_LENGTH = 400
 def run(deployment, out_dir, options, out, confirm):
     """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
-    check_options(options)
+    check_options(deployment, options)
     ctx = make_context(deployment, out_dir, options, out)
     try:
         if options.get("destroy"):
@@ -45,12 +45,18 @@ def run(deployment, out_dir, options, out, confirm):
             ctx.ssh.close()
 
 
-def check_options(options):
-    fingerprint = options.get("trust_host_key")
-    if fingerprint and not TRUSTED_FINGERPRINT_RE.match(fingerprint):
-        raise ConfigError(f"--trust-host-key {fingerprint!r} is not an OpenSSH SHA256 "
-                          "fingerprint.",
-                          "Give it as ssh-keygen -lf prints it: SHA256: and 43 characters.")
+def check_options(deployment, options):
+    missing = [params.flag_name(n) for n in ("domain", "email") if not getattr(deployment, n)]
+    if missing:
+        raise ConfigError(f"The deployment has no {' and no '.join(missing)}.",
+                          "Run aws_configure with them first, e.g. --domain vote.example.org "
+                          "--email elections@example.org.")
+    for fingerprint in (options.get("trust_host_key") or "").replace(",", " ").split():
+        if not TRUSTED_FINGERPRINT_RE.match(fingerprint):
+            raise ConfigError(f"--trust-host-key {fingerprint!r} is not an OpenSSH SHA256 "
+                              "fingerprint.",
+                              "Give it as ssh-keygen -lf prints it: SHA256: and 43 characters "
+                              "(several separated by commas).")
     port = options.get("ssh_port")
     if port is not None and not 1 <= port <= 65535:
         raise ConfigError(f"--ssh-port {port} is not a TCP port.", "Use 1-65535.")

@@ -27,7 +27,7 @@ from helios_aws.aws.compute import HostKeyStep
 from helios_aws.aws.mail import MailStep
 from helios_aws.aws.steps import steps as aws_steps
 from helios_aws.engine import CREATE, Change, Output, Step
-from helios_aws.errors import StepTimeout
+from helios_aws.errors import ConfigError, StepTimeout
 
 NAME = "helios"
 DOMAIN = "vote.example.org"
@@ -551,6 +551,20 @@ def test_security_group_drift_is_reported_and_put_right(tmp_path):
     ports = sorted((p["FromPort"], len(p["IpRanges"]), len(p["Ipv6Ranges"]))
                    for p in group["IpPermissions"])
     assert ports == [(22, 1, 0), (80, 1, 1), (443, 1, 1)]
+
+
+def test_the_deployment_stays_in_its_account_and_region(tmp_path):
+    create_zone()
+    ctx, out, _ = in_process(tmp_path)
+    provision.provision(ctx, out)
+
+    ctx, out, _ = in_process(tmp_path, region="us-west-2")
+    with pytest.raises(ConfigError) as raised:
+        provision.provision(ctx, out)
+
+    assert "resources are in region us-east-1" in raised.value.message
+    assert inventory() == ONE_OF_EACH
+    assert boto3.client("ec2", region_name="us-west-2").describe_key_pairs()["KeyPairs"] == []
 
 
 def test_ses_sandbox_status_and_quota_are_reported_with_what_to_do(tmp_path):

@@ -34,18 +34,30 @@ class AccountStep(AWSStep):
         return identity
 
     def plan(self, ctx, current):
-        recorded = self.record(ctx).get("id")
-        if recorded and recorded != current["account"]:
+        recorded = self.record(ctx)
+        region = ctx.aws.region
+        if recorded.get("id", current["account"]) != current["account"]:
             raise ConfigError(
-                f"This deployment's resources are in AWS account {recorded}, but the "
+                f"This deployment's resources are in AWS account {recorded['id']}, but the "
                 f"credentials are for account {current['account']} ({current['arn']}).",
-                f"Use credentials for account {recorded} (--profile or AWS_PROFILE), or "
-                "give a new deployment its own --output directory.",
+                f"Use credentials for account {recorded['id']} (--profile or AWS_PROFILE), "
+                "or give a new deployment its own --output directory.",
+            )
+        if recorded.get("region", region) != region:
+            raise ConfigError(
+                f"This deployment's resources are in region {recorded['region']}; "
+                f"provisioning in {region} would make a second server.",
+                "Drop --region, or --destroy the deployment before moving it, or give a "
+                "deployment in another region its own --output directory.",
             )
         # Not a resource: remembering the account needs no change in AWS.
-        ctx.state.set(self.state_key, {"id": current["account"]})
+        ctx.state.set(self.state_key, {"id": current["account"], "region": region})
         return Change(KEEP, f"account {current['account']} as {current['arn']}, "
-                            f"region {ctx.aws.region}")
+                            f"region {region}")
+
+    def destroy(self, ctx, current):
+        ctx.state.set(self.state_key, None)
+        return []
 
 
 def image_parameter(deployment):
@@ -90,3 +102,7 @@ class ImageStep(AWSStep):
                                        "parameter": current["parameter"]})
         return Change(KEEP, f"{current['image_id']}: latest {d.os_profile['label']} "
                             f"({d.arch}) from {current['parameter']}")
+
+    def destroy(self, ctx, current):
+        ctx.state.set(self.state_key, None)
+        return []

@@ -14,7 +14,7 @@ from ..configure import ENV_NAME
 from ..engine import ADOPT, CREATE, CREATED, UPDATE, UPDATED, Change
 from ..errors import AWSError
 from ..files import read_text, write_atomic
-from .base import AWSStep, deployment_tag, iam_name
+from .base import AWSStep, iam_name, is_tagged
 from .session import call
 
 IAM_PATH = "/helios-aws/"
@@ -94,7 +94,7 @@ class MailRoleStep(AWSStep):
 
     def plan(self, ctx, current):
         name, profile, policy = current["name"], current["profile"], current["policy"]
-        if profile and deployment_tag(ctx) not in (profile.get("Tags") or []):
+        if profile and not is_tagged(ctx, profile):
             raise AWSError(f"An instance profile named {name} exists without this "
                            "deployment's tag.",
                            "Delete it, or give the deployment another --name.")
@@ -145,7 +145,7 @@ class MailRoleStep(AWSStep):
 
     def _check_tagged(self, ctx, iam, name):
         role = call("read the IAM role", iam.get_role, RoleName=name)["Role"]
-        if deployment_tag(ctx) not in (role.get("Tags") or []):
+        if not is_tagged(ctx, role):
             raise AWSError(f"An IAM role named {name} exists without this deployment's tag.",
                            "Delete it, or give the deployment another --name.")
 
