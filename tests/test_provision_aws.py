@@ -7,7 +7,8 @@ step by wrapping the real step list, with nothing test-only in the product. moto
 answer ``sesv2 GetAccount``: that one call is covered with botocore's Stubber.
 
 moto's console output is a fixed text without SSH host keys; the stand-in is given the
-text cloud-init really prints (real keys made by ssh-keygen), as AWS would serve it.
+text cloud-init really prints (rig.cloud_init_console, with real keys made by
+ssh-keygen), as AWS would serve it.
 """
 
 import json
@@ -21,6 +22,7 @@ import moto.ec2.responses.general as moto_console
 import pytest
 from botocore.stub import Stubber
 
+import rig
 from fixtures import helios_env, make_fixture_project, run_manage
 from helios_aws import envfile, params, provision
 from helios_aws.aws.compute import HostKeyStep
@@ -45,7 +47,13 @@ ONE_OF_EACH = {
     "dmarc": 1, "ses_identities": 2, "volumes": 1, "snapshots": 0,
 }
 NOTHING = dict.fromkeys(ONE_OF_EACH, 0)
-MOTO_CONSOLE = moto_console.SAMPLE_CONSOLE_OUTPUT
+# What the console shows before cloud-init has printed the host keys.
+EARLY_BOOT_CONSOLE = (
+    "[    0.000000] Linux version 6.1.112-122.189.amzn2023.x86_64 (mockbuild@ip-10-0-54-154) "
+    "(gcc (GCC) 11.4.1 20230605 (Red Hat 11.4.1-2)) #1 SMP PREEMPT_DYNAMIC\r\n"
+    "[    0.000000] Command line: BOOT_IMAGE=(hd0,gpt1)/boot/vmlinuz-6.1.112 "
+    "console=tty0 console=ttyS0,115200n8\r\n"
+    "[    2.981230] cloud-init[1583]: Cloud-init v. 22.2.2 running 'init-local'\r\n")
 
 
 # ------------------------------------------------------------------------ the stand-in
@@ -53,48 +61,23 @@ MOTO_CONSOLE = moto_console.SAMPLE_CONSOLE_OUTPUT
 
 @pytest.fixture(scope="module")
 def host_keys(tmp_path_factory):
-    """Real host keys and their fingerprints as ssh-keygen prints them."""
+    """Real host public keys, by the key type ssh-keygen names."""
     directory = tmp_path_factory.mktemp("host-keys")
     keys = {}
-    for kind, option in (("ECDSA", "ecdsa"), ("ED25519", "ed25519")):
+    for option in ("ecdsa", "ed25519"):
         path = directory / f"ssh_host_{option}_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", option, "-N", "", "-C",
-                        "root@ip-172-31-22-10.ec2.internal", "-f", str(path)], check=True)
-        listed = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], check=True,
-                                capture_output=True, text=True).stdout.split()
-        keys[kind] = {"public": path.with_suffix(".pub").read_text().strip(),
-                      "fingerprint": listed[1], "bits": listed[0]}
+        subprocess.run(["ssh-keygen", "-q", "-t", option, "-N", "", "-f", str(path)], check=True)
+        public = path.with_suffix(".pub").read_text().strip()
+        keys[rig.ssh_keygen_fingerprint(public)[2]] = public
     return keys
-
-
-def cloud_init_console(keys):
-    """The end of an Amazon Linux 2023 serial console log, as cloud-init 22 writes it."""
-    host = "root@ip-172-31-22-10.ec2.internal"
-    prefix = "<14>Nov 25 12:40:05 cloud-init:"
-    lines = [
-        "[    6.912345] cloud-init[1583]: Cloud-init v. 22.2.2 running 'init' at Wed, "
-        "25 Nov 2026 12:40:02 +0000. Up 6.88 seconds.",
-        "[    8.124010] cloud-init[1583]: Generating public/private ed25519 key pair.",
-        f"{prefix} #############################################################",
-        f"{prefix} -----BEGIN SSH HOST KEY FINGERPRINTS-----",
-    ]
-    lines += [f"{prefix} {k['bits']} {k['fingerprint']} {host} ({kind})" for kind, k in keys.items()]
-    lines += [
-        f"{prefix} -----END SSH HOST KEY FINGERPRINTS-----",
-        f"{prefix} #############################################################",
-        "-----BEGIN SSH HOST KEY KEYS-----",
-        *(k["public"] for k in keys.values()),
-        "-----END SSH HOST KEY KEYS-----",
-        "[   10.503211] cloud-init[1702]: Cloud-init v. 22.2.2 finished at Wed, 25 Nov 2026 "
-        "12:40:07 +0000. Datasource DataSourceEc2.  Up 10.49 seconds",
-    ]
-    return "\r\n".join(lines) + "\r\n"
 
 
 @pytest.fixture(autouse=True)
 def aws(aws_env, monkeypatch, host_keys):
-    """moto, emptied, serving cloud-init's real console text; the zone of the domain."""
-    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", cloud_init_console(host_keys))
+    """moto, emptied, serving the console text cloud-init really prints (moto's own has
+    no host keys)."""
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT",
+                        rig.cloud_init_console(list(host_keys.values())))
     return aws_env
 
 
@@ -263,9 +246,10 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
 
     recorded = state(deploy)["host_key"]
     assert recorded["instance_id"] == instance["InstanceId"]
-    assert recorded["fingerprints"] == {kind: k["fingerprint"] for kind, k in host_keys.items()}
+    assert recorded["fingerprints"] == {
+        kind: rig.ssh_keygen_fingerprint(public)[1] for kind, public in host_keys.items()}
     assert sorted(recorded["keys"]) == sorted(
-        " ".join(k["public"].split()[:2]) for k in host_keys.values())
+        " ".join(public.split()[:2]) for public in host_keys.values())
 
     second = run(project)
 
@@ -619,8 +603,7 @@ def test_ses_sandbox_status_is_unknown_when_aws_cannot_say(tmp_path):
 
 
 def test_waiting_for_the_host_key_is_bounded(tmp_path, monkeypatch):
-    # moto's own console text: a boot log in which cloud-init printed no keys.
-    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", MOTO_CONSOLE)
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", EARLY_BOOT_CONSOLE)
     ctx, _, _ = in_process(tmp_path)
     ec2 = boto3.client("ec2")
     image = boto3.client("ssm").get_parameters(Names=[
