@@ -58,6 +58,14 @@ class Rehearsal:
         route53 = boto3.client("route53", endpoint_url=moto.url, region_name="us-east-1",
                                aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
         route53.create_hosted_zone(Name=ZONE, CallerReference=ZONE)
+        if self.use_vm:
+            # The local AWS knows Amazon Linux's image parameters, not Debian's: publish
+            # Debian 13's, pointing at an image it knows.
+            ssm = boto3.client("ssm", endpoint_url=moto.url, region_name="us-east-1",
+                               aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+            image = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/"
+                                      "al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+            rig.publish_public_parameter("/aws/service/debian/release/13/latest/amd64", image)
         print(f"AWS endpoint {moto.url}; hosted zone {ZONE}")
 
     def serve_host_keys(self, public_keys):

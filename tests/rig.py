@@ -301,6 +301,22 @@ def serve_console_output(text: str) -> None:
     console.SAMPLE_CONSOLE_OUTPUT = text
 
 
+def publish_public_parameter(name: str, value: str, region: str = "us-east-1",
+                             account: str = "123456789012") -> None:
+    """Add an AWS public SSM parameter (under /aws/service/, which the API refuses to
+    create) to the in-process moto server: moto ships Amazon Linux's AMI parameters
+    but not Debian's."""
+    import datetime
+
+    from moto.ssm.models import Parameter, ssm_backends
+
+    ssm_backends[account][region]._parameters[name].append(Parameter(
+        account_id=account, name=name, value=value, parameter_type="String",
+        description=None, allowed_pattern=None, keyid=None,
+        last_modified_date=datetime.datetime.now(datetime.timezone.utc), version=1,
+        data_type="aws:ec2:image"))
+
+
 # ---------------------------------------------------------------------------- certificates
 
 

@@ -11,6 +11,7 @@ that changes a resource drops what it read with :meth:`AWS.forget`.
 """
 
 import contextlib
+import logging
 
 import boto3
 import botocore.exceptions
@@ -32,10 +33,20 @@ NO_CREDENTIALS_HINT = (
 )
 
 
+def quiet_aws_libraries():
+    """Keep botocore's INFO chatter ("Found credentials in ...") out of the commands'
+    output: Helios configures the root logger at INFO. A level set on purpose is kept."""
+    for name in ("botocore", "boto3", "urllib3"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
 class AWS:
     """A boto3 session and its clients, built once per run."""
 
     def __init__(self, region, profile=None):
+        quiet_aws_libraries()
         self.region = region
         self.profile = profile
         try:
