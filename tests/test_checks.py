@@ -2,6 +2,7 @@
 with the .env aws_configure writes, and with that .env broken one way at a time."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,16 @@ def test_overlay_values_that_helios_never_sees(configured, tmp_path):
     # Not deploy-only: the trap matters wherever the overlay is used.
     assert set(ID_RE.findall(result.stderr + result.stdout)) == {"helios_aws.W005"}
     assert "URL_HOST" in result.stderr
+
+
+def test_every_id_is_documented_with_its_level():
+    from django.core.checks import ERROR
+
+    from helios_aws import checks
+    from helios_aws.probes.base import REGISTRY
+
+    text = (Path(__file__).resolve().parent.parent / "docs/checks.md").read_text()
+    documented = dict(re.findall(r"^\| `([\w.]+)` \| (error|warning) \|", text, re.M))
+    expected = {c.id: "error" if c.level >= ERROR else "warning" for c, _ in checks.MESSAGES}
+    expected.update({p.id: p.level for p in REGISTRY.values()})
+    assert documented == expected

@@ -1,0 +1,90 @@
+"""Check a deployment: its configuration, the live site and AWS, with a verdict."""
+
+import argparse
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from helios_aws import cli, params, probes
+from helios_aws.probes.report import FAIL_LEVELS
+
+
+class Command(BaseCommand):
+    help = (
+        "Check the deployment recorded in the output directory: Django's system checks on "
+        "its .env, the live site (DNS, redirect, TLS, HSTS, static files) and the AWS "
+        "resources. Exits non-zero when a check at or above --fail-level fails. Ids and "
+        "the JSON schema: docs/checks.md."
+    )
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        params.add_output_argument(parser)
+        parser.add_argument("--local", action="store_true",
+                            help="Only the configuration checks, on this process's "
+                                 "settings (Django's system checks, deploy ones included).")
+        parser.add_argument("--only", action="append", default=[], metavar="AREA|ID",
+                            help="Run only these areas (config, site, aws, host, mail) or "
+                                 "check ids; repeatable, or comma-separated.")
+        parser.add_argument("--skip", action="append", default=[], metavar="AREA|ID",
+                            help="Leave out these areas or check ids.")
+        parser.add_argument("--format", choices=("text", "json"), default="text",
+                            help="text (default) or json (schema in docs/checks.md).")
+        parser.add_argument("--fail-level", choices=FAIL_LEVELS, default="error",
+                            help="Exit non-zero when a check fails at this level or above "
+                                 "(default: error; warning also fails on warnings).")
+        parser.add_argument("--address", default="", metavar="HOST[:PORT]",
+                            help="Connect to this address (and HTTPS port) instead of the "
+                                 "domain's, still sending the domain as Host and SNI.")
+        parser.add_argument("--http-port", type=int, default=None,
+                            help="HTTP port to connect to (default: the deployment's).")
+        parser.add_argument("--https-port", type=int, default=None,
+                            help="HTTPS port to connect to (default: the deployment's).")
+        parser.add_argument("--ca-file", default="", metavar="PEM",
+                            help="Trust only this CA for the site's certificate (a local "
+                                 "or staging CA).")
+        parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                            help="Bound every probe to this many seconds (default: each "
+                                 "probe's own, 15 s for most).")
+        parser.add_argument("--profile", default="", help="AWS profile to use.")
+        parser.add_argument("--send-test-email", default="", metavar="ADDRESS",
+                            help="Also send a test message through the deployment's mail "
+                                 "configuration and report its SES message id.")
+
+    @cli.translate_errors
+    def handle(self, *args, **options):
+        report = probes.check(probes.Options(
+            out_dir=None if options["local"] else cli.resolve_output(options),
+            local=options["local"],
+            only=_tokens(options["only"]),
+            skip=_tokens(options["skip"]),
+            address=options["address"],
+            http_port=options["http_port"],
+            https_port=options["https_port"],
+            ca_file=options["ca_file"],
+            timeout=options["timeout"],
+            profile=options["profile"],
+            test_email=options["send_test_email"],
+            settings_layer=cli.settings_layer(),
+        ))
+        if options["format"] == "json":
+            self.stdout.write(json.dumps(report.as_json(), indent=2))
+        else:
+            for line in report.lines(self.style, options["verbosity"]):
+                self.stdout.write(line)
+        failures = report.failures(options["fail_level"])
+        if failures:
+            raise CommandError(
+                f"{len(failures)} check(s) failed at level {options['fail_level']} or above: "
+                f"{', '.join(r.id for r in failures)}.")
+
+
+def _seconds(text):
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("give a number of seconds between 0 and 3600")
+    return value
+
+
+def _tokens(values):
+    return tuple(t.strip() for value in values for t in value.split(",") if t.strip())
