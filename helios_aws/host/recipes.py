@@ -1,0 +1,179 @@
+"""What differs between the supported host operating systems.
+
+A recipe names the packages, services, paths and commands of one OS; the steps in
+``steps.py`` are written once against this interface. Amazon Linux 2 has no recipe: it
+is refused before any connection (see ``params.AL2_END_OF_SUPPORT``).
+"""
+
+import shlex
+
+from ..errors import ConfigError
+from ..params import AL2_END_OF_SUPPORT
+
+PYTHON = "/usr/bin/python3.13"
+NOLOGIN = "/usr/sbin/nologin"
+
+# RabbitMQ for the local Celery worker only: AMQP, Erlang distribution and epmd (Erlang's
+# port mapper, socket-activated by systemd on Debian) on loopback. The node is named
+# after "localhost" because the host name may resolve to an address epmd no longer
+# listens on (127.0.1.1 on Debian, the private address on EC2).
+RABBITMQ_FILES = {
+    "/etc/rabbitmq/rabbitmq-env.conf": """\
+# Written by helios-aws: one local node for the Celery worker.
+NODENAME=rabbit@localhost
+""",
+    "/etc/rabbitmq/conf.d/90-helios-aws.conf": """\
+# Written by helios-aws: the broker serves the local Celery worker only.
+listeners.tcp.default = 127.0.0.1:5672
+distribution.listener.interface = 127.0.0.1
+""",
+    "/etc/systemd/system/epmd.socket.d/helios-aws.conf": """\
+# Written by helios-aws: Erlang's port mapper on loopback only.
+[Socket]
+ListenStream=
+ListenStream=127.0.0.1:4369
+""",
+}
+REDIS_BIND = "bind 127.0.0.1 -::1"
+
+
+class Recipe:
+    """The host OS as the steps see it. Subclasses fill in the names."""
+
+    os = ""
+    label = ""
+    base_packages = ()
+    broker_packages = {}
+    broker_services = {}
+    postgres_service = "postgresql"
+    ca_anchor_dir = ""
+    ca_suffix = ".crt"
+    ca_update = ""
+    ca_bundle = ""
+    distro_renew_timer = ""
+    git_package = "git"
+
+    def packages(self, broker, git=False):
+        names = list(self.base_packages) + list(self.broker_packages[broker])
+        if git:
+            names.append(self.git_package)
+        return names
+
+    def query_packages(self, names):
+        """A command printing the name of each of ``names`` that is installed."""
+        raise NotImplementedError
+
+    def install_packages(self, names):
+        raise NotImplementedError
+
+    def postgres_init(self):
+        """A command that creates the database cluster when there is none ('' if the
+        package does it)."""
+        return ""
+
+    def broker_service(self, broker):
+        return self.broker_services[broker]
+
+    def broker_files(self, broker):
+        """{path: text} of the broker's configuration files this tool owns. They are
+        written before the broker is installed, so it never listens elsewhere."""
+        return dict(RABBITMQ_FILES) if broker == "rabbitmq" else {}
+
+    def broker_restart(self, broker):
+        """A command restarting the broker with new configuration."""
+        service = self.broker_service(broker)
+        if broker == "rabbitmq":
+            # The socket cannot be restarted under its running epmd, and the broker's
+            # ExecStop (rabbitmqctl) needs epmd: stop the broker first.
+            return (f"systemctl stop {service} && systemctl stop epmd.service epmd.socket && "
+                    f"systemctl start epmd.socket {service}")
+        return f"systemctl restart {service}"
+
+    def redis_conf(self):
+        return ""
+
+    @staticmethod
+    def broker_ports(broker):
+        return (5672, 25672, 4369) if broker == "rabbitmq" else (6379,)
+
+
+class Debian13(Recipe):
+    os = "debian13"
+    label = "Debian 13 (trixie)"
+    base_packages = (
+        "python3.13", "python3.13-venv", "python3.13-dev", "gcc", "libldap-dev",
+        "libsasl2-dev", "postgresql", "nginx", "certbot", "curl", "ca-certificates",
+    )
+    broker_packages = {"rabbitmq": ("rabbitmq-server",), "redis": ("redis-server",)}
+    broker_services = {"rabbitmq": "rabbitmq-server.service", "redis": "redis-server.service"}
+    ca_anchor_dir = "/usr/local/share/ca-certificates/helios-aws"
+    ca_update = "update-ca-certificates >/dev/null"
+    ca_bundle = "/etc/ssl/certs/ca-certificates.crt"
+    distro_renew_timer = "certbot.timer"
+
+    def query_packages(self, names):
+        return ("dpkg-query -W -f '${Package} ${db:Status-Abbrev}\\n' "
+                f"{shlex.join(names)} 2>/dev/null | awk '$2 == \"ii\" {{ print $1 }}'")
+
+    def install_packages(self, names):
+        return ("export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
+                "apt-get install -y -q --no-install-recommends "
+                f"-o Dpkg::Options::=--force-confold {shlex.join(names)}")
+
+    def redis_conf(self):
+        return "/etc/redis/redis.conf"
+
+
+class AmazonLinux2023(Recipe):
+    os = "al2023"
+    label = "Amazon Linux 2023"
+    # curl-minimal is part of the image; the full curl package would conflict with it.
+    base_packages = (
+        "python3.13", "python3.13-devel", "gcc", "openldap-devel", "cyrus-sasl-devel",
+        "postgresql15-server", "nginx", "certbot", "python3-certbot-nginx",
+        "ca-certificates",
+    )
+    broker_packages = {"redis": ("redis6",)}
+    broker_services = {"redis": "redis6.service"}
+    ca_anchor_dir = "/etc/pki/ca-trust/source/anchors/helios-aws"
+    ca_suffix = ".pem"
+    ca_update = "update-ca-trust extract"
+    ca_bundle = "/etc/pki/tls/certs/ca-bundle.crt"
+    distro_renew_timer = "certbot-renew.timer"
+
+    def query_packages(self, names):
+        return (f"rpm -q --qf '%{{NAME}}\\n' {shlex.join(names)} 2>/dev/null "
+                "| grep -v ' ' || true")
+
+    def install_packages(self, names):
+        return f"dnf install -y -q {shlex.join(names)}"
+
+    def postgres_init(self):
+        return ("[ -f /var/lib/pgsql/data/PG_VERSION ] || "
+                "postgresql-setup --initdb >/dev/null")
+
+    def redis_conf(self):
+        return "/etc/redis6/redis6.conf"
+
+
+RECIPES = {r.os: r for r in (Debian13(), AmazonLinux2023())}
+
+
+def for_deployment(deployment):
+    """The recipe of the deployment's OS; ConfigError for what cannot be served."""
+    if deployment.os == "al2":
+        raise ConfigError(f"--os al2 is refused: {AL2_END_OF_SUPPORT}.",
+                          "Use --os al2023 (the default) or --os debian13.")
+    recipe = RECIPES.get(deployment.os)
+    if recipe is None:
+        raise ConfigError(f"--os {deployment.os!r} has no host recipe.",
+                          f"Use one of: {', '.join(RECIPES)}.")
+    broker = deployment.effective_broker
+    if broker not in recipe.broker_packages:
+        raise ConfigError(
+            f"--broker {broker} is not offered on {recipe.label}: the distribution has no "
+            "Erlang or RabbitMQ packages, and the RabbitMQ team's own repositories for it "
+            "have broken before.",
+            "Use --broker redis there (the default), or --os debian13 for RabbitMQ.",
+        )
+    return recipe
