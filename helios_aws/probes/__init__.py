@@ -1,7 +1,8 @@
 """Live probes of a deployment and the report ``aws_check`` prints.
 
 Areas: ``config`` (Django's system checks on the deployment's settings), ``site`` (DNS,
-HTTP, TLS, headers), ``aws`` (the tagged resources) and ``mail`` (the test e-mail). :func:`check` runs them concurrently and returns a
+HTTP, TLS, headers), ``aws`` (the tagged resources), ``host`` (over SSH) and ``mail``
+(the test e-mail). :func:`check` runs them concurrently and returns a
 :class:`~helios_aws.probes.report.Report`; ids and the JSON schema are in docs/checks.md.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from .. import params, project as project_mod
 from ..engine import STATE_NAME, State
 from ..errors import ConfigError, HeliosAWSError
-from . import aws, config, mail, site  # noqa: F401  (registers the probes)
+from . import aws, config, host, mail, site  # noqa: F401  (registers the probes)
 from .base import (
     AREAS, DEFAULT_TIMEOUT, REGISTRY, Context, Target, area_wanted, matches, run, select,
 )
@@ -38,6 +39,11 @@ class Options:
     timeout: float = None
     profile: str = ""
     test_email: str = ""
+    host: str = ""
+    ssh_port: int = None
+    ssh_key: str = ""
+    known_hosts: str = ""
+    trust_host_key: tuple = ()
     settings_layer: dict = None
 
 
@@ -117,13 +123,15 @@ def check(options):
     env_file = out_dir / ENV_NAME
     project_root = project_mod.find_root()
     project = _project()
+    state = State(out_dir / STATE_NAME).data
     ctx = Context(deployment,
-                  state=State(out_dir / STATE_NAME).data,
+                  state=state,
                   target=_target(deployment, options),
                   timeout=timeout or DEFAULT_TIMEOUT,
                   static_file=static_sample(project) if project else "",
                   celery_app=project.celery_app if project else "",
                   aws=lambda: _aws(deployment, options),
+                  ssh=_ssh(deployment, state, out_dir, options),
                   test_email=options.test_email)
     probes = [p for p in select(options.only, options.skip) if p.area != "mail"]
     tasks, local_probes = _local_tasks(options)
@@ -165,6 +173,20 @@ def _target(deployment, options):
         public_https_port=deployment.https_port,
         ca_file=options.ca_file or "",
     )
+
+
+def _ssh(deployment, state, out_dir, options):
+    """A factory of the SSH connection pool, or None when there is no host."""
+    from ..aws.compute import KEY_FILE
+
+    key = options.ssh_key or (out_dir / KEY_FILE if (out_dir / KEY_FILE).is_file() else None)
+    connect = host.connector(
+        deployment, state, host=options.host, port=options.ssh_port, key_file=key,
+        known_hosts=[options.known_hosts] if options.known_hosts else [],
+        trust_host_key=options.trust_host_key, timeout=options.timeout or DEFAULT_TIMEOUT)
+    if connect is None:
+        return None
+    return lambda: host.Pool(connect).open_first()
 
 
 def _aws(deployment, options):

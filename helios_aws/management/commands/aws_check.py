@@ -1,4 +1,4 @@
-"""Check a deployment: its configuration, the live site and AWS, with a verdict."""
+"""Check a deployment: its configuration, the live site, AWS and the host, with a verdict."""
 
 import argparse
 import json
@@ -12,9 +12,9 @@ from helios_aws.probes.report import FAIL_LEVELS
 class Command(BaseCommand):
     help = (
         "Check the deployment recorded in the output directory: Django's system checks on "
-        "its .env, the live site (DNS, redirect, TLS, HSTS, static files) and the AWS "
-        "resources. Exits non-zero when a check at or above --fail-level fails. Ids and "
-        "the JSON schema: docs/checks.md."
+        "its .env, the live site (DNS, redirect, TLS, HSTS, static files), the AWS "
+        "resources and the host over SSH. Exits non-zero when a check at or above "
+        "--fail-level fails. Ids and the JSON schema: docs/checks.md."
     )
     requires_system_checks = []
 
@@ -47,6 +47,19 @@ class Command(BaseCommand):
                             help="Bound every probe to this many seconds (default: each "
                                  "probe's own, 15 s for most).")
         parser.add_argument("--profile", default="", help="AWS profile to use.")
+        parser.add_argument("--host", default="",
+                            help="SSH host (default: the Elastic IP in state.json); may be "
+                                 "an alias of ~/.ssh/config.")
+        parser.add_argument("--ssh-port", type=int, default=None, help="SSH port.")
+        parser.add_argument("--ssh-key", default="",
+                            help="Private key to log in with (default: the key "
+                                 "aws_provision saved, ~/.ssh/config, the agent).")
+        parser.add_argument("--known-hosts", default="",
+                            help="A known_hosts file to verify the host key against.")
+        parser.add_argument("--trust-host-key", action="append", default=[],
+                            metavar="SHA256:...",
+                            help="Trust this host key fingerprint (besides those "
+                                 "aws_provision pinned).")
         parser.add_argument("--send-test-email", default="", metavar="ADDRESS",
                             help="Also send a test message through the deployment's mail "
                                  "configuration and report its SES message id.")
@@ -65,6 +78,11 @@ class Command(BaseCommand):
             timeout=options["timeout"],
             profile=options["profile"],
             test_email=options["send_test_email"],
+            host=options["host"],
+            ssh_port=options["ssh_port"],
+            ssh_key=options["ssh_key"],
+            known_hosts=options["known_hosts"],
+            trust_host_key=_tokens(options["trust_host_key"]),
             settings_layer=cli.settings_layer(),
         ))
         if options["format"] == "json":

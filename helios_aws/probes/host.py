@@ -1,0 +1,260 @@
+"""Host probes: the server itself, over the host half's verified SSH connection.
+
+A :class:`~helios_aws.host.ssh.Connection` runs one command at a time (it keeps a
+persistent remote shell), so concurrent probes borrow connections from a small
+:class:`Pool`; each one verifies the host key like the first. Django commands run as the
+host half runs them: from the ``current`` release, as the service user, with the .env.
+Probes that need systemd are skipped on a host without it.
+"""
+
+import contextlib
+import re
+import shlex
+import threading
+
+from .. import layout as layout_mod
+from ..host import recipes
+from ..host.ssh import Connection
+from ..host.steps import APP_UNITS, RENEW_TIMER
+from .base import Skip, failed, passed, probe, warned
+
+MAX_CONNECTIONS = 4
+DISK_WARNING = 80
+DISK_ERROR = 90
+CELERY_PING_SECONDS = 5
+NGINX_UNIT = "nginx.service"
+# The line that says why a ping failed: "Error: No nodes replied ..." or the broker's
+# exception, e.g. "kombu.exceptions.OperationalError: [Errno 111] Connection refused"
+# (never celery 5.6.1's RecursionError start-up noise).
+CELERY_ERROR_RE = re.compile(r"^\s*(Error: |[\w.]*(Error|Exception): )")
+
+
+class Pool:
+    """Up to ``size`` SSH connections, each used by one probe at a time."""
+
+    def __init__(self, connect, size=MAX_CONNECTIONS):
+        self._connect = connect
+        self._slots = threading.Semaphore(size)
+        self._lock = threading.Lock()
+        self._idle = []
+        self._all = []
+
+    def open_first(self):
+        """Open one connection now, so an unreachable or untrusted host is found once."""
+        connection = self._connect()
+        with self._lock:
+            self._all.append(connection)
+            self._idle.append(connection)
+        return self
+
+    @contextlib.contextmanager
+    def connection(self):
+        with self._slots:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                connection = self._connect()
+                with self._lock:
+                    self._all.append(connection)
+            try:
+                yield connection
+            finally:
+                with self._lock:
+                    self._idle.append(connection)
+
+    def run(self, command, sudo=True, timeout=60):
+        """Run ``command``; a Result with ``status``, ``stdout``, ``stderr``."""
+        with self.connection() as connection:
+            return connection.run(command, sudo=sudo, check=False, timeout=timeout)
+
+    def close(self):
+        with self._lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+            self._idle.clear()
+
+
+def connector(deployment, state, host="", port=None, key_file=None, known_hosts=(),
+              trust_host_key=(), timeout=15):
+    """A function opening a verified Connection to the deployment's host, from the
+    state file (the Elastic IP, the host key fingerprints the AWS half pinned) and the
+    command's SSH options, giving up after ``timeout`` seconds; ``None`` when there is no
+    host to connect to."""
+    host = host or (state.get("elastic_ip") or {}).get("public_ip")
+    if not host:
+        return None
+    pinned = list(trust_host_key) + sorted(
+        ((state.get("host_key") or {}).get("fingerprints") or {}).values())
+
+    def connect():
+        return Connection(
+            host, user=deployment.ssh_user or None,
+            default_user=deployment.os_profile["ssh_user"], port=port,
+            key_filename=str(key_file) if key_file else None, pinned=pinned,
+            known_hosts=list(known_hosts), connect_timeout=timeout,
+        ).connect()
+
+    return connect
+
+
+def _pool(ctx):
+    return ctx.ssh()
+
+
+def _layout(ctx):
+    return layout_mod.for_deployment(ctx.deployment, ctx.deployment.host_prefix)
+
+
+def _systemd(ctx):
+    """Skip unless systemd runs the host (sd_booted: /run/systemd/system exists)."""
+    booted = ctx.once("host-systemd", lambda: _pool(ctx).run(
+        "test -d /run/systemd/system", sudo=False, timeout=ctx.timeout).status == 0)
+    if not booted:
+        raise Skip("systemd does not run this host, so units cannot be checked.")
+
+
+def _q(value):
+    return shlex.quote(str(value))
+
+
+def as_service(ctx, program, *args):
+    """``program ARGS`` in the current release, as the service user with the .env (as the
+    host half runs migrations and the units run Helios)."""
+    lay = _layout(ctx)
+    return (f"cd {_q(lay.current)} && runuser -u {_q(lay.service_user)} -- env "
+            f"HELIOS_ENV_FILE={_q(lay.env_file)} "
+            f"DJANGO_SETTINGS_MODULE={layout_mod.SETTINGS_MODULE} "
+            f"{_q(lay.venv_bin / program)} {shlex.join(args)}")
+
+
+def manage(ctx, *args):
+    return as_service(ctx, "python", "manage.py", *args)
+
+
+def _tail(result, lines=3):
+    text = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return " | ".join(line.strip() for line in text[-lines:]) or f"exit status {result.status}"
+
+
+def expected_units(deployment):
+    recipe = recipes.for_deployment(deployment)
+    return [*APP_UNITS, NGINX_UNIT, f"{recipe.postgres_service}.service",
+            recipe.broker_service(deployment.effective_broker)]
+
+
+@probe("host.E001", "Every unit of the deployment is active",
+       "See why with `sudo systemctl status UNIT` and `sudo journalctl -u UNIT -e` on the "
+       "host; aws_provision starts them.")
+def units_active(ctx):
+    _systemd(ctx)
+    units = expected_units(ctx.deployment)
+    result = _pool(ctx).run("systemctl is-active " + " ".join(units), timeout=ctx.timeout)
+    states = dict(zip(units, result.stdout.split()))
+    down = [f"{u} {states.get(u, 'unknown')}" for u in units if states.get(u) != "active"]
+    if down:
+        return failed(f"Not active: {', '.join(down)}.")
+    return passed(f"Active: {', '.join(units)}.")
+
+
+@probe("host.E002", "`nginx -t` accepts the configuration",
+       "Run `sudo nginx -t` on the host and fix what it names; a reload with a broken "
+       "configuration keeps the old one running only until the next restart.")
+def nginx_config(ctx):
+    conf = _layout(ctx).nginx_site.parent.parent / "nginx.conf"
+    result = _pool(ctx).run(f"nginx -t -q -c {_q(conf)}", timeout=ctx.timeout)
+    if result.status == 0:
+        return passed(f"nginx -t accepts {conf}.")
+    return failed(f"nginx -t rejects {conf}: {_tail(result)}")
+
+
+def _disk_lines(text):
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 6 and fields[4].endswith("%"):
+            yield fields[5], int(fields[4][:-1]), int(fields[3]) // (1024 * 1024)
+
+
+@probe("host.E003", f"Disks are under {DISK_WARNING}% full (error at {DISK_ERROR}%)",
+       "Free space on the host (old releases, `journalctl --vacuum-size=200M`, package "
+       "caches) or grow the volume (aws_provision --volume-size).")
+def disk_usage(ctx):
+    root = _layout(ctx).root
+    result = _pool(ctx).run(f"df -P -k / $(test -d {_q(root)} && echo {_q(root)})",
+                            sudo=False, timeout=ctx.timeout)
+    disks = sorted(set(_disk_lines(result.stdout)))
+    if result.status != 0 or not disks:
+        return failed(f"df failed: {_tail(result)}")
+    worst = max(disks, key=lambda d: d[1])
+    summary = ", ".join(f"{mount} {used}% used ({free} GiB free)" for mount, used, free in disks)
+    if worst[1] >= DISK_ERROR:
+        return failed(summary)
+    if worst[1] >= DISK_WARNING:
+        return warned(summary)
+    return passed(summary)
+
+
+@probe("host.E004", "The certificate renewal timer is enabled and active",
+       f"Run `sudo systemctl enable --now {RENEW_TIMER}` on the host (aws_provision "
+       "installs it).")
+def renewal_timer(ctx):
+    _systemd(ctx)
+    result = _pool(ctx).run(f"systemctl is-enabled {RENEW_TIMER}; systemctl is-active "
+                            f"{RENEW_TIMER}", timeout=ctx.timeout)
+    enabled, active = (result.stdout.split() + ["unknown", "unknown"])[:2]
+    if (enabled, active) == ("enabled", "active"):
+        return passed(f"{RENEW_TIMER} is enabled and active.")
+    return failed(f"{RENEW_TIMER} is {enabled} and {active}.")
+
+
+@probe("host.E005", "Every migration is applied", "Run aws_provision, which migrates from "
+       "the new release before switching to it, or `manage.py migrate` on the host.")
+def migrations_applied(ctx):
+    result = _pool(ctx).run(manage(ctx, "showmigrations", "--plan"), timeout=ctx.timeout)
+    if result.status != 0:
+        return failed(f"showmigrations failed: {_tail(result)}",
+                      "Helios cannot start Django on the host: read the error above "
+                      "(`journalctl -u gunicorn` shows the same).")
+    pending = re.findall(r"^\[ \]\s+(\S+)", result.stdout, re.M)
+    if pending:
+        shown = ", ".join(pending[:5]) + (" ..." if len(pending) > 5 else "")
+        return failed(f"{len(pending)} migration(s) not applied: {shown}.")
+    applied = len(re.findall(r"^\[X\]", result.stdout, re.M))
+    return passed(f"All {applied} migrations are applied.")
+
+
+@probe("host.E006", "The Celery worker answers a ping",
+       "See `sudo journalctl -u helios-celery -e` on the host (ignore the burst of "
+       "RecursionError lines celery 5.6.1 logs at start-up) and that the broker runs.",
+       timeout=30)
+def celery_ping(ctx):
+    if not ctx.celery_app:
+        raise Skip("The project's Celery app is not known (the project could not be read).")
+    # The unit names no --hostname, so the worker is celery@HOST; naming it as the
+    # destination lets the ping return on the first reply instead of at the timeout.
+    command = as_service(ctx, "celery", "--app", ctx.celery_app, "inspect", "ping",
+                         "--timeout", str(CELERY_PING_SECONDS)) \
+        + ' --destination "celery@$(hostname)"'
+    result = _pool(ctx).run(command, timeout=ctx.timeout)
+    # Only the reply counts: celery 5.6.1 logs RecursionError noise on stderr (#10042).
+    nodes = re.findall(r"->\s+(\S+): OK", result.stdout)
+    if result.status == 0 and nodes and "pong" in result.stdout:
+        return passed(f"pong from {', '.join(nodes)}.")
+    errors = [line.strip() for line in (result.stdout + "\n" + result.stderr).splitlines()
+              if CELERY_ERROR_RE.search(line) and "RecursionError" not in line]
+    return failed("No worker answered: " + (errors[-1] if errors else _tail(result)))
+
+
+@probe("host.E007", "PostgreSQL accepts the service user as Helios connects",
+       "Check that PostgreSQL runs and that the service user's role may log in (peer "
+       "authentication over the unix socket); aws_provision sets both up.")
+def database_login(ctx):
+    lay = _layout(ctx)
+    result = _pool(ctx).run(manage(ctx, "dbshell", "--", "-XAtq", "-c",
+                                   "SELECT current_user || ' ' || current_database()"),
+                            timeout=ctx.timeout)
+    if result.status == 0 and result.stdout.strip():
+        role, database = (result.stdout.split() + ["?"])[:2]
+        return passed(f"{lay.service_user} logs in to database {database} as role {role}.")
+    return failed(f"{lay.service_user} cannot log in: {_tail(result)}")
+
