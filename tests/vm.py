@@ -700,8 +700,8 @@ def debian_vm():
     missing = missing_tools()
     if missing:
         pytest.skip(
-            f"{', '.join(missing)} not installed (apt-get install qemu-system-x86 qemu-utils debootstrap "
-            "e2fsprogs openssh-client)"
+            f"{', '.join(missing)} not installed (apt-get install qemu-system-x86 qemu-utils "
+            "debootstrap e2fsprogs openssh-client)"
         )
     # One guest per process even when several modules import this fixture.
     if _shared is None or _shared.process.poll() is not None:
