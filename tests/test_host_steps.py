@@ -167,13 +167,6 @@ def test_amazon_linux_2_is_refused_by_the_parameters():
         params.build([{"os": "al2"}])
 
 
-def test_env_secrets_are_registered_for_redaction(ctx, project):
-    host.steps(ctx, project)
-    secret = [line.split("=", 1)[1] for line in (ctx.out_dir / ".env").read_text().splitlines()
-              if line.startswith("SECRET_KEY=")][0]
-    assert ctx.redactor.redact(f"echo {secret}") == "echo ********"
-
-
 # ------------------------------------------------------------------------ ssh / OS
 
 
@@ -800,7 +793,7 @@ def test_renewal_enables_our_timer_and_proves_a_dry_run(ctx, project):
     assert script[2] == "systemctl disable --now certbot.timer >/dev/null 2>&1 || true"
     assert script[3] == "systemctl enable --now helios-certbot-renew.timer >/dev/null 2>&1"
     assert script[4].endswith("certbot renew --dry-run --non-interactive "
-                              "--cert-name vote.example.org")
+                              "--no-random-sleep-on-renew --cert-name vote.example.org")
     assert script[5].endswith("> /var/lib/helios-aws/renew-dry-run")
 
 

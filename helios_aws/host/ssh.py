@@ -342,6 +342,7 @@ class Connection:
     def close(self):
         if self.client is None:
             return
+        self.log(f"ssh: {self.commands_run} commands over {self.channels_opened} channels")
         if self._staging and self._shell(False, required=False):
             try:
                 self.run(f"rm -rf {shlex.quote(self._staging)}", check=False, timeout=30)

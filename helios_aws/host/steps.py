@@ -38,7 +38,7 @@ import re
 import shlex
 from pathlib import Path, PurePosixPath
 
-from .. import configure, envfile, layout as layout_mod, project as project_mod
+from .. import configure, layout as layout_mod, project as project_mod
 from ..engine import CREATE, KEEP, UNCHANGED, UPDATE, Change, Step
 from ..errors import ConfigError, HostError
 from . import recipes, release as release_mod
@@ -168,6 +168,11 @@ class Target:
         except FileNotFoundError:
             raise ConfigError(f"{path} is missing.",
                               "Run manage.py aws_configure first (with the same --output).")
+
+    @property
+    def state_dir(self):
+        """This tool's own records on the server (not the app's)."""
+        return PurePosixPath(self.layout.prefix + STATE_DIR)
 
     @property
     def uses_uv(self):
@@ -328,7 +333,7 @@ class ServiceUser(HostStep):
             (lay.shared, user, user, "750"),
             (lay.shared / "media", user, user, "750"),
             (lay.acme_root, "root", "root", "755"),
-            (PurePosixPath(STATE_DIR), "root", "root", "755"),
+            (self.target.state_dir, "root", "root", "755"),
         ]
 
     def read(self, ctx):
@@ -917,7 +922,7 @@ class Renewal(HostStep):
     name = "host: certificate renewal"
 
     def marker(self):
-        return f"{STATE_DIR}/renew-dry-run"
+        return self.target.state_dir / "renew-dry-run"
 
     def proof_script(self):
         """Prints the digest of what a dry run vouches for: certificate and renewal conf."""
@@ -956,7 +961,8 @@ class Renewal(HostStep):
             "set -e", "cd /",
             f"systemctl disable --now {distro} >/dev/null 2>&1 || true",
             f"systemctl enable --now {RENEW_TIMER} >/dev/null 2>&1",
-            f"{env} certbot renew --dry-run --non-interactive --cert-name {q(domain)}{server}",
+            f"{env} certbot renew --dry-run --non-interactive --no-random-sleep-on-renew "
+            f"--cert-name {q(domain)}{server}",
             f"{self.proof_script()} > {self.marker()}",
         ]), timeout=900)
 
@@ -999,18 +1005,9 @@ class Liveness(HostStep):
 # ------------------------------------------------------------------------- entry point
 
 
-def register_secrets(ctx):
-    """Mask the .env's secret values wherever commands or output are shown."""
-    env = envfile.parse(configure.read_text(ctx.out_dir / configure.ENV_NAME))
-    for key, value in env.items():
-        if key in envfile.SECRET_KEYS:
-            ctx.secret(value)
-
-
 def steps(ctx, project=None):
     """The host steps for ``ctx.deployment``, in order (see the module docstring)."""
     target = Target(ctx, project)
-    register_secrets(ctx)
     result = [Connect(target)]
     if target.options.get("ca_bundle"):
         result.append(TrustCA(target))

@@ -1,0 +1,305 @@
+"""The SSH connection against a real OpenSSH server on loopback (the rig's ``sshd``).
+
+Host keys (pinned, known_hosts, unknown, changed), ~/.ssh/config, SFTP with modes and
+owners, sudo, failures reported with their step, command, status and output, the
+persistent shells (channels counted), and host steps that touch only files run twice.
+"""
+
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import django
+import pytest
+from django.conf import settings
+
+from helios_aws import configure, engine, params
+from helios_aws.errors import HostError
+from helios_aws.host import steps as host
+from helios_aws.host.ssh import Connection
+from helios_aws.project import Project
+
+if not settings.configured:
+    settings.configure()
+    django.setup()
+
+
+def connect(server, **kwargs):
+    options = dict(user=server.user, key_filename=str(server.client_key),
+                   pinned=[server.host_key_fingerprint], ssh_config=None,
+                   allow_agent=False, look_for_keys=False)
+    options.update(kwargs)
+    return Connection(server.host, port=server.port, **options).connect()
+
+
+@pytest.fixture
+def conn(sshd):
+    with connect(sshd) as connection:
+        yield connection
+
+
+def accepted_logins(server):
+    return server.process.log_tail(10_000).count("Accepted publickey")
+
+
+# ------------------------------------------------------------------------ host keys
+
+
+def test_a_pinned_fingerprint_lets_the_connection_in(conn, sshd):
+    result = conn.run("echo hello; whoami")
+    assert (result.status, result.stdout, result.stderr) == (0, f"hello\n{sshd.user}\n", "")
+    assert conn.host_key_fingerprint == sshd.host_key_fingerprint
+
+
+def test_a_known_hosts_entry_lets_the_connection_in(sshd):
+    with connect(sshd, pinned=(), known_hosts=[sshd.known_hosts]) as connection:
+        assert connection.run("true").ok
+
+
+def test_an_unknown_host_key_is_refused_before_logging_in(sshd, tmp_path):
+    before = accepted_logins(sshd)
+    with pytest.raises(HostError) as error:
+        connect(sshd, pinned=(), known_hosts=[tmp_path / "empty"])
+    message = str(error.value)
+    assert "is unknown" in message and "impostor" in message
+    assert sshd.host_key_fingerprint in message
+    assert f"--trust-host-key {sshd.host_key_fingerprint}" in error.value.hint
+    assert accepted_logins(sshd) == before
+
+
+def test_a_changed_host_key_is_refused_before_logging_in(sshd, sshd_new_host_key, tmp_path):
+    """known_hosts remembers the first server's key for the second server's address."""
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd_new_host_key.port} {sshd.host_public_key}\n")
+    before = accepted_logins(sshd_new_host_key)
+    with pytest.raises(HostError) as error:
+        connect(sshd_new_host_key, pinned=(), known_hosts=[known])
+    assert "has CHANGED" in str(error.value) and "impostor" in str(error.value)
+    assert "ssh-keygen -R" in error.value.hint
+    assert accepted_logins(sshd_new_host_key) == before
+
+
+def test_a_key_other_than_the_pinned_one_is_refused(sshd, sshd_new_host_key):
+    with pytest.raises(HostError) as error:
+        connect(sshd_new_host_key, pinned=[sshd.host_key_fingerprint],
+                known_hosts=[sshd_new_host_key.known_hosts])
+    message = str(error.value)
+    assert "does not match" in message
+    assert sshd_new_host_key.host_key_fingerprint in message
+    assert sshd.host_key_fingerprint in message
+
+
+def test_ssh_config_gives_host_name_port_user_and_key(sshd, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host helios-box\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                      f"  User {sshd.user}\n  IdentityFile {sshd.client_key}\n")
+    connection = Connection("helios-box", ssh_config=str(config), allow_agent=False,
+                            look_for_keys=False, pinned=[sshd.host_key_fingerprint])
+    with connection.connect():
+        assert connection.run("whoami").stdout.strip() == sshd.user
+        assert connection.label == f"{sshd.user}@127.0.0.1:{sshd.port}"
+
+
+def test_a_refused_login_is_explained(sshd, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+    with pytest.raises(HostError) as error:
+        connect(sshd, key_filename=str(other))
+    assert "refused to log in" in str(error.value)
+    assert "--ssh-user" in error.value.hint and "authorized_keys" in error.value.hint
+
+
+def test_an_unreachable_host_is_retried_then_explained(sshd):
+    from rig import free_port
+
+    waits = []
+    connection = Connection("127.0.0.1", port=free_port(), user=sshd.user, ssh_config=None,
+                            allow_agent=False, look_for_keys=False,
+                            key_filename=str(sshd.client_key))
+    started = time.monotonic()
+    with pytest.raises(HostError) as error:
+        connection.connect(wait=4, on_wait=waits.append)
+    assert "Cannot reach SSH on 127.0.0.1" in str(error.value)
+    assert "connection refused" in str(error.value)
+    assert waits and "waiting up to 4 s" in waits[0]
+    assert time.monotonic() - started < 15
+
+
+# ------------------------------------------------------------------------ commands
+
+
+def test_many_commands_share_one_channel(conn):
+    for number in range(50):
+        assert conn.run(f"echo {number}").stdout == f"{number}\n"
+    assert conn.channels_opened == 1 and conn.commands_run == 50
+
+
+def test_sudo_runs_as_root_in_a_second_shell(conn):
+    assert conn.run("id -u", sudo=True).stdout.strip() == "0"
+    assert conn.run("id -u").stdout.strip() != "0"
+    assert conn.run("id -u", sudo=True).stdout.strip() == "0"
+    assert conn.channels_opened == 2
+
+
+def test_a_command_gets_its_own_stdin(conn):
+    data = bytes(range(256)) * 4096
+    result = conn.run("sha256sum | cut -c1-64", input=data)
+    assert result.stdout.strip() == hashlib.sha256(data).hexdigest()
+    assert conn.run("cat").stdout == ""  # not the shell's own input
+
+
+def test_output_without_a_final_newline_and_on_both_streams(conn):
+    result = conn.run("printf 'a\\nb'; printf 'warn' >&2")
+    assert (result.stdout, result.stderr) == ("a\nb", "warn")
+
+
+def test_exit_and_syntax_errors_end_only_the_command(conn):
+    assert conn.run("exit 4", check=False).status == 4
+    assert conn.run("if then fi", check=False).status == 2
+    assert conn.run("cd /tmp; export X=1").ok
+    assert conn.run("pwd; echo ${X:-unset}").stdout.split() == [conn.run("echo $HOME")
+                                                               .stdout.strip(), "unset"]
+    assert conn.channels_opened == 1
+
+
+def test_a_failure_names_step_command_status_and_last_lines(conn):
+    secret = "s3cr3t-value-123"
+    conn.redact = lambda text: text.replace(secret, "********")
+    command = (f"echo token={secret}; for i in $(seq 30); do echo line $i; done; "
+               "echo boom >&2; exit 3")
+    with pytest.raises(HostError) as error:
+        conn.run(command, step="host: demo")
+    message = str(error.value)
+    assert "(step host: demo)" in message and "exit status 3" in message
+    assert "echo token=********" in message and secret not in message
+    assert "line 30" in message and "boom" in message and "line 5\n" not in message
+
+
+def test_a_command_running_too_long_is_stopped_and_the_next_one_works(conn):
+    started = time.monotonic()
+    with pytest.raises(HostError, match="did not finish within 1 s"):
+        conn.run("sleep 30", timeout=1)
+    assert time.monotonic() - started < 5
+    assert conn.run("echo again").stdout == "again\n"
+    assert conn.channels_opened == 2
+
+
+# ------------------------------------------------------------------------ files
+
+
+@pytest.fixture
+def user_dir(conn):
+    """A directory the login user owns (pytest's own are root's and private)."""
+    path = Path(tempfile.mkdtemp(prefix="helios-aws-sftp-"))
+    os.chown(path, pwd.getpwnam(conn.user).pw_uid, -1)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_sftp_put_with_a_mode(conn, user_dir):
+    target = user_dir
+    conn.put("KEY=value\n", target / "plain.txt", mode=0o640)
+    info = (target / "plain.txt").stat()
+    assert (target / "plain.txt").read_text() == "KEY=value\n"
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    assert pwd.getpwuid(info.st_uid).pw_name == conn.user
+    assert sorted(p.name for p in target.iterdir()) == ["plain.txt"]
+
+
+def test_put_as_another_owner_goes_through_root(conn, tmp_path):
+    conn.put(b"SECRET_KEY=x\n", tmp_path / ".env", mode=0o600, owner="root")
+    info = (tmp_path / ".env").stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
+    assert (tmp_path / ".env").read_bytes() == b"SECRET_KEY=x\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
+    conn.put(b"SECRET_KEY=y\n", tmp_path / ".env", mode=0o600, owner="root")
+    assert (tmp_path / ".env").read_bytes() == b"SECRET_KEY=y\n"
+
+
+def test_put_files_writes_many_files_in_one_command(conn, tmp_path):
+    files = {tmp_path / "units" / f"unit-{n}.service": f"[Unit]\n# {n}\n" for n in range(20)}
+    before = conn.commands_run
+    conn.put_files(files, mode=0o644, owner="root")
+    assert conn.commands_run - before == 2  # mktemp for the staging directory, unpack
+    for path, text in files.items():
+        assert path.read_text() == text
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_uid == 0
+
+
+def test_staging_directory_is_private_and_removed_on_close(sshd):
+    connection = connect(sshd)
+    staged = connection.stage(b"data")
+    directory = os.path.dirname(staged)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    connection.close()
+    assert not os.path.exists(directory)
+
+
+def test_three_channels_for_a_whole_session(conn, tmp_path):
+    for _ in range(5):
+        conn.run("true")
+        conn.run("true", sudo=True)
+        conn.put_files({tmp_path / "f": "x"})
+    assert conn.channels_opened == 3  # user shell, root shell, SFTP
+
+
+# ------------------------------------------------------------------------ steps, twice
+
+
+@pytest.fixture
+def file_steps_ctx(sshd, tmp_path):
+    """A deployment whose host paths live under a temporary directory and whose service
+    user is the rig's login user, with the host half's steps that only touch files."""
+    project = Project(root=tmp_path / "project", wsgi="wsgi:application",
+                      celery_app="helios", static=(), dependency_source="uv", python="3.13",
+                      default_from_email="", auth_systems="password")
+    deployment = params.build([{
+        "domain": "vote.example.org", "email": "elections@example.org", "os": "debian13",
+        "auth_systems": "password", "service_user": sshd.user, "ssh_user": sshd.user,
+        "host_prefix": str(tmp_path / "server"),
+    }])
+    out_dir = tmp_path / "deploy"
+    configure.configure(deployment, project, out_dir)
+    ctx = engine.Context(deployment, out_dir, options={
+        "host": sshd.host, "ssh_port": sshd.port, "ssh_key": str(sshd.client_key),
+        "trust_host_key": sshd.host_key_fingerprint, "ssh_agent": False,
+    })
+    target = host.Target(ctx, project)
+    yield ctx, [host.ServiceUser(target), host.EnvFile(target)]
+    if ctx.ssh is not None:
+        ctx.ssh.close()
+
+
+def run_steps(ctx, chosen):
+    return [outcome for _, outcome, _ in engine.Runner(chosen, ctx,
+                                                       engine.Output(lambda t: None)).apply()]
+
+
+def test_file_steps_change_things_once_then_nothing(file_steps_ctx, sshd, tmp_path):
+    ctx, chosen = file_steps_ctx
+    assert run_steps(ctx, chosen) == [engine.UPDATED, engine.CREATED]
+    env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
+    assert env.read_text() == (ctx.out_dir / ".env").read_text()
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert pwd.getpwuid(env.stat().st_uid).pw_name == sshd.user
+    shared = env.parent.stat()
+    assert (stat.S_IMODE(shared.st_mode), pwd.getpwuid(shared.st_uid).pw_name) == \
+        (0o750, sshd.user)
+    commands = ctx.ssh.commands_run
+    assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UNCHANGED]
+    assert ctx.ssh.commands_run - commands == 2  # one read each, nothing else
+
+
+def test_a_hand_edited_env_on_the_server_is_put_back(file_steps_ctx, tmp_path):
+    ctx, chosen = file_steps_ctx
+    run_steps(ctx, chosen)
+    env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
+    env.write_text("DEBUG=1\n")
+    assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UPDATED]
+    assert env.read_text() == (ctx.out_dir / ".env").read_text()

@@ -1,0 +1,254 @@
+"""End to end: the host half turns a bare Debian 13 VM (systemd, under qemu) into a
+serving Helios, with a certificate from pebble running on this machine.
+
+The commands are run as an operator runs them: ``manage.py aws_configure`` then
+``manage.py aws_provision --skip-aws`` in a copy of the fixture project. Then the site
+answers over HTTPS through the forwarded port (SNI and Host = the domain, the chain
+verified against pebble's root), HTTP redirects, the Celery worker answers a ping, every
+unit is active; a second run changes nothing; a broken release leaves the previous one
+serving.
+
+Software emulation is slow: the first run takes 15-20 minutes on two cores, most of it
+apt and compiling python-ldap. Run alone with ``pytest -m vm tests/test_host_vm.py``.
+"""
+
+import json
+import socket
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import rig
+from fixtures import make_fixture_project, run_manage
+from vm import debian_vm  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.vm
+
+DOMAIN = "vote.helios-vm.test"
+SETTINGS = "--settings=helios_aws.settings_overrides.production"
+FIRST_RUN_TIMEOUT = 3600
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+
+class GuestPebble:
+    """pebble on this machine as the guest sees it: at 10.0.2.2 (qemu's address for the
+    host, which reaches 127.0.0.1 here), with a TLS certificate valid for that address.
+    Every authorization is valid at once, so the guest's domain need not resolve."""
+
+    def __init__(self, directory, ca):
+        directory.mkdir(parents=True, exist_ok=True)
+        tls = ca.issue("localhost", ips=(rig.LOOPBACK, "10.0.2.2"))
+        self.api_ca = tls.ca
+        self.port, self.management_port = rig.free_port(), rig.free_port()
+        config = directory / "pebble-config.json"
+        config.write_text(json.dumps({"pebble": {
+            "listenAddress": f"{rig.LOOPBACK}:{self.port}",
+            "managementListenAddress": f"{rig.LOOPBACK}:{self.management_port}",
+            "certificate": str(tls.fullchain), "privateKey": str(tls.key),
+            "httpPort": rig.free_port(), "tlsPort": rig.free_port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        }}))
+        self.directory_url = f"https://10.0.2.2:{self.port}/dir"
+        env = {"PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1",
+               "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"}
+        self.process = rig.Process(["pebble", "-config", config], directory / "pebble.log",
+                                   env=env, cwd=directory)
+        self.process.wait_for_port(rig.LOOPBACK, self.port)
+        self.process.wait_for_port(rig.LOOPBACK, self.management_port)
+
+    def issuing_root(self):
+        """The root that pebble's issued certificates chain to (PEM)."""
+        context = ssl.create_default_context(cafile=str(self.api_ca))
+        context.check_hostname = False
+        url = f"https://{rig.LOOPBACK}:{self.management_port}/roots/0"
+        with urllib.request.urlopen(url, context=context, timeout=10) as response:
+            return response.read().decode()
+
+    def stop(self):
+        self.process.stop()
+
+
+@pytest.fixture(scope="module")
+def pebble_for_guest(tmp_path_factory, local_ca):
+    server = GuestPebble(tmp_path_factory.mktemp("pebble-guest"), local_ca)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ca_bundle(tmp_path_factory, pebble_for_guest):
+    """What the guest must trust: pebble's API certificate, and what this machine trusts
+    beyond the public roots (a TLS-inspecting proxy on the way to the package index)."""
+    local = sorted(LOCAL_CAS.rglob("*.crt")) if LOCAL_CAS.is_dir() else []
+    bundle = tmp_path_factory.mktemp("trust") / "bundle.pem"
+    bundle.write_text("".join(p.read_text().strip() + "\n" for p in
+                              [Path(pebble_for_guest.api_ca), *local]))
+    return bundle
+
+
+class Deployment:
+    """The fixture project, configured for the VM, and the way to provision it."""
+
+    def __init__(self, vm, project, pebble, ca_bundle):
+        self.vm, self.project, self.pebble, self.ca_bundle = vm, project, pebble, ca_bundle
+
+    def provision(self, timeout=FIRST_RUN_TIMEOUT):
+        started = time.monotonic()
+        result = run_manage(
+            self.project, "aws_provision", "--skip-aws", "--no-input", "--verbosity", "2",
+            "--host", self.vm.host, "--ssh-port", str(self.vm.ssh_port),
+            "--ssh-key", str(self.vm.key_path),
+            "--trust-host-key", self.vm.host_key_fingerprint,
+            "--server", self.pebble.directory_url, "--ca-bundle", str(self.ca_bundle),
+            SETTINGS, timeout=timeout)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def guest(self, command, check=True, timeout=300):
+        return self.vm.run(command, check=check, timeout=timeout)
+
+
+def output(result):
+    return f"exit {result.returncode}\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def deployment(debian_vm, tmp_path_factory, pebble_for_guest, ca_bundle):  # noqa: F811
+    project = make_fixture_project(tmp_path_factory.mktemp("vm-project"))
+    configured = run_manage(project, "aws_configure", "--os", "debian13", "--domain", DOMAIN,
+                            "--email", "elections@helios-vm.test", "--auth-systems", "password",
+                            "--no-input", SETTINGS)
+    assert configured.returncode == 0, output(configured)
+    deployed = Deployment(debian_vm, project, pebble_for_guest, ca_bundle)
+    first = deployed.provision()
+    print(f"first run: {first.seconds:.0f} s")
+    assert first.returncode == 0, output(first)
+    deployed.first = first
+    return deployed
+
+
+def https_get(vm, path, root_pem, port=None):
+    """GET https://DOMAIN/path through the forwarded port: SNI and Host are the domain
+    and the certificate must chain to pebble's root and name the domain."""
+    context = ssl.create_default_context(cadata=root_pem)
+    with socket.create_connection((vm.host, port or vm.https_port), timeout=60) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
+                        .encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def http_get(vm, path):
+    with socket.create_connection((vm.host, vm.http_port), timeout=60) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    lines = data.partition(b"\r\n\r\n")[0].decode().split("\r\n")
+    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:])
+
+
+def as_helios(command):
+    """A command as the service user, in the serving release, with the deployment's env."""
+    return (f"cd /srv/helios/current && sudo runuser -u helios -- env "
+            "HELIOS_ENV_FILE=/srv/helios/shared/.env "
+            f"DJANGO_SETTINGS_MODULE=helios_aws.settings_overrides.production {command}")
+
+
+def test_first_run_provisions_every_step(deployment):
+    text = deployment.first.stdout
+    for step in ("packages", "postgresql", "broker", "release", "migrate", "systemd units",
+                 "certificate", "certificate renewal"):
+        assert f"host: {step}: " in text
+    assert "host: certificate renewal: updated" in text
+    assert "certbot renew --dry-run" in text
+    assert "-> 200" in text or "host: liveness: unchanged" in text
+
+
+def test_the_site_answers_over_https_with_the_pebble_certificate(deployment):
+    root = deployment.pebble.issuing_root()
+    status, headers, body = https_get(deployment.vm, "/helios/elections/params", root)
+    assert status == 200, body[:500]
+    assert json.loads(body)
+    assert headers.get("Strict-Transport-Security")
+    status, _, _ = https_get(deployment.vm, "/", root)
+    assert status == 200
+    status, headers, _ = https_get(deployment.vm, "/static/logo.png", root)
+    assert (status, headers["Content-Type"]) == (200, "image/png")
+
+
+def test_http_redirects_to_https(deployment):
+    status, headers = http_get(deployment.vm, "/helios/elections/params?x=1")
+    assert status == 301
+    assert headers["Location"] == f"https://{DOMAIN}/helios/elections/params?x=1"
+
+
+def test_every_unit_is_enabled_and_active(deployment):
+    units = ["gunicorn.socket", "gunicorn.service", "helios-celery.service", "nginx.service",
+             "postgresql.service", "rabbitmq-server.service", "helios-certbot-renew.timer"]
+    active = deployment.guest(f"systemctl is-active {' '.join(units)}", check=False)
+    assert active.stdout.split() == ["active"] * len(units), active.stdout
+    enabled = deployment.guest(f"systemctl is-enabled {' '.join(units)}", check=False)
+    assert enabled.stdout.split() == ["enabled"] * len(units), enabled.stdout
+    assert deployment.guest("systemctl is-enabled certbot.timer",
+                            check=False).stdout.strip() == "disabled"
+
+
+def test_the_celery_worker_answers_a_ping(deployment):
+    result = deployment.guest(as_helios(".venv/bin/celery --app helios inspect ping "
+                                        "--timeout 30"), check=False, timeout=240)
+    assert "pong" in result.stdout, result.stdout + result.stderr
+
+
+def test_nothing_but_ssh_and_nginx_listens_beyond_loopback(deployment):
+    listening = deployment.guest("sudo ss -Hltnp").stdout.splitlines()
+    public = [line for line in listening
+              if not line.split()[3].startswith(("127.", "[::1]"))]
+    assert public and all(("sshd" in line or "nginx" in line) for line in public), public
+
+
+def test_secrets_are_private_to_the_service_user(deployment):
+    stat = deployment.guest("sudo stat -c '%U %a' /srv/helios/shared/.env").stdout.split()
+    assert stat == ["helios", "600"]
+    role = deployment.guest("cd / && sudo runuser -u postgres -- psql -XAtc "
+                            "\"SELECT rolsuper FROM pg_roles WHERE rolname = 'helios'\"")
+    assert role.stdout.strip() == "f"
+
+
+def test_a_second_run_changes_nothing(deployment):
+    again = deployment.provision(timeout=900)
+    print(f"no-op run: {again.seconds:.1f} s")
+    assert again.returncode == 0, output(again)
+    assert "Done: no changes." in again.stdout, output(again)
+
+
+def test_a_broken_release_leaves_the_previous_one_serving(deployment):
+    before = deployment.guest("readlink /srv/helios/current").stdout.strip()
+    migrations = deployment.project / "helios" / "migrations"
+    (migrations / "0002_broken.py").write_text(
+        "from django.db import migrations\n\n\n"
+        "def fail(apps, schema_editor):\n"
+        "    raise RuntimeError('this release is broken on purpose')\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('helios', '0001_initial')]\n"
+        "    operations = [migrations.RunPython(fail)]\n")
+    broken = deployment.provision(timeout=1800)
+    print(f"broken release run: {broken.seconds:.0f} s")
+    assert broken.returncode != 0
+    assert "host: migrate: failed" in broken.stdout, output(broken)
+    assert "broken on purpose" in broken.stderr, output(broken)
+    assert deployment.guest("readlink /srv/helios/current").stdout.strip() == before
+    status, _, _ = https_get(deployment.vm, "/helios/elections/params",
+                             deployment.pebble.issuing_root())
+    assert status == 200
+    releases = deployment.guest("ls /srv/helios/releases").stdout.split()
+    assert len(releases) == 2 and before.split("/")[1] in releases
