@@ -84,6 +84,7 @@ def test_provisioned_deployment_passes(aws_env):
     # (never passed), with the quota SES v1 still reports.
     assert results["aws.W001"].status == "skip"
     assert "0 of 200 sent" in results["aws.W001"].message
+    assert "GetAccount answered HTTP 404" in results["aws.W001"].message
 
 
 def test_world_open_ssh_and_extra_ports_fail_aws_E005(aws_env):

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from .. import params, project as project_mod
+from ..aws.compute import KEY_FILE
+from ..aws.session import AWS
 from ..engine import STATE_NAME, State
 from ..errors import ConfigError, HeliosAWSError
 from . import aws, config, host, mail, site  # noqa: F401  (registers the probes)
@@ -121,8 +123,8 @@ def check(options):
     out_dir = Path(options.out_dir)
     deployment = params.load(out_dir, None, options.settings_layer)
     env_file = out_dir / ENV_NAME
-    project_root = project_mod.find_root()
     project = _project()
+    project_root = project.root if project else project_mod.find_root()
     state = State(out_dir / STATE_NAME).data
     ctx = Context(deployment,
                   state=state,
@@ -177,8 +179,6 @@ def _target(deployment, options):
 
 def _ssh(deployment, state, out_dir, options):
     """A factory of the SSH connection pool, or None when there is no host."""
-    from ..aws.compute import KEY_FILE
-
     key = options.ssh_key or (out_dir / KEY_FILE if (out_dir / KEY_FILE).is_file() else None)
     connect = host.connector(
         deployment, state, host=options.host, port=options.ssh_port, key_file=key,
@@ -190,6 +190,4 @@ def _ssh(deployment, state, out_dir, options):
 
 
 def _aws(deployment, options):
-    from ..aws.session import AWS
-
     return AWS(deployment.region, options.profile or None)

@@ -1,44 +1,44 @@
 """AWS probes: the deployment's resources, found by their ``helios-aws:deployment`` tag.
 
 Tags are the truth (as for aws_provision), so these probes work without a state file.
-Every call goes through the project's one session factory and ``translate``; a probe
-that finds nothing tagged reports skipped (nothing is provisioned yet), never passed.
+They read through the AWS half's own helpers (tag filters, hosted zones, record sets,
+the SES account) and the project's one session factory; a probe that finds nothing
+tagged reports skipped (nothing is provisioned yet), never passed.
 """
 
 import ipaddress
+import types
 
-import botocore.exceptions
-
+from ..aws.base import tag_filter
+from ..aws.compute import LIVE_STATES
+from ..aws.dns import find_record, find_zone, record_sets, values
+from ..aws.identity import mail_identities
+from ..aws.mail import sending_account
 from ..aws.session import NO_CREDENTIALS_HINT, TAG_KEY, translate
 from .base import Skip, failed, passed, probe, warned
 
 ALLOWED_PORTS = {22, 80, 443}
-LIVE_STATES = ("pending", "running", "stopping", "stopped")
 QUOTA_WARNING_SHARE = 0.1
-# What an endpoint without SES v2's GetAccount (moto) answers.
-NO_OPERATION_CODES = {"404", "NotFoundException", "UnknownOperationException",
-                      "InvalidAction"}
 
 
 def session(ctx):
-    """The AWS session, or Skip when no credentials can be found."""
-    aws = ctx.aws()
-    credentials = ctx.once("aws-credentials", aws.session.get_credentials)
-    if credentials is None:
-        raise Skip("No AWS credentials were found.", NO_CREDENTIALS_HINT)
-    return aws
+    """What the AWS half's helpers read (``.aws``, the session, and ``.deployment``), or
+    Skip when no credentials can be found."""
+    def build():
+        aws = ctx.aws()
+        if aws.session.get_credentials() is None:
+            raise Skip("No AWS credentials were found.", NO_CREDENTIALS_HINT)
+        return types.SimpleNamespace(aws=aws, deployment=ctx.deployment)
+
+    return ctx.once("aws-session", build)
 
 
-def _tag_filter(ctx):
-    return {"Name": f"tag:{TAG_KEY}", "Values": [ctx.deployment.name]}
-
-
-def _find_instance(ctx):
-    ec2 = session(ctx).client("ec2")
+def _find_instances(ctx):
+    view = session(ctx)
+    ec2 = view.aws.client("ec2")
     with translate("look up the deployment's instance"):
-        reservations = ec2.describe_instances(Filters=[
-            _tag_filter(ctx), {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
-        ])["Reservations"]
+        reservations = ec2.describe_instances(Filters=tag_filter(view) + [
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])["Reservations"]
     instances = [i for r in reservations for i in r["Instances"]]
     if not instances:
         raise Skip(f"No instance is tagged {TAG_KEY}={ctx.deployment.name} in "
@@ -46,16 +46,21 @@ def _find_instance(ctx):
     return instances
 
 
+def instances(ctx):
+    """The deployment's instances, not terminated (Skip when none is provisioned)."""
+    return ctx.once("instances", lambda: _find_instances(ctx))
+
+
 def instance(ctx):
-    """The deployment's one instance (Skip when none is provisioned)."""
-    instances = ctx.once("instance", lambda: _find_instance(ctx))
-    return sorted(instances, key=lambda i: i["LaunchTime"])[-1]
+    """The deployment's newest instance."""
+    return sorted(instances(ctx), key=lambda i: i["LaunchTime"])[-1]
 
 
 def _find_address(ctx):
-    ec2 = session(ctx).client("ec2")
+    view = session(ctx)
+    ec2 = view.aws.client("ec2")
     with translate("look up the deployment's Elastic IP"):
-        addresses = ec2.describe_addresses(Filters=[_tag_filter(ctx)])["Addresses"]
+        addresses = ec2.describe_addresses(Filters=tag_filter(view))["Addresses"]
     return addresses[0] if addresses else None
 
 
@@ -67,12 +72,12 @@ def elastic_ip(ctx):
        "Start it (`aws ec2 start-instances`) or run aws_provision, which also replaces a "
        "terminated one.")
 def instance_running(ctx):
-    instances = ctx.once("instance", lambda: _find_instance(ctx))
-    if len(instances) > 1:
-        ids = ", ".join(i["InstanceId"] for i in instances)
-        return failed(f"{len(instances)} instances carry the deployment's tag: {ids}.",
+    found = instances(ctx)
+    if len(found) > 1:
+        ids = ", ".join(i["InstanceId"] for i in found)
+        return failed(f"{len(found)} instances carry the deployment's tag: {ids}.",
                       "Terminate the ones that are not serving the site.")
-    current = instances[0]
+    current = found[0]
     state = current["State"]["Name"]
     if state == "running":
         return passed(f"{current['InstanceId']} ({current['InstanceType']}) is running.")
@@ -102,7 +107,7 @@ def volumes_encrypted(ctx):
                   if "Ebs" in m]
     if not volume_ids:
         return failed(f"{current['InstanceId']} has no EBS volume to check.")
-    ec2 = session(ctx).client("ec2")
+    ec2 = session(ctx).aws.client("ec2")
     with translate("describe the instance's volumes"):
         volumes = ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
     plain = [v["VolumeId"] for v in volumes if not v.get("Encrypted")]
@@ -156,7 +161,7 @@ def security_group(ctx):
     group_ids = [g["GroupId"] for g in current.get("SecurityGroups", [])]
     if not group_ids:
         return failed(f"{current['InstanceId']} has no security group to check.")
-    ec2 = session(ctx).client("ec2")
+    ec2 = session(ctx).aws.client("ec2")
     with translate("describe the instance's security groups"):
         groups = ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
     problems = [f"{g['GroupId']}: {p}" for g in groups for rule in g.get("IpPermissions", [])
@@ -166,46 +171,28 @@ def security_group(ctx):
     return passed(f"{', '.join(group_ids)} open(s) only SSH (not to the world), 80 and 443.")
 
 
-def _hosted_zone(route53, domain):
-    """The public hosted zone that holds ``domain`` (the longest matching name)."""
-    labels = domain.rstrip(".").split(".")
-    for start in range(len(labels) - 1):
-        name = ".".join(labels[start:]) + "."
-        with translate(f"look up the Route 53 zone {name}"):
-            zones = route53.list_hosted_zones_by_name(DNSName=name, MaxItems="1")
-        for zone in zones["HostedZones"]:
-            if zone["Name"] == name and not zone.get("Config", {}).get("PrivateZone"):
-                return zone
-    return None
-
-
 @probe("aws.E006", "The Route 53 record of the domain points at the Elastic IP",
        "UPSERT the domain's A record with the Elastic IP as its only value (aws_provision "
        "does it).")
 def dns_record(ctx):
     domain = ctx.deployment.domain
-    route53 = session(ctx).client("route53")
-    zone = _hosted_zone(route53, domain)
+    view = session(ctx)
+    zone = find_zone(view, domain)
     if zone is None:
         raise Skip(f"No public Route 53 zone holds {domain}: its DNS is managed elsewhere "
                    "(site.E001 checks what it resolves to).")
+    zone_name = zone["Name"].rstrip(".")
     address = elastic_ip(ctx)
     if address is None:
         return failed(f"No Elastic IP is tagged {TAG_KEY}={ctx.deployment.name} to compare "
                       "the record with.")
-    with translate(f"read the A record of {domain}"):
-        records = route53.list_resource_record_sets(
-            HostedZoneId=zone["Id"], StartRecordName=domain, StartRecordType="A",
-            MaxItems="1")["ResourceRecordSets"]
-    record = next((r for r in records if r["Name"].rstrip(".") == domain
-                   and r["Type"] == "A"), None)
+    record = find_record(record_sets(view, zone["Id"]), domain, "A")
     if record is None:
-        return failed(f"Zone {zone['Name'].rstrip('.')} has no A record for {domain}.")
-    values = sorted(r["Value"] for r in record.get("ResourceRecords", []))
-    if values == [address["PublicIp"]]:
-        return passed(f"A {domain} -> {address['PublicIp']} in zone "
-                      f"{zone['Name'].rstrip('.')}.")
-    return failed(f"A {domain} -> {', '.join(values) or '(alias)'}, expected "
+        return failed(f"Zone {zone_name} has no A record for {domain}.")
+    found = sorted(values(record))
+    if found == [address["PublicIp"]]:
+        return passed(f"A {domain} -> {address['PublicIp']} in zone {zone_name}.")
+    return failed(f"A {domain} -> {', '.join(found) or '(alias)'}, expected "
                   f"{address['PublicIp']}.")
 
 
@@ -213,11 +200,10 @@ def dns_record(ctx):
        "Publish the verification and DKIM CNAME records SES gives for the domain (in "
        "Route 53 aws_provision does it) and wait for SES to see them.")
 def ses_identities(ctx):
-    sender = ctx.deployment.email
-    if not sender:
+    if not ctx.deployment.email:
         raise Skip("The deployment has no sender address (--email).")
-    domain = sender.rsplit("@", 1)[-1]
-    ses = session(ctx).client("ses")
+    domain, sender = mail_identities(ctx.deployment)
+    ses = session(ctx).aws.client("ses")
     with translate("read the SES identities"):
         verification = ses.get_identity_verification_attributes(
             Identities=[domain, sender])["VerificationAttributes"]
@@ -232,31 +218,19 @@ def ses_identities(ctx):
     return failed(f"SES identities not ready ({facts}).")
 
 
-def _account(ctx):
-    """SES v2's account details, or None where the endpoint lacks GetAccount."""
-    sesv2 = session(ctx).client("sesv2")
-    try:
-        return sesv2.get_account()
-    except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in NO_OPERATION_CODES:
-            return None
-        with translate("read the SES account"):
-            raise
-
-
 @probe("aws.W001", "SES is out of the sandbox, sending, with quota left",
        "Request production access (`aws sesv2 put-account-details --production-access-"
        "enabled ...`, or the SES console): in the sandbox only verified recipients get "
        "mail, 200 a day.")
 def ses_account(ctx):
-    account = _account(ctx)
-    if account is None:
-        ses = session(ctx).client("ses")
+    view = session(ctx)
+    account = sending_account(view)
+    if "unknown" in account:
+        ses = view.aws.client("ses")
         with translate("read the SES sending quota"):
             quota = ses.get_send_quota()
-        raise Skip(f"This SES endpoint does not report the sandbox status (no SES v2 "
-                   f"GetAccount); quota: {quota['SentLast24Hours']:g} of "
+        raise Skip(f"SES did not report the sandbox status (GetAccount answered "
+                   f"{account['unknown']}); quota: {quota['SentLast24Hours']:g} of "
                    f"{quota['Max24HourSend']:g} sent in 24 h.")
     quota = account.get("SendQuota", {})
     limit = quota.get("Max24HourSend", 0)

@@ -15,7 +15,7 @@ import threading
 from .. import layout as layout_mod
 from ..host import recipes
 from ..host.ssh import Connection
-from ..host.steps import APP_UNITS, RENEW_TIMER
+from ..host.steps import APP_UNITS, RENEW_TIMER, q
 from .base import Skip, failed, passed, probe, warned
 
 MAX_CONNECTIONS = 4
@@ -98,34 +98,26 @@ def connector(deployment, state, host="", port=None, key_file=None, known_hosts=
     return connect
 
 
-def _pool(ctx):
-    return ctx.ssh()
-
-
 def _layout(ctx):
     return layout_mod.for_deployment(ctx.deployment, ctx.deployment.host_prefix)
 
 
 def _systemd(ctx):
     """Skip unless systemd runs the host (sd_booted: /run/systemd/system exists)."""
-    booted = ctx.once("host-systemd", lambda: _pool(ctx).run(
+    booted = ctx.once("host-systemd", lambda: ctx.ssh().run(
         "test -d /run/systemd/system", sudo=False, timeout=ctx.timeout).status == 0)
     if not booted:
         raise Skip("systemd does not run this host, so units cannot be checked.")
-
-
-def _q(value):
-    return shlex.quote(str(value))
 
 
 def as_service(ctx, program, *args):
     """``program ARGS`` in the current release, as the service user with the .env (as the
     host half runs migrations and the units run Helios)."""
     lay = _layout(ctx)
-    return (f"cd {_q(lay.current)} && runuser -u {_q(lay.service_user)} -- env "
-            f"HELIOS_ENV_FILE={_q(lay.env_file)} "
+    return (f"cd {q(lay.current)} && runuser -u {q(lay.service_user)} -- env "
+            f"HELIOS_ENV_FILE={q(lay.env_file)} "
             f"DJANGO_SETTINGS_MODULE={layout_mod.SETTINGS_MODULE} "
-            f"{_q(lay.venv_bin / program)} {shlex.join(args)}")
+            f"{q(lay.venv_bin / program)} {shlex.join(args)}")
 
 
 def manage(ctx, *args):
@@ -149,7 +141,7 @@ def expected_units(deployment):
 def units_active(ctx):
     _systemd(ctx)
     units = expected_units(ctx.deployment)
-    result = _pool(ctx).run("systemctl is-active " + " ".join(units), timeout=ctx.timeout)
+    result = ctx.ssh().run("systemctl is-active " + " ".join(units), timeout=ctx.timeout)
     states = dict(zip(units, result.stdout.split()))
     down = [f"{u} {states.get(u, 'unknown')}" for u in units if states.get(u) != "active"]
     if down:
@@ -162,7 +154,7 @@ def units_active(ctx):
        "configuration keeps the old one running only until the next restart.")
 def nginx_config(ctx):
     conf = _layout(ctx).nginx_site.parent.parent / "nginx.conf"
-    result = _pool(ctx).run(f"nginx -t -q -c {_q(conf)}", timeout=ctx.timeout)
+    result = ctx.ssh().run(f"nginx -t -q -c {q(conf)}", timeout=ctx.timeout)
     if result.status == 0:
         return passed(f"nginx -t accepts {conf}.")
     return failed(f"nginx -t rejects {conf}: {_tail(result)}")
@@ -180,7 +172,7 @@ def _disk_lines(text):
        "caches) or grow the volume (aws_provision --volume-size).")
 def disk_usage(ctx):
     root = _layout(ctx).root
-    result = _pool(ctx).run(f"df -P -k / $(test -d {_q(root)} && echo {_q(root)})",
+    result = ctx.ssh().run(f"df -P -k / $(test -d {q(root)} && echo {q(root)})",
                             sudo=False, timeout=ctx.timeout)
     disks = sorted(set(_disk_lines(result.stdout)))
     if result.status != 0 or not disks:
@@ -199,7 +191,7 @@ def disk_usage(ctx):
        "installs it).")
 def renewal_timer(ctx):
     _systemd(ctx)
-    result = _pool(ctx).run(f"systemctl is-enabled {RENEW_TIMER}; systemctl is-active "
+    result = ctx.ssh().run(f"systemctl is-enabled {RENEW_TIMER}; systemctl is-active "
                             f"{RENEW_TIMER}", timeout=ctx.timeout)
     enabled, active = (result.stdout.split() + ["unknown", "unknown"])[:2]
     if (enabled, active) == ("enabled", "active"):
@@ -210,7 +202,7 @@ def renewal_timer(ctx):
 @probe("host.E005", "Every migration is applied", "Run aws_provision, which migrates from "
        "the new release before switching to it, or `manage.py migrate` on the host.")
 def migrations_applied(ctx):
-    result = _pool(ctx).run(manage(ctx, "showmigrations", "--plan"), timeout=ctx.timeout)
+    result = ctx.ssh().run(manage(ctx, "showmigrations", "--plan"), timeout=ctx.timeout)
     if result.status != 0:
         return failed(f"showmigrations failed: {_tail(result)}",
                       "Helios cannot start Django on the host: read the error above "
@@ -235,7 +227,7 @@ def celery_ping(ctx):
     command = as_service(ctx, "celery", "--app", ctx.celery_app, "inspect", "ping",
                          "--timeout", str(CELERY_PING_SECONDS)) \
         + ' --destination "celery@$(hostname)"'
-    result = _pool(ctx).run(command, timeout=ctx.timeout)
+    result = ctx.ssh().run(command, timeout=ctx.timeout)
     # Only the reply counts: celery 5.6.1 logs RecursionError noise on stderr (#10042).
     nodes = re.findall(r"->\s+(\S+): OK", result.stdout)
     if result.status == 0 and nodes and "pong" in result.stdout:
@@ -250,7 +242,7 @@ def celery_ping(ctx):
        "authentication over the unix socket); aws_provision sets both up.")
 def database_login(ctx):
     lay = _layout(ctx)
-    result = _pool(ctx).run(manage(ctx, "dbshell", "--", "-XAtq", "-c",
+    result = ctx.ssh().run(manage(ctx, "dbshell", "--", "-XAtq", "-c",
                                    "SELECT current_user || ' ' || current_database()"),
                             timeout=ctx.timeout)
     if result.status == 0 and result.stdout.strip():

@@ -14,9 +14,9 @@ import re
 import socket
 import ssl
 
+from ..host.steps import LIVENESS_PATH  # Helios answers it without the database
 from .base import Skip, failed, passed, probe, warned
 
-LIVENESS_PATH = "/helios/elections/params"  # Helios answers it without the database
 READINESS_PATH = "/"  # reads elections and writes a session: needs the database
 REDIRECT_PROBE_PATH = "/helios/elections/params?helios-aws-check=redirect"
 MAX_BODY = 1 << 20
