@@ -158,6 +158,9 @@ def check(options):
 
 
 def _target(deployment, options):
+    """Where the site probes connect, or None when the deployment names no domain."""
+    if not deployment.domain:
+        return None
     host, port = parse_address(options.address) if options.address else (deployment.domain,
                                                                           None)
     if port and options.https_port and port != options.https_port:
