@@ -1,0 +1,304 @@
+"""Reliability and security: what was tried, as tables a reviewer can read.
+
+- FAULTS: aws_provision killed with SIGKILL at random moments of the AWS half, then run
+  again: the deployment completes with one of each resource, no half-written file, no
+  secret rotated. (The host half is killed the same way in the VM end-to-end test.)
+- BAD_INPUTS: wrong flags, values, environment, files, an impostor host key, an
+  unreachable host, a missing hosted zone, a hand-edited artifact, across the three
+  commands: a clear error, a non-zero exit, and nothing changed, locally or in AWS.
+- POSTURE: what the generated deployment exposes: only 22 (restricted), 80 and 443;
+  IMDSv2; an encrypted volume; a mail policy that can only send; TLS 1.2+ without
+  obsolete ciphers.
+The scan for secrets in every output and log of the whole suite is tests/test_zz_secrets.py.
+"""
+
+import json
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+import rig
+from fixtures import helios_env, make_fixture_project
+from helios_aws import envfile
+from test_configure_real import install_certificate, prefixed
+from test_provision_aws import (CIDR, DOMAIN, EMAIL, LIVE, NOTHING, ONE_OF_EACH, SETTINGS,
+                                TAGGED, configure, create_zone, inventory, run)
+
+SEED = 20261125
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory):
+    project = make_fixture_project(tmp_path_factory.mktemp("reliability"), "requirements")
+    configure(project, "--ssh-cidr", CIDR)
+    return project
+
+
+@pytest.fixture
+def project(configured, tmp_path, aws_env, host_console):
+    copy = tmp_path / "helios-server"
+    shutil.copytree(configured, copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def host_console(tmp_path_factory):
+    key = tmp_path_factory.mktemp("host-key") / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    rig.serve_console_output(rig.cloud_init_console([key.with_suffix(".pub").read_text()]))
+
+
+def files_of(directory):
+    """Every file's content, except the run log, which records failed attempts too."""
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(Path(directory).rglob("*"))
+            if p.is_file() and p.name != "provision.log"}
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def provision_process(project):
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "aws_provision", SETTINGS, "--skip-host"],
+        cwd=project, env=helios_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+
+
+def test_sigkill_at_random_moments_of_the_aws_half_then_rerun(project, aws_env):
+    create_zone()
+    deploy = project / "deploy"
+    secrets_before = envfile.parse((deploy / ".env").read_text())
+
+    # How long an uninterrupted run takes here, to spread the kills over it.
+    probe = project.parent / "probe"
+    shutil.copytree(project, probe, symlinks=True)
+    started = time.monotonic()
+    timed = provision_process(probe)
+    timed.communicate(timeout=300)
+    duration = time.monotonic() - started
+    assert timed.returncode == 0
+    rig.moto_reset(aws_env)
+    create_zone()
+
+    rng = random.Random(SEED)
+    kills = sorted(rng.uniform(0.3, duration) for _ in range(5))
+    killed_during = []
+    for delay in kills:
+        process = provision_process(project)
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed_during.append(round(delay, 2))
+        process.communicate(timeout=60)
+    assert killed_during, f"every run ended before its kill ({kills}, run takes {duration:.1f}s)"
+
+    final = run(project)
+    assert "Done" in final.stdout
+    assert inventory() == ONE_OF_EACH
+    assert not [p for p in deploy.rglob("*") if p.name.endswith(".tmp")]
+    json.loads((deploy / "state.json").read_text())
+    secrets_after = envfile.parse((deploy / ".env").read_text())
+    for key in envfile.GENERATED_SECRETS:
+        assert secrets_after[key] == secrets_before[key]
+    assert "no changes" in run(project).stdout
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def _no_credentials(env):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(key, None)
+    return env
+
+
+def _edit_record(project, **values):
+    path = project / "deploy" / "deployment.json"
+    record = json.loads(path.read_text())
+    record.update(values)
+    path.write_text(json.dumps(record))
+
+
+def _edit_unit(project):
+    unit = project / "deploy" / "systemd" / "helios-celery.service"
+    unit.write_text(unit.read_text().replace("--concurrency 1", "--concurrency 4"))
+
+
+def _occupy_key_file(project):
+    (project / "deploy" / "ssh-key.pem").write_text("an older server's only key\n")
+
+
+def _drop_record(project):
+    (project / "deploy" / "deployment.json").unlink()
+
+
+# (command, arguments, environment change, file change, what the error must say)
+BAD_INPUTS = [
+    ("aws_configure", ["--domain", "vote..example.org"], None, None, "not a valid host name"),
+    ("aws_configure", ["--email", "elections"], None, None, "not a valid e-mail address"),
+    ("aws_configure", ["--region", "eu-middle-1"], None, None, "is not an AWS region"),
+    ("aws_configure", ["--os", "al2"], None, None, "end of support on 2026-06-30"),
+    ("aws_configure", ["--os", "windows"], None, None, "is not supported"),
+    ("aws_configure", ["--ssh-cidr", "0.0.0.0/33"], None, None, "is not an IP network"),
+    ("aws_configure", ["--service-user", "root"], None, None, "must not run as root"),
+    ("aws_configure", ["--auth-systems", "password,devlogin"], None, None, "devlogin is refused"),
+    ("aws_configure", ["--from-name", "O'Brien"], None, None, "quotes, backslashes"),
+    ("aws_configure", ["--volume-size", "2"], None, None, "--volume-size 2 is out of range"),
+    ("aws_configure", ["--from-name", "Votes"], None, _edit_unit, "edited by hand"),
+    ("aws_provision", [], None, _drop_record, "No deployment is recorded"),
+    ("aws_provision", [], _no_credentials, None, "No AWS credentials"),
+    ("aws_provision", ["--region", "us-east-9"], None, None, "not an AWS region"),
+    ("aws_provision", [], None, lambda p: _edit_record(p, instance_type="t3.colossal"),
+     "t3.colossal"),
+    ("aws_provision", [], None, lambda p: _edit_record(p, domain="vote.nozone.example"),
+     "hosted zone"),
+    ("aws_provision", [], None, _occupy_key_file, "ssh-key.pem exists"),
+    ("aws_provision", ["--trust-host-key", "MD5:ab:cd"], None, None,
+     "is not an OpenSSH SHA256 fingerprint"),
+    ("aws_provision", ["--ssh-port", "70000"], None, None, "is not a TCP port"),
+    ("aws_provision", ["--plan", "--destroy"], None, None, "not allowed with argument"),
+    ("aws_check", ["--format", "xml"], None, None, "invalid choice: 'xml'"),
+    ("aws_check", ["--fail-level", "panic"], None, None, "invalid choice: 'panic'"),
+    ("aws_check", [], None, _drop_record, "No deployment is recorded"),
+]
+
+
+def _table_id(row):
+    return f"{row[0]}:{' '.join(row[1]) or (row[3] or row[2]).__name__}"[:60]
+
+
+@pytest.mark.parametrize("command,args,env_change,file_change,message", BAD_INPUTS,
+                         ids=[_table_id(row) for row in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error_and_changes_nothing(
+        project, command, args, env_change, file_change, message):
+    create_zone()
+    if file_change:
+        file_change(project)
+    env = helios_env()
+    if env_change:
+        env = env_change(env)
+    before = files_of(project / "deploy")
+
+    extra = ["--skip-host"] if command == "aws_provision" else []
+    extra += ["--no-input"] if command == "aws_configure" else []
+    result = subprocess.run([sys.executable, "manage.py", command, SETTINGS, *extra, *args],
+                            cwd=project, env=env, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=120)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "CommandError: " in result.stderr or "error: argument" in result.stderr
+    assert files_of(project / "deploy") == before
+    assert inventory() == NOTHING
+
+
+def test_impostor_and_unreachable_hosts_are_refused_before_anything_happens(
+        project, sshd, sshd_new_host_key):
+    # The real server's fingerprint is pinned; another server answers on that address.
+    deploy = project / "deploy"
+    before = files_of(deploy)
+    common = [sys.executable, "manage.py", "aws_provision", SETTINGS, "--skip-aws",
+              "--host", "127.0.0.1", "--ssh-key", str(sshd.client_key)]
+    impostor = subprocess.run(
+        common + ["--ssh-port", str(sshd_new_host_key.port),
+                  "--trust-host-key", sshd.host_key_fingerprint],
+        cwd=project, env=helios_env(), capture_output=True, text=True, timeout=120)
+    assert impostor.returncode != 0
+    assert sshd_new_host_key.host_key_fingerprint in impostor.stderr
+    assert "CommandError" in impostor.stderr and "Traceback" not in impostor.stderr
+
+    closed = rig.free_port()
+    unreachable = subprocess.run(
+        common + ["--ssh-port", str(closed), "--trust-host-key", sshd.host_key_fingerprint],
+        cwd=project, env=helios_env(HELIOS_AWS_SSH_WAIT="2"), capture_output=True, text=True,
+        timeout=180)
+    assert unreachable.returncode != 0
+    assert f"127.0.0.1:{closed}" in unreachable.stderr or "reach" in unreachable.stderr
+    assert "CommandError" in unreachable.stderr and "Traceback" not in unreachable.stderr
+    assert files_of(deploy) == before
+
+
+# ---------------------------------------------------------------------------- posture
+
+
+def test_aws_posture_of_the_deployment(project):
+    create_zone()
+    run(project)
+    ec2, iam = boto3.client("ec2"), boto3.client("iam")
+    group = ec2.describe_security_groups(Filters=TAGGED)["SecurityGroups"][0]
+    opened = set()
+    for rule in group["IpPermissions"]:
+        for ip_range in rule.get("IpRanges", []):
+            opened.add((rule["FromPort"], rule["ToPort"], ip_range["CidrIp"]))
+        for ip_range in rule.get("Ipv6Ranges", []):
+            opened.add((rule["FromPort"], rule["ToPort"], ip_range["CidrIpv6"]))
+    assert opened == {(22, 22, CIDR), (80, 80, "0.0.0.0/0"), (80, 80, "::/0"),
+                      (443, 443, "0.0.0.0/0"), (443, 443, "::/0")}
+
+    instance = ec2.describe_instances(Filters=TAGGED + LIVE)["Reservations"][0]["Instances"][0]
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    volume_ids = [m["Ebs"]["VolumeId"] for m in instance["BlockDeviceMappings"]]
+    volumes = ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]
+    assert volumes and all(v["Encrypted"] for v in volumes)
+    assert {v["VolumeType"] for v in volumes} == {"gp3"}
+
+    role = iam.list_roles()["Roles"][0]["RoleName"]
+    statements = []
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        statements += iam.get_role_policy(RoleName=role, PolicyName=name)[
+            "PolicyDocument"]["Statement"]
+    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+    actions = {a for s in statements for a in
+               ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert actions == {"ses:SendEmail", "ses:SendRawEmail"}
+    resources = {r for s in statements for r in
+                 ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])}
+    assert resources and all(r.startswith("arn:aws:ses:") and ":identity/" in r
+                             for r in resources)
+
+
+def _handshake(port, ca, **context_settings):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(ca))
+    for name, value in context_settings.items():
+        if name == "ciphers":
+            context.set_ciphers(value)
+        else:
+            setattr(context, name, value)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            return tls.version(), tls.cipher()[0]
+
+
+def test_tls_policy_of_the_generated_site(tmp_path, make_nginx, local_ca):
+    http_port, https_port = rig.free_port(), rig.free_port()
+    project, prefix = prefixed(tmp_path, http_port, https_port)
+    cert = install_certificate(prefix, local_ca)
+    make_nginx(project / "deploy/nginx/helios-https.conf").start(ports=[https_port])
+
+    version, _ = _handshake(https_port, cert.ca)
+    assert version == "TLSv1.3"
+    version, cipher = _handshake(https_port, cert.ca, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert version == "TLSv1.2" and ("GCM" in cipher or "CHACHA20" in cipher)
+    # The client allows these (security level 0); the server must refuse them.
+    obsolete = [
+        {"maximum_version": ssl.TLSVersion.TLSv1_1, "minimum_version": ssl.TLSVersion.TLSv1,
+         "ciphers": "DEFAULT:@SECLEVEL=0"},
+        {"maximum_version": ssl.TLSVersion.TLSv1_2, "ciphers": "AES128-SHA:AES256-SHA:@SECLEVEL=0"},
+        {"maximum_version": ssl.TLSVersion.TLSv1_2, "ciphers": "ECDHE-RSA-AES128-SHA:@SECLEVEL=0"},
+        {"maximum_version": ssl.TLSVersion.TLSv1_2, "ciphers": "AES128-SHA256:@SECLEVEL=0"},
+    ]
+    for settings in obsolete:
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            _handshake(https_port, cert.ca, **settings)
