@@ -138,14 +138,26 @@ def helios_env(**overrides):
     return env
 
 
+# Everything the commands printed during this test session, for the secrets scan at its
+# end (test_zz_secrets.py).
+CAPTURED_OUTPUT = []
+
+
 def run_manage(project, *args, env=None, check=False, timeout=60):
-    """Run ``manage.py ARGS`` of ``project`` with this interpreter; return the CompletedProcess."""
-    return subprocess.run(
+    """Run ``manage.py ARGS`` of ``project`` with this interpreter; return the CompletedProcess.
+
+    Standard input is empty: no command may wait for an answer in a test.
+    """
+    result = subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=project,
         env=helios_env() if env is None else env,
         capture_output=True,
         text=True,
-        check=check,
         timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
+    CAPTURED_OUTPUT.append(result.stdout + result.stderr)
+    if check:
+        result.check_returncode()
+    return result

@@ -27,7 +27,7 @@ import boto3
 import pytest
 
 import rig
-from fixtures import helios_env, make_fixture_project
+from fixtures import helios_env, make_fixture_project, run_manage
 from helios_aws import envfile
 from test_configure_real import install_certificate, prefixed
 from test_provision_aws import (CIDR, DOMAIN, EMAIL, LIVE, NOTHING, ONE_OF_EACH, SETTINGS,
@@ -191,9 +191,7 @@ def test_bad_input_gives_a_clear_error_and_changes_nothing(
 
     extra = ["--skip-host"] if command == "aws_provision" else []
     extra += ["--no-input"] if command == "aws_configure" else []
-    result = subprocess.run([sys.executable, "manage.py", command, SETTINGS, *extra, *args],
-                            cwd=project, env=env, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=120)
+    result = run_manage(project, command, SETTINGS, *extra, *args, env=env, timeout=120)
 
     assert result.returncode != 0
     assert message in result.stderr
@@ -208,21 +206,19 @@ def test_impostor_and_unreachable_hosts_are_refused_before_anything_happens(
     # The real server's fingerprint is pinned; another server answers on that address.
     deploy = project / "deploy"
     before = files_of(deploy)
-    common = [sys.executable, "manage.py", "aws_provision", SETTINGS, "--skip-aws",
-              "--host", "127.0.0.1", "--ssh-key", str(sshd.client_key)]
-    impostor = subprocess.run(
-        common + ["--ssh-port", str(sshd_new_host_key.port),
-                  "--trust-host-key", sshd.host_key_fingerprint],
-        cwd=project, env=helios_env(), capture_output=True, text=True, timeout=120)
+    common = ["aws_provision", SETTINGS, "--skip-aws", "--host", "127.0.0.1",
+              "--ssh-key", str(sshd.client_key)]
+    impostor = run_manage(
+        project, *common, "--ssh-port", str(sshd_new_host_key.port),
+        "--trust-host-key", sshd.host_key_fingerprint, timeout=120)
     assert impostor.returncode != 0
     assert sshd_new_host_key.host_key_fingerprint in impostor.stderr
     assert "CommandError" in impostor.stderr and "Traceback" not in impostor.stderr
 
     closed = rig.free_port()
-    unreachable = subprocess.run(
-        common + ["--ssh-port", str(closed), "--trust-host-key", sshd.host_key_fingerprint],
-        cwd=project, env=helios_env(HELIOS_AWS_SSH_WAIT="2"), capture_output=True, text=True,
-        timeout=180)
+    unreachable = run_manage(
+        project, *common, "--ssh-port", str(closed), "--trust-host-key",
+        sshd.host_key_fingerprint, timeout=180)
     assert unreachable.returncode != 0
     assert f"127.0.0.1:{closed}" in unreachable.stderr or "reach" in unreachable.stderr
     assert "CommandError" in unreachable.stderr and "Traceback" not in unreachable.stderr

@@ -1,0 +1,61 @@
+"""No secret in any output or log of the whole test session; every file holding one is 0600.
+
+This module runs last (pytest takes test files in name order). It collects the secrets of
+every deployment the session made (the generated SECRET_KEY and EMAIL_OPTOUT_SECRET, the
+Google client secret, SES access keys, SSH private keys) and looks for each, by its real
+value, in everything the commands printed and in every file the deployments hold.
+"""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from fixtures import CAPTURED_OUTPUT
+from helios_aws import envfile
+
+# Files that exist to hold secrets; anything else must not contain one.
+SECRET_FILES = {".env", "ssh-key.pem"}
+
+
+def deployments(base):
+    return sorted({p.parent for p in Path(base).rglob("deployment.json")})
+
+
+def secrets_of(deploy):
+    env = envfile.parse((deploy / ".env").read_text()) if (deploy / ".env").exists() else {}
+    found = {env[k] for k in envfile.SECRET_KEYS if env.get(k)}
+    found |= {env[k] for k in ("AWS_SES_ACCESS_KEY_ID",) if env.get(k)}
+    key = deploy / "ssh-key.pem"
+    if key.exists():
+        found |= {line for line in key.read_text().splitlines()
+                  if line and not line.startswith("-----")}
+    return found
+
+
+def test_no_secret_in_any_output_or_log_and_secret_files_are_private(tmp_path_factory):
+    if not CAPTURED_OUTPUT:
+        pytest.skip("nothing was run in this session: run it with the rest of the suite")
+    base = tmp_path_factory.getbasetemp()
+    dirs = deployments(base)
+    assert dirs, "the session made no deployment to scan"
+    secrets = set()
+    for deploy in dirs:
+        secrets |= secrets_of(deploy)
+    secrets = {s for s in secrets if len(s) >= 8}
+    assert secrets
+
+    leaks = []
+    for index, text in enumerate(CAPTURED_OUTPUT):
+        leaks += [f"command output #{index}" for s in secrets if s in text]
+    for deploy in dirs:
+        for path in deploy.rglob("*"):
+            if not path.is_file():
+                continue
+            content = path.read_text(errors="replace")
+            holds = any(s in content for s in secrets)
+            if holds and path.name not in SECRET_FILES:
+                leaks.append(str(path))
+            if holds:
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert leaks == []
