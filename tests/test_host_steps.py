@@ -156,6 +156,12 @@ def test_step_list_for_al2023_with_pip_and_a_ca_bundle(tmp_path, project):
     assert names[1] == "host: trusted CA certificates"
 
 
+def test_a_project_needing_a_newer_python_is_refused(ctx, project):
+    project = Project(**{**project.__dict__, "python": "3.14"})
+    with pytest.raises(ConfigError, match="requires Python 3.14"):
+        host.steps(ctx, project)
+
+
 def test_al2023_with_rabbitmq_is_refused_with_the_reason(tmp_path, project):
     ctx = make_ctx(tmp_path, project, os="al2023", broker="rabbitmq")
     with pytest.raises(ConfigError, match="no Erlang or RabbitMQ"):
@@ -682,6 +688,7 @@ def test_https_site_needs_the_certificate(ctx, project):
                                   **NGINX_UP))
     with pytest.raises(HostError, match="No certificate"):
         run_step(host.NginxSite(target(ctx, project), https=True), ctx)
+    assert not ctx.ssh.staged
 
 
 def test_https_site_replaces_the_http_one(ctx, project):

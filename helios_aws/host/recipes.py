@@ -10,6 +10,7 @@ import shlex
 from ..errors import ConfigError
 from ..params import AL2_END_OF_SUPPORT
 
+PYTHON_VERSION = (3, 13)
 PYTHON = "/usr/bin/python3.13"
 NOLOGIN = "/usr/sbin/nologin"
 

@@ -160,9 +160,8 @@ class _Shell:
     status) and on stderr, which tells where its output ends.
     """
 
-    def __init__(self, channel, label):
+    def __init__(self, channel):
         self.channel = channel
-        self.label = label
 
     @property
     def alive(self):
@@ -384,7 +383,7 @@ class Connection:
         channel = self._open_session()
         as_root = sudo and self.user != "root"
         channel.exec_command("sudo -n /bin/sh" if as_root else "/bin/sh")
-        shell = _Shell(channel, "root" if sudo else self.user)
+        shell = _Shell(channel)
         self._shells[sudo] = shell
         return shell
 
@@ -510,18 +509,6 @@ class Connection:
         except (OSError, paramiko.SSHException) as exc:
             raise HostError(f"Cannot write {path} on {self.host} over SFTP ({exc}).",
                             "Check the path and that the SSH user may write there.")
-
-    def get(self, remote_path):
-        """The bytes of a file the login user can read, or None when it does not exist."""
-        buffer = io.BytesIO()
-        try:
-            self.sftp.getfo(str(remote_path), buffer)
-        except FileNotFoundError:
-            return None
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostError(f"Cannot read {remote_path} on {self.host} over SFTP ({exc}).",
-                            "Check the path and that the SSH user may read it.")
-        return buffer.getvalue()
 
 
 class _Retryable(Exception):

@@ -12,9 +12,9 @@ restarted. A failed install or migration therefore leaves the previous release s
 
 Options read from ``ctx.options`` (all optional):
 
-``host``, ``ssh_port``, ``ssh_key``
-    where and how to log in (else the AWS half's facts ``host`` and ``ssh_key_file``,
-    ``~/.ssh/config`` and the agent);
+``host``, ``ssh_port``, ``ssh_user``, ``ssh_key``
+    where and how to log in (else the deployment's ``ssh_user``, the AWS half's facts
+    ``host`` and ``ssh_key_file``, ``~/.ssh/config`` and the agent);
 ``trust_host_key``
     ``SHA256:...`` fingerprint(s) to trust, on top of the AWS half's
     ``host_fingerprints``;
@@ -82,7 +82,7 @@ def q(value):
 
 
 def file_hashes_script(paths):
-    """Shell lines printing ``sha.<path>=<sha256 or 'missing'>`` for each path."""
+    """Shell lines printing ``sha.<path>=<sha256>`` for each path (empty when missing)."""
     return "".join(
         f"echo \"sha.{p}=$(sha256sum {q(p)} 2>/dev/null | cut -d' ' -f1 || true)\"\n"
         for p in paths)
@@ -127,12 +127,10 @@ def open_connection(ctx):
                         "instance first.")
     deployment = ctx.deployment
     conn = Connection(
-        host, user=deployment.ssh_user or None,
+        host, user=options.get("ssh_user") or deployment.ssh_user or None,
         default_user=deployment.os_profile["ssh_user"], port=options.get("ssh_port"),
         key_filename=options.get("ssh_key") or facts.get("ssh_key_file"),
-        pinned=pinned_fingerprints(ctx),
-        known_hosts=[options["known_hosts"]] if options.get("known_hosts") else (),
-        allow_agent=options.get("ssh_agent", True), redact=ctx.redactor.redact,
+        pinned=pinned_fingerprints(ctx), allow_agent=options.get("ssh_agent", True), redact=ctx.redactor.redact,
         log=ctx.log.info,
     )
     wait = options.get("ssh_wait")
@@ -858,9 +856,6 @@ class NginxSite(HostStep):
         if self.https:
             if have == sha256(self.text(True)) and running:
                 return Change(KEEP)
-            if current.get("cert") != "yes":
-                raise HostError(f"No certificate at {lay.certificate}.",
-                                "The certificate step must succeed first.")
             return Change(UPDATE, f"{lay.nginx_site}: HTTPS, HTTP redirected")
         # Once the HTTPS site serves, the HTTP one is not wanted back.
         if running and (have == sha256(self.text(False)) or (
@@ -870,6 +865,9 @@ class NginxSite(HostStep):
                       f"{lay.nginx_site}: HTTP (ACME challenges, no certificate yet)")
 
     def apply(self, ctx, current, change):
+        if self.https and current.get("cert") != "yes":
+            raise HostError(f"No certificate at {self.target.layout.certificate}.",
+                            "The certificate step must succeed first.")
         conn = connection(ctx)
         staged = conn.stage(self.text(self.https).encode())
         self.sh(ctx, install_site_script(self.target.layout.nginx_site, staged), timeout=300)
@@ -1008,6 +1006,13 @@ class Liveness(HostStep):
 def steps(ctx, project=None):
     """The host steps for ``ctx.deployment``, in order (see the module docstring)."""
     target = Target(ctx, project)
+    if not target.options.get("git_url"):
+        wanted = tuple(int(n) for n in target.project.python.split("."))
+        if wanted > recipes.PYTHON_VERSION:
+            raise ConfigError(
+                f"The project requires Python {target.project.python}; the host recipes "
+                f"install Python {'.'.join(map(str, recipes.PYTHON_VERSION))}.",
+                "Deploy a Helios release that runs on Python 3.13.")
     result = [Connect(target)]
     if target.options.get("ca_bundle"):
         result.append(TrustCA(target))
