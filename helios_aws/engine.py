@@ -74,6 +74,10 @@ class State:
             self.data = json.loads(text) if text else {}
         except ValueError:
             self.data = {}
+        self._saved = self._serialize()
+
+    def _serialize(self):
+        return json.dumps(self.data, indent=2, sort_keys=True) + "\n"
 
     def get(self, key, default=None):
         return self.data.get(key, default)
@@ -85,8 +89,12 @@ class State:
             self.data[key] = value
 
     def save(self):
-        write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n",
-                     mode=0o600)
+        """Write the file when its content changed (a run that changed nothing, or failed
+        before changing anything, leaves it as it was)."""
+        text = self._serialize()
+        if text != self._saved:
+            write_atomic(self.path, text, mode=0o600)
+            self._saved = text
 
 
 class Redactor(logging.Filter):
