@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,10 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import vm as vm_mod  # noqa: E402
-from fixtures import make_fixture_project, run_manage  # noqa: E402
+from fixtures import helios_env, make_fixture_project, run_manage  # noqa: E402
 from test_host_vm import DOMAIN, SETTINGS, GuestPebble  # noqa: E402
 
 import rig  # noqa: E402
+import helios_aws  # noqa: E402
 from helios_aws import layout as layout_mod  # noqa: E402
 from helios_aws.host import recipes, steps as host  # noqa: E402
 
@@ -57,11 +59,19 @@ def ansible_bin():
     return playbook
 
 
-def provision(project, options):
+def snapshot_env(workdir):
+    """Commands run with a copy of helios-aws taken now, so that edits to the working tree
+    during the long benchmark do not turn the no-op runs into deploys."""
+    shutil.copytree(Path(helios_aws.__file__).parent, workdir / "snapshot" / "helios_aws",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return helios_env(PYTHONPATH=str(workdir / "snapshot"))
+
+
+def provision(project, options, env):
     started = time.monotonic()
     result = run_manage(project, "aws_provision", "--skip-aws", "--no-input",
                         *[w for k, v in options.items() for w in (f"--{k}", str(v))],
-                        SETTINGS, timeout=3600)
+                        SETTINGS, env=env, timeout=3600)
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"aws_provision failed:\n{result.stdout}\n{result.stderr}")
@@ -168,7 +178,7 @@ def ansible_run(project, options, known_hosts, workdir):
     return elapsed, sessions
 
 
-def boot_and_provision(workdir):
+def boot_and_provision(workdir, env):
     """A fresh VM, provisioned once by the host half; returns what the runs need."""
     ca = rig.LocalCA(workdir / "ca")
     pebble = GuestPebble(workdir / "pebble", ca)
@@ -176,7 +186,7 @@ def boot_and_provision(workdir):
     project = make_fixture_project(workdir)
     result = run_manage(project, "aws_configure", "--os", "debian13", "--domain", DOMAIN,
                         "--email", "elections@helios-vm.test", "--auth-systems", "password",
-                        "--no-input", SETTINGS)
+                        "--no-input", SETTINGS, env=env)
     if result.returncode != 0:
         raise SystemExit(result.stderr)
     bundle = workdir / "bundle.pem"
@@ -185,7 +195,7 @@ def boot_and_provision(workdir):
     options = {"host": vm.host, "ssh-port": vm.ssh_port, "ssh-key": vm.key_path,
                "trust-host-key": vm.host_key_fingerprint, "server": pebble.directory_url,
                "ca-bundle": bundle}
-    seconds, _, _ = provision(project, options)
+    seconds, _, _ = provision(project, options, env)
     print(f"first run (provisioning the VM): {seconds:.0f} s", flush=True)
     return vm, pebble, project, options
 
@@ -198,6 +208,7 @@ def main():
         parser.add_argument(f"--{flag}")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-host-"))
+    env = snapshot_env(workdir)
     vm = pebble = None
     if args.project:
         project = Path(args.project)
@@ -206,7 +217,7 @@ def main():
                    "ca-bundle": args.ca_bundle}
         key_line = args.host_key_line
     else:
-        vm, pebble, project, options = boot_and_provision(workdir)
+        vm, pebble, project, options = boot_and_provision(workdir, env)
         key_line = vm.host_key_line
     try:
         # Ansible's OpenSSH checks the same host key, from a known_hosts file.
@@ -214,7 +225,7 @@ def main():
         known_hosts.write_text(f"[{options['host']}]:{options['ssh-port']} {key_line}\n")
         ours, theirs = [], []
         for _ in range(args.runs):
-            seconds, channels, out = provision(project, options)
+            seconds, channels, out = provision(project, options, env)
             if "no changes" not in out:
                 raise SystemExit(f"the host half was not a no-op:\n{out}")
             ours.append((seconds, channels))
@@ -223,6 +234,7 @@ def main():
         if vm is not None:
             vm.stop()
             pebble.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     ours_time = statistics.median(s for s, _ in ours)
     theirs_time = statistics.median(s for s, _ in theirs)
     rows = [("helios-aws host half", ours_time, ours[-1][1]),

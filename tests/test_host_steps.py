@@ -273,7 +273,6 @@ def test_git_deploys_add_git(tmp_path, project):
 
 
 def test_uv_is_installed_into_its_own_venv(ctx, project):
-    ctx.ssh.reply("uv --version", "", 127)
     change, _ = run_step(host.UvTool(target(ctx, project)), ctx)
     assert change.action == engine.CREATE
     assert ctx.ssh.commands[-1] == (
@@ -283,9 +282,25 @@ def test_uv_is_installed_into_its_own_venv(ctx, project):
 
 
 def test_uv_present_is_a_no_op(ctx, project):
-    ctx.ssh.reply("uv --version", "uv 0.9.5\n")
+    ctx.ssh.reply("uv-*.dist-info", "version=0.9.5\n")
     change, outcome = run_step(host.UvTool(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED and change.details == ["uv 0.9.5"]
+    assert len(ctx.ssh.commands) == 1
+
+
+def test_uv_version_is_read_from_its_metadata(tmp_path, ctx, project):
+    """The read script, run by a real shell over a fake tool directory."""
+    home = tmp_path / "srv" / "helios" / "tools" / "uv"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "uv").write_text("#!/bin/sh\n")
+    (home / "bin" / "uv").chmod(0o755)
+    (home / "lib" / "python3.13" / "site-packages" / "uv-0.9.5.dist-info").mkdir(parents=True)
+    ctx2 = make_ctx(tmp_path / "other", project, host_prefix=str(tmp_path))
+    step = host.UvTool(target(ctx2, project))
+    step.read(ctx2)
+    script = ctx2.ssh.commands[0]
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    assert host.parse_facts(out) == {"version": "0.9.5"}
 
 
 # ------------------------------------------------------------------------ user, directories
