@@ -75,11 +75,17 @@ class Rehearsal:
 
     def start_vm(self):
         import vm
+        from test_host_vm import LOCAL_CAS, GuestPebble
 
         self.step("Local ACME server and a Debian 13 VM as the instance")
-        ca = rig.LocalCA(self.work / "ca")
-        self.pebble = rig.Pebble(self.work / "pebble", ca)
+        self.pebble = GuestPebble(self.work / "pebble", rig.LocalCA(self.work / "ca"))
         self.stack.append(self.pebble.stop)
+        # What the guest must trust: the ACME server's API certificate, and whatever this
+        # machine trusts beyond the public roots (a TLS-inspecting proxy, if any).
+        local = sorted(LOCAL_CAS.rglob("*.crt")) if LOCAL_CAS.is_dir() else []
+        self.ca_bundle = self.work / "guest-trust.pem"
+        self.ca_bundle.write_text("".join(Path(p).read_text().strip() + "\n"
+                                          for p in [self.pebble.api_ca, *local]))
         self.vm = vm.boot()
         self.stack.append(self.vm.stop)
         self.serve_host_keys([self.vm.host_key_line])
@@ -102,7 +108,7 @@ class Rehearsal:
             return ["--skip-host"]
         return ["--host", "127.0.0.1", "--ssh-port", str(self.vm.ssh_port),
                 "--ssh-key", str(self.vm.key_path),
-                "--server", self.pebble.directory_url.replace("localhost", "10.0.2.2")]
+                "--server", self.pebble.directory_url, "--ca-bundle", str(self.ca_bundle)]
 
     def run(self):
         self.project = fixtures.make_fixture_project(self.work)
@@ -128,9 +134,12 @@ class Rehearsal:
         if "no changes" not in again.stdout:
             raise SystemExit("rehearse: the second aws_provision changed something")
         self.step("aws_check")
-        check_flags = ["--skip", "site", "--skip", "host"]
+        check_flags = ["--skip", "site", "--skip", "host"]  # no host without --vm
         if self.use_vm:
-            check_flags = ["--address", "127.0.0.1", "--http-port", str(self.vm.http_port),
+            issuing_root = self.work / "acme-root.pem"
+            issuing_root.write_text(self.pebble.issuing_root())
+            check_flags = ["--ca-file", str(issuing_root), "--address", "127.0.0.1",
+                           "--http-port", str(self.vm.http_port),
                            "--https-port", str(self.vm.https_port),
                            "--host", "127.0.0.1", "--ssh-port", str(self.vm.ssh_port),
                            "--ssh-key", str(self.vm.key_path),
