@@ -2,7 +2,8 @@
 
 This module runs last (pytest takes test files in name order). It collects the secrets of
 every deployment the session made (the generated SECRET_KEY and EMAIL_OPTOUT_SECRET, the
-Google client secret, SES access keys, SSH private keys) and looks for each, by its real
+Google client secret, the SES secret access key, SSH private keys; an access key's
+id is an identifier, which AWS itself logs) and looks for each, by its real
 value, in everything the commands printed and in every file the deployments hold.
 """
 
@@ -25,7 +26,6 @@ def deployments(base):
 def secrets_of(deploy):
     env = envfile.parse((deploy / ".env").read_text()) if (deploy / ".env").exists() else {}
     found = {env[k] for k in envfile.SECRET_KEYS if env.get(k)}
-    found |= {env[k] for k in ("AWS_SES_ACCESS_KEY_ID",) if env.get(k)}
     key = deploy / "ssh-key.pem"
     # Some tests put a stand-in there (a key file that must not be overwritten).
     if key.exists() and key.read_text().startswith("-----BEGIN"):
