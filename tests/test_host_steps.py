@@ -899,7 +899,8 @@ def test_wheel_is_deterministic_and_installable_metadata(tmp_path):
         names = wheel.namelist()
         info = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = wheel.read(info).decode()
-    assert "helios_aws/host/steps.py" in names and "helios_aws/templates/helios_aws/gunicorn.service" in names
+    assert "helios_aws/host/steps.py" in names
+    assert "helios_aws/templates/helios_aws/gunicorn.service" in names
     assert not any("__pycache__" in n for n in names)
     assert "Name: helios-aws" in metadata and "Requires-Dist: django-environ" in metadata
     assert "extra ==" not in metadata

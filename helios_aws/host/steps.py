@@ -130,8 +130,8 @@ def open_connection(ctx):
         host, user=options.get("ssh_user") or deployment.ssh_user or None,
         default_user=deployment.os_profile["ssh_user"], port=options.get("ssh_port"),
         key_filename=options.get("ssh_key") or facts.get("ssh_key_file"),
-        pinned=pinned_fingerprints(ctx), allow_agent=options.get("ssh_agent", True), redact=ctx.redactor.redact,
-        log=ctx.log.info,
+        pinned=pinned_fingerprints(ctx), allow_agent=options.get("ssh_agent", True),
+        redact=ctx.redactor.redact, log=ctx.log.info,
     )
     wait = options.get("ssh_wait")
     if wait is None:

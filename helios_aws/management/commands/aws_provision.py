@@ -50,6 +50,9 @@ class Command(BaseCommand):
         host.add_argument("--server", default=None, metavar="URL",
                           help="ACME directory URL for the certificate (default: Let's "
                                "Encrypt).")
+        host.add_argument("--ca-bundle", default=None, metavar="FILE",
+                          help="CA certificates (PEM) the server must trust: a local ACME "
+                               "server's (with --server), or a TLS-inspecting proxy's.")
         host.add_argument("--git-url", default=None, help="Helios repository to deploy.")
         host.add_argument("--git-ref", default=None, help="Branch, tag or commit to deploy.")
 
