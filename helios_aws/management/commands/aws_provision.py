@@ -41,6 +41,8 @@ class Command(BaseCommand):
         host.add_argument("--host", default=None,
                           help="Address of the server (default: the Elastic IP).")
         host.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22).")
+        host.add_argument("--ssh-user", default=None,
+                          help="SSH login user (default: the deployment's, e.g. ec2-user).")
         host.add_argument("--ssh-key", default=None,
                           help="Private key for SSH (default: the key pair's key in the "
                                "output directory).")
