@@ -27,11 +27,13 @@ from fixtures import helios_env, make_fixture_project, run_manage
 import helios_aws
 from vm import debian_vm  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.vm
 
 DOMAIN = "vote.helios-vm.test"
 SETTINGS = "--settings=helios_aws.settings_overrides.production"
 FIRST_RUN_TIMEOUT = 3600
+# The first run provisions a bare guest under software emulation (12-20 min here): the
+# module's first test carries that set-up, so the per-test timeout is raised for it.
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(FIRST_RUN_TIMEOUT + 600)]
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
 
 
