@@ -57,6 +57,11 @@ class HostLayout:
         return self._p("/var/lib/helios")
 
     @property
+    def lock(self):
+        """Held by a provisioning run's root shell: one run at a time per host."""
+        return self._p("/run/helios-aws.lock")
+
+    @property
     def socket(self):
         return self._p("/run/gunicorn.sock")
 

@@ -6,11 +6,14 @@ persistent shells (channels counted), and host steps that touch only files run t
 """
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -188,6 +191,85 @@ def test_a_command_running_too_long_is_stopped_and_the_next_one_works(conn):
     assert time.monotonic() - started < 5
     assert conn.run("echo again").stdout == "again\n"
     assert conn.channels_opened == 2
+
+
+# ------------------------------------------------------------------ deployment lock
+
+KILLED_CLIENT = """
+import json, sys
+from helios_aws.host.ssh import Connection
+args = json.loads(sys.argv[1])
+connection = Connection(args["host"], port=args["port"], user=args["user"],
+                        key_filename=args["key"], pinned=[args["pin"]], ssh_config=None,
+                        allow_agent=False, look_for_keys=False, lock=args["lock"]).connect()
+print("connected", flush=True)
+connection.run(args["command"], sudo=True)
+"""
+
+
+def test_a_killed_run_s_last_command_finishes_before_the_next_run_starts(sshd, tmp_path):
+    """SIGKILL on this side leaves the host running the command it had sent; the next
+    run's root shell waits for it (and says so) instead of racing it."""
+    lock, done = tmp_path / "run" / "helios-aws.lock", tmp_path / "finished"
+    args = dict(host=sshd.host, port=sshd.port, user=sshd.user, key=str(sshd.client_key),
+                pin=sshd.host_key_fingerprint, lock=str(lock),
+                command=f"sleep 4; touch {done}")
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, json.dumps(args)],
+                              stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline() == "connected\n"
+    time.sleep(1)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
+    assert not done.exists()
+
+    waits = []
+    with connect(sshd, lock=str(lock)) as connection:
+        connection.on_wait = waits.append
+        result = connection.run(f"test -f {done} && echo finished-first", sudo=True)
+    assert result.stdout == "finished-first\n"
+    assert waits and "Another helios-aws run holds the deployment lock" in waits[0]
+
+
+def test_a_lock_held_too_long_is_reported_with_what_to_look_at(sshd, tmp_path):
+    lock = str(tmp_path / "helios-aws.lock")
+    with connect(sshd, lock=lock) as holder:
+        holder.run("true", sudo=True)
+        with connect(sshd, lock=lock, lock_wait=2) as late:
+            started = time.monotonic()
+            with pytest.raises(HostError, match="kept the deployment lock") as error:
+                late.run("true", sudo=True)
+            assert time.monotonic() - started < 30
+            assert f"fuser -v {lock}" in error.value.hint
+    with connect(sshd, lock=lock, lock_wait=2) as after:
+        assert after.run("echo free", sudo=True).stdout == "free\n"
+
+
+def test_a_daemon_started_by_a_run_does_not_keep_the_lock(sshd, tmp_path):
+    lock = str(tmp_path / "helios-aws.lock")
+    with connect(sshd, lock=lock) as run:
+        run.run("setsid sleep 60 >/dev/null 2>&1 &", sudo=True)
+    with connect(sshd, lock=lock, lock_wait=2) as next_run:
+        assert next_run.run("echo free", sudo=True).stdout == "free\n"
+    subprocess.run(["pkill", "-f", "^sleep 60$"], check=False)
+
+
+def test_upload_directories_of_killed_runs_are_removed(sshd, tmp_path):
+    lock = str(tmp_path / "helios-aws.lock")
+    with connect(sshd, lock=lock) as killed:
+        left = os.path.dirname(killed.stage(b"SECRET_KEY=a copy of the .env"))
+        killed._staging = None  # as if the run died before it could clean up
+    assert os.path.isdir(left)
+    with connect(sshd, lock=lock) as next_run:
+        own = os.path.dirname(next_run.stage(b"mine"))
+        assert not os.path.exists(left) and os.path.isdir(own)
+
+
+def test_the_lock_is_only_for_the_root_shell(sshd, tmp_path):
+    lock = str(tmp_path / "helios-aws.lock")
+    with connect(sshd, lock=lock) as holder:
+        holder.run("true", sudo=True)
+        with connect(sshd, lock=lock, lock_wait=2) as reader:
+            assert reader.run("echo unprivileged").stdout == "unprivileged\n"
 
 
 # ------------------------------------------------------------------------ files

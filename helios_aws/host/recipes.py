@@ -117,8 +117,14 @@ class Debian13(Recipe):
                 f"{shlex.join(names)} 2>/dev/null | awk '$2 == \"ii\" {{ print $1 }}'")
 
     def install_packages(self, names):
-        return ("export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
-                "apt-get install -y -q --no-install-recommends "
+        # An interrupted run (or a dropped connection) can leave dpkg half-way: finish
+        # that first. A new instance's own apt jobs may hold the lock for a while: wait.
+        wait = "-o DPkg::Lock::Timeout=600"
+        return ("export DEBIAN_FRONTEND=noninteractive; "
+                "if [ -n \"$(ls -A /var/lib/dpkg/updates 2>/dev/null)\" ]; then "
+                "dpkg --configure -a --force-confold; fi && "
+                f"apt-get {wait} update -q && "
+                f"apt-get {wait} install -y -q --no-install-recommends "
                 f"-o Dpkg::Options::=--force-confold {shlex.join(names)}")
 
     def redis_conf(self):

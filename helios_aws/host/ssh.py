@@ -32,6 +32,11 @@ import paramiko
 from ..errors import HostError
 
 DEFAULT_TIMEOUT = 1800
+LOCK_WAIT = 1800
+LOCK_FD = 9
+STAGING_PARENT = "/tmp"
+LOCK_TAKEN = "helios-aws: deployment lock taken"
+LOCK_BUSY = "helios-aws: deployment lock busy"
 CONNECT_TIMEOUT = 15
 TAIL_LINES = 20
 SUDO_HINT = ("The SSH user must be allowed to run commands as root without a password "
@@ -156,7 +161,8 @@ class _Shell:
     """A remote /bin/sh reading commands from its stdin, one per :meth:`run`.
 
     Each command runs as ``sh -c COMMAND`` (so a syntax error or ``exit`` ends only that
-    child) with its own stdin, and is followed by a random marker on stdout (with the exit
+    child) with its own stdin, without the deployment lock's descriptor (a daemon a
+    command starts must not hold the lock after the run), and is followed by a random marker on stdout (with the exit
     status) and on stderr, which tells where its output ends.
     """
 
@@ -170,17 +176,41 @@ class _Shell:
     def close(self):
         self.channel.close()
 
+    def expect(self, token, busy_token, on_busy, timeout):
+        """Read the shell's greeting: ("taken", stderr) once ``token`` is on stdout, or
+        (None, stderr) if the shell ends or ``timeout`` passes first; ``on_busy()`` is
+        called when ``busy_token`` shows on stderr."""
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.channel.recv_ready():
+                out += self.channel.recv(65536)
+            while self.channel.recv_stderr_ready():
+                err += self.channel.recv_stderr(65536)
+            if busy_token.encode() in err:
+                on_busy()
+            if f"{token}\n".encode() in out:
+                return "taken", err.decode(errors="replace")
+            if self.channel.closed or self.channel.exit_status_ready() and not (
+                    self.channel.recv_ready() or self.channel.recv_stderr_ready()):
+                return None, err.decode(errors="replace")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, err.decode(errors="replace")
+            select.select([self.channel], [], [], min(remaining, 5))
+
     def run(self, command, input=None, timeout=DEFAULT_TIMEOUT):
         """(status, stdout bytes, stderr bytes); status None when the shell went away,
         "timeout" when the command ran out of time."""
         marker = secrets.token_hex(16)
         tail = (f"; printf '\\n{marker} %d\\n' $?; printf '\\n{marker}\\n' >&2\n")
         if input is None:
-            script = f"sh -c {shlex.quote(command)} </dev/null{tail}"
+            script = f"sh -c {shlex.quote(command)} </dev/null {LOCK_FD}>&-{tail}"
         else:
             data = input.encode() if isinstance(input, str) else bytes(input)
             encoded = base64.encodebytes(data).decode()
-            script = (f"base64 -d <<'{marker}' | sh -c {shlex.quote(command)}{tail}"
+            script = (f"base64 -d <<'{marker}' | sh -c {shlex.quote(command)} {LOCK_FD}>&-"
+                      f"{tail}"
                       f"{encoded}{marker}\n")
         self.channel.sendall(script.encode())
         out, err = bytearray(), bytearray()
@@ -219,7 +249,8 @@ class Connection:
 
     def __init__(self, host, *, user=None, default_user=None, port=None, key_filename=None,
                  pinned=(), known_hosts=(), ssh_config="~/.ssh/config", allow_agent=True,
-                 look_for_keys=True, connect_timeout=CONNECT_TIMEOUT, redact=None, log=None):
+                 look_for_keys=True, connect_timeout=CONNECT_TIMEOUT, redact=None, log=None,
+                 lock=None, lock_wait=LOCK_WAIT):
         config = self._config(ssh_config, host)
         self.alias = host
         self.host = config.get("hostname", host)
@@ -238,6 +269,9 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.redact = redact or (lambda text: text)
         self.log = log or (lambda line: None)
+        self.lock = lock
+        self.lock_wait = lock_wait
+        self.on_wait = None
         self.client = None
         self.channels_opened = 0
         self.commands_run = 0
@@ -271,6 +305,7 @@ class Connection:
         """Connect, verify the host key, authenticate. While the host is unreachable or
         its SSH server not up yet (an instance booting), retry for up to ``wait`` seconds,
         calling ``on_wait(message)`` before each retry."""
+        self.on_wait = on_wait
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -382,10 +417,69 @@ class Connection:
             return None
         channel = self._open_session()
         as_root = sudo and self.user != "root"
-        channel.exec_command("sudo -n /bin/sh" if as_root else "/bin/sh")
+        shell_command = "/bin/sh"
+        if sudo and self.lock:
+            shell_command = f"/bin/sh -c {shlex.quote(self._locked_shell())}"
+        channel.exec_command(f"sudo -n {shell_command}" if as_root else shell_command)
         shell = _Shell(channel)
+        if sudo and self.lock:
+            self._wait_for_lock(shell)
         self._shells[sudo] = shell
+        if sudo and self.lock:
+            self._remove_stale_staging()
         return shell
+
+    def _remove_stale_staging(self):
+        """Upload directories that runs killed on this side left behind (they may hold a
+        copy of the .env): with the lock held, no other run is using one."""
+        own = f"! -path {shlex.quote(self._staging)} " if self._staging else ""
+        self.run(f"find {STAGING_PARENT} -maxdepth 1 -type d -name 'helios-aws.*' "
+                 f"-user {shlex.quote(self.user)} {own}-exec rm -rf {{}} +", sudo=True)
+
+    def _locked_shell(self):
+        """A root shell that first takes the host's deployment lock and holds it while it
+        lives. A run interrupted on this side (killed, cut off) leaves its last command
+        running on the host until it ends; the next run waits for it instead of racing it,
+        and two operators cannot provision the same host at once."""
+        lock = shlex.quote(self.lock)
+        return (f"mkdir -p \"$(dirname {lock})\" && exec {LOCK_FD}>>{lock} || exit 74\n"
+                f"if ! flock -n {LOCK_FD}; then\n"
+                f"  echo '{LOCK_BUSY}' >&2\n"
+                f"  flock -w {int(self.lock_wait)} {LOCK_FD} || exit 75\n"
+                "fi\n"
+                f"echo '{LOCK_TAKEN}'\n"
+                "exec /bin/sh\n")
+
+    def _wait_for_lock(self, shell):
+        waiting = False
+
+        def busy():
+            nonlocal waiting
+            if not waiting:
+                waiting = True
+                message = (f"Another helios-aws run holds the deployment lock on {self.host} "
+                           "(or an interrupted one is finishing its last command there): "
+                           f"waiting up to {self.lock_wait // 60:.0f} min for it.")
+                self.log(f"ssh: {message}")
+                if self.on_wait:
+                    self.on_wait(message)
+
+        status, err = shell.expect(LOCK_TAKEN, LOCK_BUSY, busy, self.lock_wait + 60)
+        if status == "taken":
+            return
+        shell.close()
+        where = f"{self.host}:{self.lock}"
+        if "sudo" in err and not waiting:
+            raise HostError(f"sudo -n refused to run commands as root for {self.user!r} "
+                            f"on {self.host}: {self.redact(err.strip())}", SUDO_HINT)
+        if waiting:
+            raise HostError(
+                f"Another helios-aws run kept the deployment lock on {self.host} for "
+                f"{self.lock_wait // 60:.0f} min.",
+                "If no other run is going, see what holds it with "
+                f"`sudo fuser -v {self.lock}` on the server, then run the command again.")
+        raise HostError(f"Cannot take the deployment lock {where}." + _tail(self.redact(err)),
+                        "Check that the server has flock (util-linux) and a writable /run.")
 
     def run(self, command, sudo=False, check=True, input=None, timeout=DEFAULT_TIMEOUT,
             step=None):
@@ -446,7 +540,10 @@ class Connection:
     def staging_dir(self):
         """A private directory of the login user for uploads, removed by close()."""
         if self._staging is None:
-            self._staging = self.run("mktemp -d /tmp/helios-aws.XXXXXXXX").stdout.strip()
+            if self.lock:
+                self._shell(True)  # a run holds the lock before it has anything staged
+            self._staging = self.run(f"mktemp -d {STAGING_PARENT}/helios-aws.XXXXXXXX"
+                                     ).stdout.strip()
         return self._staging
 
     def put(self, data, remote_path, mode=0o644, owner=None, group=None, step=None):

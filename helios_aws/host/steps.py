@@ -132,6 +132,7 @@ def open_connection(ctx):
         key_filename=options.get("ssh_key") or facts.get("ssh_key_file"),
         pinned=pinned_fingerprints(ctx), allow_agent=options.get("ssh_agent", True),
         redact=ctx.redactor.redact, log=ctx.log.info,
+        lock=str(layout_mod.for_deployment(deployment, deployment.host_prefix).lock),
     )
     wait = options.get("ssh_wait")
     if wait is None:
