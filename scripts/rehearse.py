@@ -75,19 +75,14 @@ class Rehearsal:
 
     def start_vm(self):
         import vm
-        from test_host_vm import LOCAL_CAS, GuestPebble
 
         self.step("Local ACME server and a Debian 13 VM as the instance")
-        self.pebble = GuestPebble(self.work / "pebble", rig.LocalCA(self.work / "ca"))
+        self.pebble = rig.GuestPebble(self.work / "pebble", rig.LocalCA(self.work / "ca"))
         self.stack.append(self.pebble.stop)
-        # What the guest must trust: the ACME server's API certificate, and whatever this
-        # machine trusts beyond the public roots (a TLS-inspecting proxy, if any).
-        local = sorted(LOCAL_CAS.rglob("*.crt")) if LOCAL_CAS.is_dir() else []
-        self.ca_bundle = self.work / "guest-trust.pem"
-        self.ca_bundle.write_text("".join(Path(p).read_text().strip() + "\n"
-                                          for p in [self.pebble.api_ca, *local]))
+        self.ca_bundle = rig.guest_trust_bundle(self.work / "guest-trust.pem", self.pebble)
         self.vm = vm.boot()
-        self.stack.append(self.vm.stop)
+        # Its disk is a throw-away overlay: stopping need not wait for a clean shutdown.
+        self.stack.append(lambda: self.vm.stop(graceful=False))
         self.serve_host_keys([self.vm.host_key_line])
         print(f"VM SSH on 127.0.0.1:{self.vm.ssh_port}, host key {self.vm.host_key_fingerprint}")
 

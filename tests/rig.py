@@ -23,9 +23,11 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -747,6 +749,57 @@ class Pebble:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class GuestPebble:
+    """pebble on this machine as the guest sees it: at 10.0.2.2 (qemu's address for the
+    host, which reaches 127.0.0.1 here), with a TLS certificate valid for that address.
+    Every authorization is valid at once, so the guest's domain need not resolve."""
+
+    def __init__(self, directory: Path, ca: LocalCA):
+        directory.mkdir(parents=True, exist_ok=True)
+        tls = ca.issue("localhost", ips=(LOOPBACK, "10.0.2.2"))
+        self.api_ca = tls.ca
+        self.port, self.management_port = free_port(), free_port()
+        config = directory / "pebble-config.json"
+        config.write_text(json.dumps({"pebble": {
+            "listenAddress": f"{LOOPBACK}:{self.port}",
+            "managementListenAddress": f"{LOOPBACK}:{self.management_port}",
+            "certificate": str(tls.fullchain), "privateKey": str(tls.key),
+            "httpPort": free_port(), "tlsPort": free_port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        }}))
+        self.directory_url = f"https://10.0.2.2:{self.port}/dir"
+        env = {"PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1",
+               "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"}
+        self.process = Process(["pebble", "-config", config], directory / "pebble.log",
+                               env=env, cwd=directory)
+        self.process.wait_for_port(LOOPBACK, self.port)
+        self.process.wait_for_port(LOOPBACK, self.management_port)
+
+    def issuing_root(self) -> str:
+        """The root that pebble's issued certificates chain to (PEM)."""
+        context = ssl.create_default_context(cafile=str(self.api_ca))
+        context.check_hostname = False
+        url = f"https://{LOOPBACK}:{self.management_port}/roots/0"
+        with urllib.request.urlopen(url, context=context, timeout=10) as response:
+            return response.read().decode()
+
+    def stop(self):
+        self.process.stop()
+
+
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+
+def guest_trust_bundle(path: Path, pebble: GuestPebble) -> Path:
+    """What a VM guest must trust, as one PEM file: the guest pebble's API certificate,
+    and what this machine trusts beyond the public roots (a TLS-inspecting proxy on the
+    way to the package index, if any)."""
+    local = sorted(LOCAL_CAS.rglob("*.crt")) if LOCAL_CAS.is_dir() else []
+    path.write_text("".join(Path(p).read_text().strip() + "\n"
+                            for p in [pebble.api_ca, *local]))
+    return path
 
 
 # ---------------------------------------------------------------------------- PostgreSQL

@@ -1,7 +1,6 @@
 """aws_configure on the Helios-like fixture: what it writes, re-runs, and refuses."""
 
 import json
-import os
 import stat
 
 import pytest

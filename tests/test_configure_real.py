@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import rig
 from fixtures import helios_env, make_fixture_project, run_manage

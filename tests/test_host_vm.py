@@ -1,6 +1,10 @@
 """End to end: the host half turns a bare Debian 13 VM (systemd, under qemu) into a
 serving Helios, with a certificate from pebble running on this machine.
 
+The first run is killed (SIGKILL) twice at random moments, once while the packages go in
+and once while the release installs, then run to the end: it must finish the job with
+nothing duplicated, half-written or rotated.
+
 The commands are run as an operator runs them: ``manage.py aws_configure`` then
 ``manage.py aws_provision --skip-aws`` in a copy of the fixture project. Then the site
 answers over HTTPS through the forwarded port (SNI and Host = the domain, the chain
@@ -12,12 +16,17 @@ Software emulation is slow: the first run takes 15-20 minutes on two cores, most
 apt and compiling python-ldap. Run alone with ``pytest -m vm tests/test_host_vm.py``.
 """
 
+import hashlib
 import json
+import os
+import random
 import shutil
+import signal
+import subprocess
 import socket
 import ssl
+import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +34,7 @@ import rig
 from fixtures import helios_env, make_fixture_project, run_manage
 
 import helios_aws
+from helios_aws import envfile
 from vm import debian_vm  # noqa: F401  (a fixture)
 
 
@@ -34,63 +44,24 @@ FIRST_RUN_TIMEOUT = 3600
 # The first run provisions a bare guest under software emulation (12-20 min here): the
 # module's first test carries that set-up, so the per-test timeout is raised for it.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(FIRST_RUN_TIMEOUT + 600)]
-LOCAL_CAS = Path("/usr/local/share/ca-certificates")
-
-
-class GuestPebble:
-    """pebble on this machine as the guest sees it: at 10.0.2.2 (qemu's address for the
-    host, which reaches 127.0.0.1 here), with a TLS certificate valid for that address.
-    Every authorization is valid at once, so the guest's domain need not resolve."""
-
-    def __init__(self, directory, ca):
-        directory.mkdir(parents=True, exist_ok=True)
-        tls = ca.issue("localhost", ips=(rig.LOOPBACK, "10.0.2.2"))
-        self.api_ca = tls.ca
-        self.port, self.management_port = rig.free_port(), rig.free_port()
-        config = directory / "pebble-config.json"
-        config.write_text(json.dumps({"pebble": {
-            "listenAddress": f"{rig.LOOPBACK}:{self.port}",
-            "managementListenAddress": f"{rig.LOOPBACK}:{self.management_port}",
-            "certificate": str(tls.fullchain), "privateKey": str(tls.key),
-            "httpPort": rig.free_port(), "tlsPort": rig.free_port(),
-            "ocspResponderURL": "", "externalAccountBindingRequired": False,
-        }}))
-        self.directory_url = f"https://10.0.2.2:{self.port}/dir"
-        env = {"PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1",
-               "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"}
-        self.process = rig.Process(["pebble", "-config", config], directory / "pebble.log",
-                                   env=env, cwd=directory)
-        self.process.wait_for_port(rig.LOOPBACK, self.port)
-        self.process.wait_for_port(rig.LOOPBACK, self.management_port)
-
-    def issuing_root(self):
-        """The root that pebble's issued certificates chain to (PEM)."""
-        context = ssl.create_default_context(cafile=str(self.api_ca))
-        context.check_hostname = False
-        url = f"https://{rig.LOOPBACK}:{self.management_port}/roots/0"
-        with urllib.request.urlopen(url, context=context, timeout=10) as response:
-            return response.read().decode()
-
-    def stop(self):
-        self.process.stop()
+# Where the first run is killed: (the step whose completion starts the clock, seconds
+# after it, drawn at random from this range). Set HELIOS_AWS_KILL_SEED to vary them.
+KILLS = (("host: trusted CA certificates", (45, 240)),  # apt and dpkg at work
+         ("host: .env", (5, 60)))                       # the release uploading, installing
+KILL_SEED = int(os.environ.get("HELIOS_AWS_KILL_SEED", "20261125"))
 
 
 @pytest.fixture(scope="module")
 def pebble_for_guest(tmp_path_factory, local_ca):
-    server = GuestPebble(tmp_path_factory.mktemp("pebble-guest"), local_ca)
+    server = rig.GuestPebble(tmp_path_factory.mktemp("pebble-guest"), local_ca)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def ca_bundle(tmp_path_factory, pebble_for_guest):
-    """What the guest must trust: pebble's API certificate, and what this machine trusts
-    beyond the public roots (a TLS-inspecting proxy on the way to the package index)."""
-    local = sorted(LOCAL_CAS.rglob("*.crt")) if LOCAL_CAS.is_dir() else []
-    bundle = tmp_path_factory.mktemp("trust") / "bundle.pem"
-    bundle.write_text("".join(p.read_text().strip() + "\n" for p in
-                              [Path(pebble_for_guest.api_ca), *local]))
-    return bundle
+    return rig.guest_trust_bundle(tmp_path_factory.mktemp("trust") / "bundle.pem",
+                                  pebble_for_guest)
 
 
 @pytest.fixture(scope="module")
@@ -114,17 +85,59 @@ class Deployment:
     def manage(self, *args, timeout=600):
         return run_manage(self.project, *args, SETTINGS, env=self.env, timeout=timeout)
 
+    def provision_args(self):
+        return ("aws_provision", "--skip-aws", "--no-input", "--verbosity", "2",
+                "--host", self.vm.host, "--ssh-port", str(self.vm.ssh_port),
+                "--ssh-key", str(self.vm.key_path),
+                "--trust-host-key", self.vm.host_key_fingerprint,
+                "--server", self.pebble.directory_url, "--ca-bundle", str(self.ca_bundle))
+
     def provision(self, timeout=FIRST_RUN_TIMEOUT):
         started = time.monotonic()
-        result = self.manage(
-            "aws_provision", "--skip-aws", "--no-input", "--verbosity", "2",
-            "--host", self.vm.host, "--ssh-port", str(self.vm.ssh_port),
-            "--ssh-key", str(self.vm.key_path),
-            "--trust-host-key", self.vm.host_key_fingerprint,
-            "--server", self.pebble.directory_url, "--ca-bundle", str(self.ca_bundle),
-            timeout=timeout)
+        result = self.manage(*self.provision_args(), timeout=timeout)
         result.seconds = time.monotonic() - started
         return result
+
+    def provision_killed(self, after_step, delay):
+        """Start aws_provision and SIGKILL it ``delay`` seconds after ``after_step`` has
+        finished (as its log says). The step that was running when it died, or None
+        when the run ended (or failed) first."""
+        log = self.project / "deploy" / "provision.log"
+        offset = log.stat().st_size if log.exists() else 0
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", *self.provision_args(), SETTINGS],
+            cwd=self.project, env=self.env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + FIRST_RUN_TIMEOUT
+            while not any(line.startswith(f"{after_step}: ")
+                          for line in self.completions(offset)):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    return None
+                time.sleep(1)
+            time.sleep(delay)
+            if process.poll() is not None:
+                return None
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        done = self.completions(offset)
+        return done[-1].rsplit(": ", 1)[0] if done else "the start"
+
+    def completions(self, offset):
+        """Step completions ("host: STEP: OUTCOME in N s") logged since ``offset``."""
+        try:
+            with open(self.project / "deploy" / "provision.log", encoding="utf-8") as log:
+                log.seek(offset)
+                # "DATE TIME LEVEL MESSAGE"
+                lines = [line.split(" ", 3)[-1].strip() for line in log
+                         if line.count(" ") >= 3]
+        except FileNotFoundError:
+            return []
+        return [line for line in lines
+                if line.startswith("host: ") and line.rsplit(" in ", 1)[-1][:1].isdigit()]
 
     def guest(self, command, check=True, timeout=300):
         return self.vm.run(command, check=check, timeout=timeout)
@@ -143,11 +156,29 @@ def deployment(debian_vm, tmp_path_factory, pebble_for_guest, ca_bundle,  # noqa
                                  "--email", "elections@helios-vm.test",
                                  "--auth-systems", "password", "--no-input")
     assert configured.returncode == 0, output(configured)
+    deployed.secrets = secret_digests((project / "deploy" / ".env").read_text())
+
+    rng = random.Random(KILL_SEED)
+    started = time.monotonic()
+    deployed.killed_during = []
+    for after_step, window in KILLS:
+        delay = round(rng.uniform(*window), 1)
+        running = deployed.provision_killed(after_step, delay)
+        print(f"SIGKILL {delay} s after {after_step!r} (seed {KILL_SEED}): "
+              f"{'killed after ' + running if running else 'the run ended first'}")
+        deployed.killed_during.append(running)
     first = deployed.provision()
-    print(f"first run: {first.seconds:.0f} s")
+    print(f"first run, kills included: {time.monotonic() - started:.0f} s")
     assert first.returncode == 0, output(first)
     deployed.first = first
     return deployed
+
+
+def secret_digests(env_text):
+    """The generated secrets' digests: compared without ever showing a value."""
+    values = envfile.parse(env_text)
+    return {key: hashlib.sha256(values[key].encode()).hexdigest()
+            for key in (*envfile.GENERATED_SECRETS, "DATABASE_URL") if key in values}
 
 
 def https_get(vm, path, root_pem, port=None):
@@ -193,6 +224,33 @@ def test_first_run_provisions_every_step(deployment):
     assert "host: certificate renewal: updated" in text
     assert "certbot renew --dry-run" in text
     assert "-> 200" in text or "host: liveness: unchanged" in text
+
+
+def test_runs_killed_mid_way_leave_nothing_duplicated_half_written_or_rotated(deployment):
+    assert any(deployment.killed_during), "no run was killed: the kills came too late"
+    deploy = deployment.project / "deploy"
+    assert not [p.name for p in deploy.rglob("*") if p.name.endswith(".tmp")]
+    local = secret_digests((deploy / ".env").read_text())
+    assert local == deployment.secrets
+    on_host = deployment.guest("sudo cat /srv/helios/shared/.env").stdout
+    assert secret_digests(on_host) == local
+    # One release, installed and serving; nothing half-written beside the real files.
+    releases = deployment.guest("ls /srv/helios/releases").stdout.split()
+    current = deployment.guest("readlink /srv/helios/current").stdout.strip()
+    assert releases == [current.split("/")[-1]]
+    assert deployment.guest("test -f /srv/helios/current/.helios-aws/installed && echo ok",
+                            check=False).stdout.strip() == "ok"
+    half_written = deployment.guest("sudo find /etc /srv /var/lib/helios "
+                                    "-name '*.helios-aws-new'").stdout.split()
+    uploads_left = deployment.guest("sudo find /tmp -maxdepth 1 -name 'helios-aws.*'"
+                                    ).stdout.split()
+    assert (half_written, uploads_left) == ([], [])
+    assert deployment.guest("sudo dpkg --audit").stdout.strip() == ""
+    counts = deployment.guest(
+        "cd / && sudo runuser -u postgres -- psql -XAtc \"SELECT "
+        "(SELECT count(*) FROM pg_roles WHERE rolname = 'helios'), "
+        "(SELECT count(*) FROM pg_database WHERE datname = 'helios')\"").stdout.strip()
+    assert counts == "1|1"
 
 
 def test_the_site_answers_over_https_with_the_pebble_certificate(deployment):

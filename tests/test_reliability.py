@@ -30,7 +30,7 @@ import rig
 from fixtures import helios_env, make_fixture_project, run_manage
 from helios_aws import envfile
 from test_configure_real import install_certificate, prefixed
-from test_provision_aws import (CIDR, DOMAIN, EMAIL, LIVE, NOTHING, ONE_OF_EACH, SETTINGS,
+from test_provision_aws import (CIDR, DOMAIN, LIVE, NOTHING, ONE_OF_EACH, SETTINGS,
                                 TAGGED, configure, create_zone, inventory, run)
 
 SEED = 20261125

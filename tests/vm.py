@@ -569,9 +569,10 @@ class VM:
         self._close()
         (self.workdir / "overlay.qcow2").unlink(missing_ok=True)
 
-    def stop(self, timeout=60):
-        """Power the guest off (killing qemu if it takes longer than ``timeout``), clean up."""
-        if self.process.poll() is None:
+    def stop(self, timeout=60, graceful=True):
+        """Power the guest off (killing qemu if it takes longer than ``timeout``, or at once
+        unless ``graceful``: the overlay is thrown away anyway), clean up."""
+        if graceful and self.process.poll() is None:
             try:
                 # The guest may drop the connection before it reports an exit status.
                 self.run("sudo systemctl poweroff --no-block", check=False, timeout=15)
