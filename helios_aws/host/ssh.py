@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT = 1800
 LOCK_WAIT = 1800
 LOCK_FD = 9
 STAGING_PARENT = "/tmp"
+ENDED, TIMED_OUT = "ended", "timed out"  # how reading a remote shell can stop
 LOCK_TAKEN = "helios-aws: deployment lock taken"
 LOCK_BUSY = "helios-aws: deployment lock busy"
 CONNECT_TIMEOUT = 15
@@ -162,8 +163,9 @@ class _Shell:
 
     Each command runs as ``sh -c COMMAND`` (so a syntax error or ``exit`` ends only that
     child) with its own stdin, without the deployment lock's descriptor (a daemon a
-    command starts must not hold the lock after the run), and is followed by a random marker on stdout (with the exit
-    status) and on stderr, which tells where its output ends.
+    command starts must not hold the lock after the run), and is followed by a random
+    marker on stdout (with the exit status) and on stderr, which tells where its output
+    ends.
     """
 
     def __init__(self, channel):
@@ -176,28 +178,40 @@ class _Shell:
     def close(self):
         self.channel.close()
 
-    def expect(self, token, busy_token, on_busy, timeout):
-        """Read the shell's greeting: ("taken", stderr) once ``token`` is on stdout, or
-        (None, stderr) if the shell ends or ``timeout`` passes first; ``on_busy()`` is
-        called when ``busy_token`` shows on stderr."""
-        out, err = bytearray(), bytearray()
+    def _read(self, out, err, finished, timeout):
+        """Read stdout and stderr into ``out`` and ``err`` until ``finished(out, err)``
+        returns something, which is returned; ENDED if the shell ends first, TIMED_OUT
+        once ``timeout`` seconds have passed."""
         deadline = time.monotonic() + timeout
         while True:
             while self.channel.recv_ready():
                 out += self.channel.recv(65536)
             while self.channel.recv_stderr_ready():
                 err += self.channel.recv_stderr(65536)
-            if busy_token.encode() in err:
-                on_busy()
-            if f"{token}\n".encode() in out:
-                return "taken", err.decode(errors="replace")
+            result = finished(out, err)
+            if result is not None:
+                return result
             if self.channel.closed or self.channel.exit_status_ready() and not (
                     self.channel.recv_ready() or self.channel.recv_stderr_ready()):
-                return None, err.decode(errors="replace")
+                return ENDED
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None, err.decode(errors="replace")
+                return TIMED_OUT
             select.select([self.channel], [], [], min(remaining, 5))
+
+    def expect(self, token, busy_token, on_busy, timeout):
+        """Read the shell's greeting: (True, stderr) once ``token`` is on stdout, or
+        (False, stderr) if the shell ends or ``timeout`` passes first; ``on_busy()`` is
+        called when ``busy_token`` shows on stderr."""
+        out, err = bytearray(), bytearray()
+
+        def greeted(out, err):
+            if busy_token.encode() in err:
+                on_busy()
+            return True if f"{token}\n".encode() in out else None
+
+        outcome = self._read(out, err, greeted, timeout)
+        return outcome is True, err.decode(errors="replace")
 
     def run(self, command, input=None, timeout=DEFAULT_TIMEOUT):
         """(status, stdout bytes, stderr bytes); status None when the shell went away,
@@ -216,24 +230,21 @@ class _Shell:
         out, err = bytearray(), bytearray()
         out_end = f"\n{marker} ".encode()
         err_end = f"\n{marker}\n".encode()
-        deadline = time.monotonic() + timeout
-        while True:
-            while self.channel.recv_ready():
-                out += self.channel.recv(65536)
-            while self.channel.recv_stderr_ready():
-                err += self.channel.recv_stderr(65536)
+
+        def ended(out, err):
             end = out.find(out_end)
             if end >= 0 and out.endswith(b"\n", end + len(out_end)) and err.endswith(err_end):
-                status = int(out[end + len(out_end):].strip())
-                return status, bytes(out[:end]), bytes(err[:-len(err_end)])
-            if self.channel.closed or self.channel.exit_status_ready() and not (
-                    self.channel.recv_ready() or self.channel.recv_stderr_ready()):
-                return None, bytes(out), bytes(err)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.close()
-                return "timeout", bytes(out), bytes(err)
-            select.select([self.channel], [], [], min(remaining, 5))
+                return int(out[end + len(out_end):].strip()), end
+            return None
+
+        outcome = self._read(out, err, ended, timeout)
+        if outcome == ENDED:
+            return None, bytes(out), bytes(err)
+        if outcome == TIMED_OUT:
+            self.close()
+            return "timeout", bytes(out), bytes(err)
+        status, end = outcome
+        return status, bytes(out[:end]), bytes(err[:-len(err_end)])
 
 
 class Connection:
@@ -382,7 +393,8 @@ class Connection:
                 self.run(f"rm -rf {shlex.quote(self._staging)}", check=False, timeout=30)
             except HostError:
                 pass  # the connection is going away anyway; /tmp is cleaned at boot
-        for shell in self._shells.values():
+        # list(): a probe that outlived its deadline may still be opening a shell.
+        for shell in list(self._shells.values()):
             shell.close()
         if self._sftp is not None:
             self._sftp.close()
@@ -464,8 +476,8 @@ class Connection:
                 if self.on_wait:
                     self.on_wait(message)
 
-        status, err = shell.expect(LOCK_TAKEN, LOCK_BUSY, busy, self.lock_wait + 60)
-        if status == "taken":
+        taken, err = shell.expect(LOCK_TAKEN, LOCK_BUSY, busy, self.lock_wait + 60)
+        if taken:
             return
         shell.close()
         where = f"{self.host}:{self.lock}"
