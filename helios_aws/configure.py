@@ -6,6 +6,7 @@ overwritten silently: the run stops before writing anything, unless ``force`` is
 in which case the edited copy is kept beside it as ``NAME.edited``.
 """
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from django.template import Context, Engine
 
 from . import envfile, layout as layout_mod, params
 from .errors import ConfigError
-from .files import check_writable, read_text, write_atomic
+from .files import check_writable, exclusive, read_text, write_atomic
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 MANIFEST_NAME = "manifest.json"
@@ -158,10 +159,14 @@ def configure(deployment, project, out_dir, secrets=None, dry_run=False, force=F
     ``secrets`` are .env values given explicitly this run (Google client secret, external
     DATABASE_URL...): they replace what the .env holds. Returns a :class:`Result`.
     """
-    secrets = dict(secrets or {})
     out_dir = Path(out_dir)
     _require(deployment)
     check_writable(out_dir)
+    with contextlib.nullcontext() if dry_run else exclusive(out_dir):
+        return _configure(deployment, project, out_dir, dict(secrets or {}), dry_run, force)
+
+
+def _configure(deployment, project, out_dir, secrets, dry_run, force):
     manifest = read_manifest(out_dir)
     warnings = []
 

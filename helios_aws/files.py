@@ -1,10 +1,15 @@
 """Writing files safely: atomically, with the right mode from the first byte."""
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
+
+
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def write_atomic(path, text, mode=0o644):
@@ -16,7 +21,8 @@ def write_atomic(path, text, mode=0o644):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                   suffix=TEMPORARY_SUFFIX)
     except OSError as exc:
         raise ConfigError(f"Cannot write in {path.parent}: {exc.strerror}.",
                           "Choose a writable --output directory or fix its permissions.")
@@ -55,3 +61,33 @@ def read_text(path):
         return Path(path).read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+@contextlib.contextmanager
+def exclusive(directory):
+    """Hold the deployment directory for one command at a time.
+
+    The lock is on the directory itself (no lock file appears), and the kernel drops it
+    when the process ends, however it ends. Once it is held, the temporary files of a
+    write that a killed run left half-way are removed. A directory that does not exist
+    yet has nothing to protect.
+    """
+    directory = Path(directory)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"Another helios-aws command is working on {directory} right now.",
+                "Let it finish (or stop it), then run this command again.") from None
+        for leftover in directory.rglob(f".*{TEMPORARY_SUFFIX}"):
+            if leftover.is_file():
+                leftover.unlink()
+        yield
+    finally:
+        os.close(fd)

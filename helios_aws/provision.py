@@ -20,7 +20,7 @@ from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME
 from .engine import KEEP, Context, Output, Runner, summary
 from .errors import ConfigError
-from .files import read_text
+from .files import exclusive, read_text
 
 HOST_STEPS = "helios_aws.host.steps"
 LOGGED_PARAMS_LENGTH = 400
@@ -30,19 +30,20 @@ def run(deployment, out_dir, options, out, confirm):
     """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(deployment, options)
-    ctx = make_context(deployment, out_dir, options, out)
-    try:
-        if options.get("destroy"):
-            return destroy(ctx, out, confirm)
-        if options.get("stop") or options.get("start"):
-            return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
-        if options.get("plan"):
-            return show_plan(ctx, out)
-        return provision(ctx, out)
-    finally:
-        # The host half opens the run's SSH connection on first use.
-        if ctx.ssh is not None:
-            ctx.ssh.close()
+    with exclusive(out_dir):
+        ctx = make_context(deployment, out_dir, options, out)
+        try:
+            if options.get("destroy"):
+                return destroy(ctx, out, confirm)
+            if options.get("stop") or options.get("start"):
+                return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
+            if options.get("plan"):
+                return show_plan(ctx, out)
+            return provision(ctx, out)
+        finally:
+            # The host half opens the run's SSH connection on first use.
+            if ctx.ssh is not None:
+                ctx.ssh.close()
 
 
 def check_options(deployment, options):

@@ -2,7 +2,9 @@
 
 - FAULTS: aws_provision killed with SIGKILL at random moments of the AWS half, then run
   again: the deployment completes with one of each resource, no half-written file, no
-  secret rotated. (The host half is killed the same way in the VM end-to-end test.)
+  secret rotated. (The host half is killed the same way in the VM end-to-end test,
+  tests/test_host_vm.py.) A second command while one works on the deployment is refused;
+  the temporary files of a killed write are removed by the next run.
 - BAD_INPUTS: wrong flags, values, environment, files, an impostor host key, an
   unreachable host, a missing hosted zone, a hand-edited artifact, across the three
   commands: a clear error, a non-zero exit, and nothing changed, locally or in AWS.
@@ -12,7 +14,9 @@
 The scan for secrets in every output and log of the whole suite is tests/test_zz_secrets.py.
 """
 
+import fcntl
 import json
+import os
 import random
 import shutil
 import signal
@@ -111,6 +115,37 @@ def test_sigkill_at_random_moments_of_the_aws_half_then_rerun(project, aws_env):
     for key in envfile.GENERATED_SECRETS:
         assert secrets_after[key] == secrets_before[key]
     assert "no changes" in run(project).stdout
+
+
+@pytest.mark.parametrize("command", ["aws_configure", "aws_provision"])
+def test_a_command_is_refused_while_another_works_on_the_deployment(project, command):
+    create_zone()
+    deploy = project / "deploy"
+    before = files_of(deploy)
+    held = os.open(deploy, os.O_RDONLY | os.O_DIRECTORY)  # as a running command holds it
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        extra = ["--skip-host"] if command == "aws_provision" else ["--no-input"]
+        result = run_manage(project, command, SETTINGS, *extra, timeout=120)
+    finally:
+        os.close(held)
+    assert result.returncode != 0
+    assert f"Another helios-aws command is working on {deploy}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert files_of(deploy) == before
+    assert inventory() == NOTHING
+
+
+def test_temporary_files_a_killed_write_left_are_removed_by_the_next_run(project):
+    create_zone()
+    deploy = project / "deploy"
+    before = files_of(deploy)
+    leftovers = [deploy / ".state.json.k1ll3d.tmp", deploy / "nginx" / ".helios.conf.x9.tmp"]
+    for leftover in leftovers:
+        leftover.write_text("half a fi")
+    assert run(project, "--plan").returncode == 0
+    assert not [p for p in leftovers if p.exists()]
+    assert files_of(deploy) == before
 
 
 # ---------------------------------------------------------------------------- bad inputs
