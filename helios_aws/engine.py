@@ -141,6 +141,14 @@ class Context:
         self.redactor.add(value)
         return value
 
+    def notice(self, message):
+        """A line always shown (the operator should know, e.g. why the run waits), and
+        logged."""
+        message = self.redactor.redact(message)
+        self.log.warning(message)
+        if self.out is not None:
+            self.out.line(message, "WARNING")
+
     def detail(self, message):
         """A line shown at --verbosity 2, and always logged."""
         message = self.redactor.redact(message)

@@ -223,8 +223,7 @@ def test_a_killed_run_s_last_command_finishes_before_the_next_run_starts(sshd, t
     assert not done.exists()
 
     waits = []
-    with connect(sshd, lock=str(lock)) as connection:
-        connection.on_wait = waits.append
+    with connect(sshd, lock=str(lock), on_lock_wait=waits.append) as connection:
         result = connection.run(f"test -f {done} && echo finished-first", sudo=True)
     assert result.stdout == "finished-first\n"
     assert waits and "Another helios-aws run holds the deployment lock" in waits[0]

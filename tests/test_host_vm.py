@@ -100,7 +100,7 @@ class Deployment:
 
     def provision_killed(self, after_step, delay):
         """Start aws_provision and SIGKILL it ``delay`` seconds after ``after_step`` has
-        finished (as its log says). The step that was running when it died, or None
+        finished (as its log says). The last step it finished before it died, or None
         when the run ended (or failed) first."""
         log = self.project / "deploy" / "provision.log"
         offset = log.stat().st_size if log.exists() else 0
@@ -165,7 +165,7 @@ def deployment(debian_vm, tmp_path_factory, pebble_for_guest, ca_bundle,  # noqa
         delay = round(rng.uniform(*window), 1)
         running = deployed.provision_killed(after_step, delay)
         print(f"SIGKILL {delay} s after {after_step!r} (seed {KILL_SEED}): "
-              f"{'killed after ' + running if running else 'the run ended first'}")
+              f"{'killed in the step after ' + running if running else 'the run ended first'}")
         deployed.killed_during.append(running)
     first = deployed.provision()
     print(f"first run, kills included: {time.monotonic() - started:.0f} s")

@@ -261,7 +261,7 @@ class Connection:
     def __init__(self, host, *, user=None, default_user=None, port=None, key_filename=None,
                  pinned=(), known_hosts=(), ssh_config="~/.ssh/config", allow_agent=True,
                  look_for_keys=True, connect_timeout=CONNECT_TIMEOUT, redact=None, log=None,
-                 lock=None, lock_wait=LOCK_WAIT):
+                 lock=None, lock_wait=LOCK_WAIT, on_lock_wait=None):
         config = self._config(ssh_config, host)
         self.alias = host
         self.host = config.get("hostname", host)
@@ -282,7 +282,7 @@ class Connection:
         self.log = log or (lambda line: None)
         self.lock = lock
         self.lock_wait = lock_wait
-        self.on_wait = None
+        self.on_lock_wait = on_lock_wait
         self.client = None
         self.channels_opened = 0
         self.commands_run = 0
@@ -316,7 +316,6 @@ class Connection:
         """Connect, verify the host key, authenticate. While the host is unreachable or
         its SSH server not up yet (an instance booting), retry for up to ``wait`` seconds,
         calling ``on_wait(message)`` before each retry."""
-        self.on_wait = on_wait
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -472,9 +471,7 @@ class Connection:
                 message = (f"Another helios-aws run holds the deployment lock on {self.host} "
                            "(or an interrupted one is finishing its last command there): "
                            f"waiting up to {self.lock_wait // 60:.0f} min for it.")
-                self.log(f"ssh: {message}")
-                if self.on_wait:
-                    self.on_wait(message)
+                (self.on_lock_wait or self.log)(message)
 
         taken, err = shell.expect(LOCK_TAKEN, LOCK_BUSY, busy, self.lock_wait + 60)
         if taken:

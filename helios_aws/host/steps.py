@@ -133,6 +133,7 @@ def open_connection(ctx):
         pinned=pinned_fingerprints(ctx), allow_agent=options.get("ssh_agent", True),
         redact=ctx.redactor.redact, log=ctx.log.info,
         lock=str(layout_mod.for_deployment(deployment, deployment.host_prefix).lock),
+        on_lock_wait=ctx.notice,
     )
     wait = options.get("ssh_wait")
     if wait is None:
