@@ -12,7 +12,7 @@ verified against pebble's root), HTTP redirects, the Celery worker answers a pin
 unit is active; a second run changes nothing; a broken release leaves the previous one
 serving.
 
-Software emulation is slow: the first run takes 15-20 minutes on two cores, most of it
+Software emulation is slow: the first run takes 9-15 minutes on two cores, most of it
 apt and compiling python-ldap. Run alone with ``pytest -m vm tests/test_host_vm.py``.
 """
 
