@@ -162,8 +162,13 @@ def configure(deployment, project, out_dir, secrets=None, dry_run=False, force=F
     out_dir = Path(out_dir)
     _require(deployment)
     check_writable(out_dir)
-    with contextlib.nullcontext() if dry_run else exclusive(out_dir):
+    with contextlib.nullcontext() if dry_run else exclusive(out_dir, written_dirs(out_dir)):
         return _configure(deployment, project, out_dir, dict(secrets or {}), dry_run, force)
+
+
+def written_dirs(out_dir):
+    """The directories under ``out_dir`` that generated files go into."""
+    return sorted({Path(out_dir) / Path(rel).parent for rel in ARTIFACTS})
 
 
 def _configure(deployment, project, out_dir, secrets, dry_run, force):

@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from .errors import ConfigError
 
 
 TEMPORARY_SUFFIX = ".tmp"
+# tempfile.mkstemp(prefix=".NAME.", suffix=".tmp"): eight characters of its alphabet between.
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def write_atomic(path, text, mode=0o644):
@@ -64,13 +67,14 @@ def read_text(path):
 
 
 @contextlib.contextmanager
-def exclusive(directory):
+def exclusive(directory, sweep=()):
     """Hold the deployment directory for one command at a time.
 
     The lock is on the directory itself (no lock file appears), and the kernel drops it
-    when the process ends, however it ends. Once it is held, the temporary files of a
-    write that a killed run left half-way are removed. A directory that does not exist
-    yet has nothing to protect.
+    when the process ends, however it ends. Once it is held, the temporary files that a
+    killed run's :func:`write_atomic` left in ``directory`` and the ``sweep``
+    directories are removed (only names of that exact form: nothing else is touched). A
+    directory that does not exist yet has nothing to protect.
     """
     directory = Path(directory)
     try:
@@ -78,6 +82,9 @@ def exclusive(directory):
     except FileNotFoundError:
         yield
         return
+    except OSError as exc:
+        raise ConfigError(f"Cannot open {directory}: {exc.strerror}.",
+                          "Check the --output directory and its permissions.") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,9 +92,26 @@ def exclusive(directory):
             raise ConfigError(
                 f"Another helios-aws command is working on {directory} right now.",
                 "Let it finish (or stop it), then run this command again.") from None
-        for leftover in directory.rglob(f".*{TEMPORARY_SUFFIX}"):
-            if leftover.is_file():
-                leftover.unlink()
+        except OSError as exc:
+            raise ConfigError(f"Cannot lock {directory}: {exc.strerror}.",
+                              "Use an --output directory on a local file system.") from None
+        for folder in {directory, *map(Path, sweep)}:
+            remove_temporaries(folder)
         yield
     finally:
         os.close(fd)
+
+
+def remove_temporaries(folder):
+    """Remove what :func:`write_atomic` leaves when killed between creating its temporary
+    file and renaming it: ``.NAME.XXXXXXXX.tmp`` files directly in ``folder``."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                pass

@@ -17,7 +17,7 @@ from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
 from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
-from .configure import ENV_NAME
+from .configure import ENV_NAME, written_dirs
 from .engine import KEEP, Context, Output, Runner, summary
 from .errors import ConfigError
 from .files import exclusive, read_text
@@ -30,7 +30,7 @@ def run(deployment, out_dir, options, out, confirm):
     """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(deployment, options)
-    with exclusive(out_dir):
+    with exclusive(out_dir, written_dirs(out_dir)):
         ctx = make_context(deployment, out_dir, options, out)
         try:
             if options.get("destroy"):

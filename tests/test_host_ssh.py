@@ -210,17 +210,21 @@ connection.run(args["command"], sudo=True)
 def test_a_killed_run_s_last_command_finishes_before_the_next_run_starts(sshd, tmp_path):
     """SIGKILL on this side leaves the host running the command it had sent; the next
     run's root shell waits for it (and says so) instead of racing it."""
-    lock, done = tmp_path / "run" / "helios-aws.lock", tmp_path / "finished"
+    lock = tmp_path / "run" / "helios-aws.lock"
+    started, done = tmp_path / "started", tmp_path / "finished"
     args = dict(host=sshd.host, port=sshd.port, user=sshd.user, key=str(sshd.client_key),
                 pin=sshd.host_key_fingerprint, lock=str(lock),
-                command=f"sleep 4; touch {done}")
+                command=f"touch {started}; sleep 4; touch {done}")
     killed = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, json.dumps(args)],
                               stdout=subprocess.PIPE, text=True)
-    assert killed.stdout.readline() == "connected\n"
-    time.sleep(1)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert killed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
     assert not done.exists()
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600  # root's alone: nobody else holds it
 
     waits = []
     with connect(sshd, lock=str(lock), on_lock_wait=waits.append) as connection:
@@ -235,10 +239,11 @@ def test_a_lock_held_too_long_is_reported_with_what_to_look_at(sshd, tmp_path):
         holder.run("true", sudo=True)
         with connect(sshd, lock=lock, lock_wait=2) as late:
             started = time.monotonic()
-            with pytest.raises(HostError, match="kept the deployment lock") as error:
+            with pytest.raises(HostError, match="kept the deployment lock on .* for 2 s") \
+                    as error:
                 late.run("true", sudo=True)
             assert time.monotonic() - started < 30
-            assert f"fuser -v {lock}" in error.value.hint
+            assert f"lslocks | grep {lock}" in error.value.hint
     with connect(sshd, lock=lock, lock_wait=2) as after:
         assert after.run("echo free", sudo=True).stdout == "free\n"
 
@@ -246,10 +251,12 @@ def test_a_lock_held_too_long_is_reported_with_what_to_look_at(sshd, tmp_path):
 def test_a_daemon_started_by_a_run_does_not_keep_the_lock(sshd, tmp_path):
     lock = str(tmp_path / "helios-aws.lock")
     with connect(sshd, lock=lock) as run:
-        run.run("setsid sleep 60 >/dev/null 2>&1 &", sudo=True)
-    with connect(sshd, lock=lock, lock_wait=2) as next_run:
-        assert next_run.run("echo free", sudo=True).stdout == "free\n"
-    subprocess.run(["pkill", "-f", "^sleep 60$"], check=False)
+        daemon = int(run.run("setsid sleep 60 >/dev/null 2>&1 & echo $!", sudo=True).stdout)
+    try:
+        with connect(sshd, lock=lock, lock_wait=2) as next_run:
+            assert next_run.run("echo free", sudo=True).stdout == "free\n"
+    finally:
+        os.kill(daemon, signal.SIGKILL)
 
 
 def test_upload_directories_of_killed_runs_are_removed(sshd, tmp_path):
@@ -261,6 +268,13 @@ def test_upload_directories_of_killed_runs_are_removed(sshd, tmp_path):
     with connect(sshd, lock=lock) as next_run:
         own = os.path.dirname(next_run.stage(b"mine"))
         assert not os.path.exists(left) and os.path.isdir(own)
+
+
+def test_a_lock_that_cannot_be_created_is_explained(sshd):
+    with connect(sshd, lock="/proc/helios-aws.lock") as connection:
+        with pytest.raises(HostError, match="Cannot create the deployment lock "
+                                            "/proc/helios-aws.lock"):
+            connection.run("true", sudo=True)
 
 
 def test_the_lock_is_only_for_the_root_shell(sshd, tmp_path):

@@ -2,8 +2,9 @@
 serving Helios, with a certificate from pebble running on this machine.
 
 The first run is killed (SIGKILL) twice at random moments, once while the packages go in
-and once while the release installs, then run to the end: it must finish the job with
-nothing duplicated, half-written or rotated.
+(apt and dpkg on the server are killed too, as a reboot would) and once while the release
+installs, then run to the end: it must finish the job with nothing duplicated,
+half-written or rotated.
 
 The commands are run as an operator runs them: ``manage.py aws_configure`` then
 ``manage.py aws_provision --skip-aws`` in a copy of the fixture project. Then the site
@@ -41,13 +42,18 @@ from vm import debian_vm  # noqa: F401  (a fixture)
 DOMAIN = "vote.helios-vm.test"
 SETTINGS = "--settings=helios_aws.settings_overrides.production"
 FIRST_RUN_TIMEOUT = 3600
-# The first run provisions a bare guest under software emulation (12-20 min here): the
+# The first run provisions a bare guest under software emulation (9-15 min here): the
 # module's first test carries that set-up, so the per-test timeout is raised for it.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(FIRST_RUN_TIMEOUT + 600)]
 # Where the first run is killed: (the step whose completion starts the clock, seconds
-# after it, drawn at random from this range). Set HELIOS_AWS_KILL_SEED to vary them.
-KILLS = (("host: trusted CA certificates", (45, 240)),  # apt and dpkg at work
-         ("host: .env", (5, 60)))                       # the release uploading, installing
+# after it, drawn at random from this range, what is killed on the server at the same
+# moment). Set HELIOS_AWS_KILL_SEED to vary the moments.
+KILLS = (
+    # apt and dpkg at work; they die too, as in a reboot: dpkg is left half-way
+    ("host: trusted CA certificates", (45, 240), "apt-get|dpkg"),
+    # the release uploading or installing; on the server it runs on to its end
+    ("host: .env", (5, 60), None),
+)
 KILL_SEED = int(os.environ.get("HELIOS_AWS_KILL_SEED", "20261125"))
 
 
@@ -98,10 +104,11 @@ class Deployment:
         result.seconds = time.monotonic() - started
         return result
 
-    def provision_killed(self, after_step, delay):
+    def provision_killed(self, after_step, delay, on_host=None):
         """Start aws_provision and SIGKILL it ``delay`` seconds after ``after_step`` has
-        finished (as its log says). The last step it finished before it died, or None
-        when the run ended (or failed) first."""
+        finished (as its log says), and the server's processes named ``on_host`` (a
+        pkill pattern) with it. The last step it finished before it died, or None when
+        the run ended (or failed) first."""
         log = self.project / "deploy" / "provision.log"
         offset = log.stat().st_size if log.exists() else 0
         process = subprocess.Popen(
@@ -119,6 +126,8 @@ class Deployment:
             if process.poll() is not None:
                 return None
             process.send_signal(signal.SIGKILL)
+            if on_host:
+                self.guest(f"sudo pkill -KILL -x '{on_host}'", check=False)
             process.wait(timeout=60)
         finally:
             if process.poll() is None:
@@ -161,10 +170,11 @@ def deployment(debian_vm, tmp_path_factory, pebble_for_guest, ca_bundle,  # noqa
     rng = random.Random(KILL_SEED)
     started = time.monotonic()
     deployed.killed_during = []
-    for after_step, window in KILLS:
+    for after_step, window, on_host in KILLS:
         delay = round(rng.uniform(*window), 1)
-        running = deployed.provision_killed(after_step, delay)
-        print(f"SIGKILL {delay} s after {after_step!r} (seed {KILL_SEED}): "
+        running = deployed.provision_killed(after_step, delay, on_host)
+        print(f"SIGKILL {delay} s after {after_step!r} (seed {KILL_SEED}"
+              f"{', and on the server ' + on_host if on_host else ''}): "
               f"{'killed in the step after ' + running if running else 'the run ended first'}")
         deployed.killed_during.append(running)
     first = deployed.provision()

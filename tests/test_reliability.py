@@ -139,8 +139,10 @@ def test_a_command_is_refused_while_another_works_on_the_deployment(project, com
 def test_temporary_files_a_killed_write_left_are_removed_by_the_next_run(project):
     create_zone()
     deploy = project / "deploy"
+    (deploy / ".operator-notes.tmp").write_text("not ours: kept")
     before = files_of(deploy)
-    leftovers = [deploy / ".state.json.k1ll3d.tmp", deploy / "nginx" / ".helios.conf.x9.tmp"]
+    leftovers = [deploy / ".state.json.k1ll3d_0.tmp",
+                 deploy / "nginx" / ".helios-https.conf.x9x9x9x9.tmp"]
     for leftover in leftovers:
         leftover.write_text("half a fi")
     assert run(project, "--plan").returncode == 0

@@ -117,13 +117,17 @@ class Debian13(Recipe):
                 f"{shlex.join(names)} 2>/dev/null | awk '$2 == \"ii\" {{ print $1 }}'")
 
     def install_packages(self, names):
-        # An interrupted run (or a dropped connection) can leave dpkg half-way: finish
-        # that first. A new instance's own apt jobs may hold the lock for a while: wait.
+        # A run interrupted on the server (a reboot, a killed dpkg) can leave dpkg half-way:
+        # finish that first. A new instance's own apt jobs (unattended-upgrades) may hold
+        # dpkg's or apt's lock for a while: wait for them, within bounds.
         wait = "-o DPkg::Lock::Timeout=600"
-        return ("export DEBIAN_FRONTEND=noninteractive; "
+        retry = ("retry() { n=0; until \"$@\"; do n=$((n+1)); "
+                 "[ $n -lt 30 ] || return 1; sleep 10; done; }; ")
+        return ("export DEBIAN_FRONTEND=noninteractive; " + retry +
                 "if [ -n \"$(ls -A /var/lib/dpkg/updates 2>/dev/null)\" ]; then "
-                "dpkg --configure -a --force-confold; fi && "
-                f"apt-get {wait} update -q && "
+                "retry dpkg --configure -a --force-confold && "
+                f"apt-get {wait} install -f -y -q -o Dpkg::Options::=--force-confold; fi && "
+                f"retry apt-get {wait} update -q && "
                 f"apt-get {wait} install -y -q --no-install-recommends "
                 f"-o Dpkg::Options::=--force-confold {shlex.join(names)}")
 

@@ -37,6 +37,7 @@ LOCK_FD = 9
 STAGING_PARENT = "/tmp"
 ENDED, TIMED_OUT = "ended", "timed out"  # how reading a remote shell can stop
 LOCK_TAKEN = "helios-aws: deployment lock taken"
+LOCK_NO_FILE, LOCK_TIMED_OUT, LOCK_NO_FLOCK = 74, 75, 76  # the locked shell's exit statuses
 LOCK_BUSY = "helios-aws: deployment lock busy"
 CONNECT_TIMEOUT = 15
 TAIL_LINES = 20
@@ -451,44 +452,67 @@ class Connection:
         """A root shell that first takes the host's deployment lock and holds it while it
         lives. A run interrupted on this side (killed, cut off) leaves its last command
         running on the host until it ends; the next run waits for it instead of racing it,
-        and two operators cannot provision the same host at once."""
-        lock = shlex.quote(self.lock)
-        return (f"mkdir -p \"$(dirname {lock})\" && exec {LOCK_FD}>>{lock} || exit 74\n"
-                f"if ! flock -n {LOCK_FD}; then\n"
+        and two operators cannot provision the same host at once. The lock file is
+        root's alone (0600), so no other user can hold it."""
+        lock, fd = shlex.quote(self.lock), LOCK_FD
+        return (f"mask=$(umask); umask 077\n"
+                # (a failed redirection of exec would end the shell before `|| exit`)
+                f"mkdir -p \"$(dirname {lock})\" && (: >>{lock}) || exit {LOCK_NO_FILE}\n"
+                f"exec {fd}>>{lock}\n"
+                f"flock -n {fd}; taken=$?\n"
+                "if [ \"$taken\" -eq 1 ]; then\n"
                 f"  echo '{LOCK_BUSY}' >&2\n"
-                f"  flock -w {int(self.lock_wait)} {LOCK_FD} || exit 75\n"
+                f"  flock -w {int(self.lock_wait)} {fd} || exit {LOCK_TIMED_OUT}\n"
+                "elif [ \"$taken\" -ne 0 ]; then\n"
+                f"  exit {LOCK_NO_FLOCK}\n"
                 "fi\n"
+                "umask \"$mask\"\n"
                 f"echo '{LOCK_TAKEN}'\n"
                 "exec /bin/sh\n")
 
     def _wait_for_lock(self, shell):
-        waiting = False
-
         def busy():
-            nonlocal waiting
-            if not waiting:
-                waiting = True
-                message = (f"Another helios-aws run holds the deployment lock on {self.host} "
-                           "(or an interrupted one is finishing its last command there): "
-                           f"waiting up to {self.lock_wait // 60:.0f} min for it.")
-                (self.on_lock_wait or self.log)(message)
+            if not busy.told:
+                busy.told = True
+                (self.on_lock_wait or self.log)(
+                    f"Another helios-aws run holds the deployment lock on {self.host} (or an "
+                    "interrupted one is finishing its last command there): waiting up to "
+                    f"{_duration(self.lock_wait)} for it.")
 
+        busy.told = False
         taken, err = shell.expect(LOCK_TAKEN, LOCK_BUSY, busy, self.lock_wait + 60)
         if taken:
             return
+        channel = shell.channel
+        status = channel.recv_exit_status() if channel.exit_status_ready() else None
+        transport = self.client.get_transport() if self.client else None
+        lost = status is None and not (transport and transport.is_active())
         shell.close()
-        where = f"{self.host}:{self.lock}"
-        if "sudo" in err and not waiting:
-            raise HostError(f"sudo -n refused to run commands as root for {self.user!r} "
-                            f"on {self.host}: {self.redact(err.strip())}", SUDO_HINT)
-        if waiting:
+        if lost:
+            raise HostError(f"The SSH connection to {self.label} was lost while waiting for "
+                            "the deployment lock.", "Check the network and run the command "
+                            "again.")
+        if status == LOCK_TIMED_OUT or status is None:
             raise HostError(
                 f"Another helios-aws run kept the deployment lock on {self.host} for "
-                f"{self.lock_wait // 60:.0f} min.",
-                "If no other run is going, see what holds it with "
-                f"`sudo fuser -v {self.lock}` on the server, then run the command again.")
-        raise HostError(f"Cannot take the deployment lock {where}." + _tail(self.redact(err)),
-                        "Check that the server has flock (util-linux) and a writable /run.")
+                f"{_duration(self.lock_wait)}.",
+                "If no other run is going, see which process holds it with `sudo lslocks | "
+                f"grep {self.lock}` on the server, then run the command again.")
+        if status == LOCK_NO_FILE:
+            raise HostError(f"Cannot create the deployment lock {self.lock} on {self.host}."
+                            + _tail(self.redact(err)), "Check that its directory is writable "
+                            "by root and not full.")
+        if status == LOCK_NO_FLOCK:
+            raise HostError(f"flock failed on {self.host}: the deployment lock {self.lock} "
+                            "cannot be taken." + _tail(self.redact(err)),
+                            "Install util-linux (it provides flock) on the server.")
+        if "sudo" in err:
+            raise HostError(f"sudo -n refused to run commands as root for {self.user!r} "
+                            f"on {self.host}: {self.redact(err.strip())}", SUDO_HINT)
+        raise HostError(f"The root shell on {self.host} ended (exit status {status}) before "
+                        "it took the deployment lock." + _tail(self.redact(err)),
+                        "Run the command again; if it keeps failing, look at the server's "
+                        "logs.")
 
     def run(self, command, sudo=False, check=True, input=None, timeout=DEFAULT_TIMEOUT,
             step=None):
@@ -632,6 +656,10 @@ def _describe(exc):
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _duration(seconds):
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _tail(text, lines=TAIL_LINES):
