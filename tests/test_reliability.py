@@ -314,6 +314,8 @@ def _handshake(port, ca, **context_settings):
             return tls.version(), tls.cipher()[0]
 
 
+# Offering TLS 1.0 and 1.1 is the point here: Python warns that they are deprecated.
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_tls_policy_of_the_generated_site(tmp_path, make_nginx, local_ca):
     http_port, https_port = rig.free_port(), rig.free_port()
     project, prefix = prefixed(tmp_path, http_port, https_port)
