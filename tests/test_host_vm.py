@@ -128,6 +128,10 @@ class Deployment:
             process.send_signal(signal.SIGKILL)
             if on_host:
                 self.guest(f"sudo pkill -KILL -x '{on_host}'", check=False)
+                # For the record: whether dpkg was caught half-way (the next run finishes
+                # its work first) or between two operations.
+                pending = self.guest("ls -A /var/lib/dpkg/updates | wc -l", check=False)
+                print(f"dpkg operations left pending on the server: {pending.stdout.strip()}")
             process.wait(timeout=60)
         finally:
             if process.poll() is None:
