@@ -450,9 +450,9 @@ def self_signed_cert(directory: Path, name: str, *, days: int = 90,
 # ---------------------------------------------------------------------------- sshd
 
 
-def ensure_ssh_user(user: str = SSH_USER) -> pwd.struct_passwd:
+def ensure_ssh_user(user: str = SSH_USER, sudo: bool = True) -> pwd.struct_passwd:
     """The dedicated login for the test sshd: a home, no password (but not locked, which
-    sshd refuses with UsePAM no) and passwordless sudo."""
+    sshd refuses with UsePAM no) and passwordless sudo (none at all without ``sudo``)."""
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
@@ -464,7 +464,9 @@ def ensure_ssh_user(user: str = SSH_USER) -> pwd.struct_passwd:
     run(["usermod", "-p", "*", user])
     sudoers = Path("/etc/sudoers.d") / user
     rule = f"{user} ALL=(ALL) NOPASSWD:ALL\n"
-    if not sudoers.exists() or sudoers.read_text() != rule:
+    if not sudo:
+        sudoers.unlink(missing_ok=True)
+    elif not sudoers.exists() or sudoers.read_text() != rule:
         staged = sudoers.with_name(f".{user}.new")
         staged.write_text(rule)
         staged.chmod(0o440)
@@ -549,13 +551,13 @@ class SshServer:
         self.process.wait_for_port(LOOPBACK, self.port)
 
     @classmethod
-    def start(cls, directory: Path, user: str = SSH_USER) -> SshServer:
+    def start(cls, directory: Path, user: str = SSH_USER, sudo: bool = True) -> SshServer:
         """Create the user if needed, a client key, and start an sshd that accepts it.
         The per-server authorized keys file lives in the user's ~/.ssh (sshd's
         StrictModes wants it there) and is removed by stop()."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        entry = ensure_ssh_user(user)
+        entry = ensure_ssh_user(user, sudo)
         keygen(directory / "client_key", f"{user} test client")
         authorized = Path(entry.pw_dir) / ".ssh" / f"authorized_keys.{secrets.token_hex(6)}"
         authorized.write_text((directory / "client_key.pub").read_text())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import django
 import pytest
+import rig
 from django.conf import settings
 
 from helios_aws import configure, engine, params
@@ -275,6 +276,19 @@ def test_a_lock_that_cannot_be_created_is_explained(sshd):
         with pytest.raises(HostError, match="Cannot create the deployment lock "
                                             "/proc/helios-aws.lock"):
             connection.run("true", sudo=True)
+
+
+def test_a_login_without_sudo_is_refused_with_what_to_grant(tmp_path):
+    server = rig.SshServer.start(tmp_path / "ssh", user="helios-aws-nosudo", sudo=False)
+    try:
+        with connect(server, lock=str(tmp_path / "helios-aws.lock")) as connection:
+            assert connection.run("whoami").stdout == "helios-aws-nosudo\n"
+            with pytest.raises(HostError, match="sudo -n refused to run commands as root "
+                                                "for 'helios-aws-nosudo'") as error:
+                connection.run("true", sudo=True)
+            assert "NOPASSWD:ALL" in error.value.hint
+    finally:
+        server.stop()
 
 
 def test_the_lock_is_only_for_the_root_shell(sshd, tmp_path):

@@ -32,13 +32,15 @@ import paramiko
 from ..errors import HostError
 
 DEFAULT_TIMEOUT = 1800
+ENDED, TIMED_OUT = "ended", "timed out"  # how reading a remote shell can stop
+STAGING_PARENT = "/tmp"
+# The host's deployment lock: how long a run waits for it, the descriptor the root shell
+# holds it on, what the shell says, and its exit statuses when it cannot take it.
 LOCK_WAIT = 1800
 LOCK_FD = 9
-STAGING_PARENT = "/tmp"
-ENDED, TIMED_OUT = "ended", "timed out"  # how reading a remote shell can stop
 LOCK_TAKEN = "helios-aws: deployment lock taken"
-LOCK_NO_FILE, LOCK_TIMED_OUT, LOCK_NO_FLOCK = 74, 75, 76  # the locked shell's exit statuses
 LOCK_BUSY = "helios-aws: deployment lock busy"
+LOCK_NO_FILE, LOCK_TIMED_OUT, LOCK_NO_FLOCK = 74, 75, 76
 CONNECT_TIMEOUT = 15
 TAIL_LINES = 20
 SUDO_HINT = ("The SSH user must be allowed to run commands as root without a password "
