@@ -166,7 +166,11 @@ def _file_logger(path, redactor):
         handler.close()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # UTC, marked: Django sets the process's zone from TIME_ZONE (Helios's is not UTC).
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
+                                  "%Y-%m-%d %H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     handler.addFilter(redactor)
     logger.addHandler(handler)
     path.chmod(0o600)

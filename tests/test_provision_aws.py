@@ -11,6 +11,7 @@ text cloud-init really prints (rig.cloud_init_console, with real keys made by
 ssh-keygen), as AWS would serve it.
 """
 
+import datetime
 import json
 import re
 import shutil
@@ -260,6 +261,11 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
     log = (deploy / "provision.log").read_text()
     assert_no_secret(deploy, [first.stdout, first.stderr, second.stdout, log,
                               (deploy / "state.json").read_text()])
+    # The log's times are UTC and say so, whatever Helios's TIME_ZONE (Los Angeles here).
+    stamp = " ".join(log.splitlines()[-1].split()[:2])
+    logged = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - logged).total_seconds() < 600
 
 
 def test_a_lost_state_file_means_adopting_by_tag_not_creating(project):
