@@ -130,26 +130,28 @@ def test_host_probes_before_and_after_the_deploy_finished(deployed, sshd):
     assert f"pong from celery@{socket.gethostname()}" in results["host.E006"].message
 
 
-def test_broken_nginx_configuration_fails_host_E002(deployed, sshd):
-    good = deployed.site.read_text()
-    try:
-        deployed.site.write_text(good.replace("ssl_protocols", "ssl_protocolz"))
-        result = run_host_probes(deployed, sshd, only=["host.E002"])["host.E002"]
-    finally:
-        deployed.site.write_text(good)
-    assert result.status == "fail"
-    assert 'unknown directive "ssl_protocolz"' in result.message
+# (probe, the file on the host that is broken, what is replaced with what, what it must say)
+BROKEN_ON_THE_HOST = [
+    ("host.E002", "site", ("ssl_protocols", "ssl_protocolz"),
+     'unknown directive "ssl_protocolz"'),
+    ("host.E007", "env_file", ("/helios_host", "/no_such_database"),
+     'database "no_such_database" does not exist'),
+]
 
 
-def test_database_refusing_the_service_user_fails_host_E007(deployed, sshd):
-    good = deployed.env_file.read_text()
+@pytest.mark.parametrize("probe_id,file,edit,message", BROKEN_ON_THE_HOST,
+                         ids=[row[0] for row in BROKEN_ON_THE_HOST])
+def test_what_is_broken_on_the_host_fails_its_probe(deployed, sshd, probe_id, file, edit,
+                                                    message):
+    path = getattr(deployed, file)
+    good = path.read_text()
     try:
-        deployed.env_file.write_text(good.replace("/helios_host", "/no_such_database"))
-        result = run_host_probes(deployed, sshd, only=["host.E007"])["host.E007"]
+        path.write_text(good.replace(*edit))
+        result = run_host_probes(deployed, sshd, only=[probe_id])[probe_id]
     finally:
-        deployed.env_file.write_text(good)
+        path.write_text(good)
     assert result.status == "fail"
-    assert 'database "no_such_database" does not exist' in result.message
+    assert message in result.message
 
 
 def test_unknown_host_key_skips_every_host_probe(deployed, sshd, tmp_path):

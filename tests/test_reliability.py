@@ -31,20 +31,14 @@ import boto3
 import pytest
 
 import rig
-from fixtures import helios_env, make_fixture_project, run_manage
+from fixtures import helios_env, run_manage
 from helios_aws import envfile
 from test_configure_real import install_certificate, prefixed
-from test_provision_aws import (CIDR, DOMAIN, LIVE, NOTHING, ONE_OF_EACH, SETTINGS,
-                                TAGGED, configure, create_zone, inventory, run)
+from test_provision_aws import (CIDR, DOMAIN, LIVE, NOTHING, ONE_OF_EACH, SETTINGS, TAGGED,
+                                create_zone, inventory, run)
+from test_provision_aws import configured  # noqa: F401  (a fixture: the configured project)
 
 SEED = 20261125
-
-
-@pytest.fixture(scope="module")
-def configured(tmp_path_factory):
-    project = make_fixture_project(tmp_path_factory.mktemp("reliability"), "requirements")
-    configure(project, "--ssh-cidr", CIDR)
-    return project
 
 
 @pytest.fixture
