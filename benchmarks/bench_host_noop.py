@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import vm as vm_mod  # noqa: E402
 from fixtures import helios_env, make_fixture_project, run_manage  # noqa: E402
-from test_host_vm import DOMAIN, SETTINGS, GuestPebble  # noqa: E402
+from test_host_vm import DOMAIN, SETTINGS  # noqa: E402
 
 import rig  # noqa: E402
 import helios_aws  # noqa: E402
@@ -181,7 +181,7 @@ def ansible_run(project, options, known_hosts, workdir):
 def boot_and_provision(workdir, env):
     """A fresh VM, provisioned once by the host half; returns what the runs need."""
     ca = rig.LocalCA(workdir / "ca")
-    pebble = GuestPebble(workdir / "pebble", ca)
+    pebble = rig.GuestPebble(workdir / "pebble", ca)
     vm = vm_mod.boot()
     project = make_fixture_project(workdir)
     result = run_manage(project, "aws_configure", "--os", "debian13", "--domain", DOMAIN,
