@@ -3,6 +3,7 @@ aws_provision tags them; SES v2's GetAccount, which moto lacks, through a Stubbe
 test e-mail, sent by django-ses into moto."""
 
 import json
+import os
 
 import boto3
 import pytest
@@ -206,9 +207,9 @@ def send_test_email(project, endpoint, **env):
 
 def test_send_test_email_reports_the_ses_message_id(aws_env, configured):
     boto3.client("ses").verify_email_identity(EmailAddress=SENDER)
-    # This process runs with Helios's defaults (no HELIOS_ENV_FILE): the mail goes out
-    # from a child started with the deployment's .env, as on the server.
-    status, checks = send_test_email(configured, aws_env)
+    # This process runs with Helios's defaults (an empty HELIOS_ENV_FILE): the mail goes
+    # out from a child started with the deployment's .env, as on the server.
+    status, checks = send_test_email(configured, aws_env, HELIOS_ENV_FILE=os.devnull)
     assert status == 0
     check = checks["mail.E001"]
     assert check["status"] == "pass", check

@@ -6,7 +6,9 @@ not reach them. This module therefore:
 
 1. loads the deployment's .env into ``os.environ`` *before* importing the project's
    settings (values already in the environment win): the file named by
-   ``HELIOS_ENV_FILE``, else ``.env`` in the project root;
+   ``HELIOS_ENV_FILE``, else ``deploy/.env`` in the project root, the file
+   ``aws_configure`` writes by default (on the host, the units and every command set
+   ``HELIOS_ENV_FILE`` to the deployed copy);
 2. imports the project's root ``settings`` module;
 3. appends ``helios_aws`` to ``INSTALLED_APPS``;
 4. sets only what Helios never reads raw: django-ses's region (and endpoint, when
@@ -20,6 +22,9 @@ from pathlib import Path
 
 import environ
 
+from helios_aws.configure import ENV_NAME
+from helios_aws.params import DEFAULT_OUTPUT
+
 
 def _env_file():
     explicit = os.environ.get("HELIOS_ENV_FILE")
@@ -27,7 +32,7 @@ def _env_file():
         return Path(explicit)
     spec = importlib.util.find_spec("settings")
     root = Path(spec.origin).parent if spec and spec.origin else Path.cwd()
-    return root / ".env"
+    return root / DEFAULT_OUTPUT / ENV_NAME
 
 
 HELIOS_AWS_ENV_FILE = str(_env_file())
