@@ -23,19 +23,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import rig  # noqa: E402
+import rig  # noqa: E402  (PostgreSQL)
 from test_aws_check_aws import provision  # noqa: E402
 from test_aws_check_site import Site  # noqa: E402
+
+from helios_aws.rehearse.processes import LOOPBACK, Process, free_port  # noqa: E402
+from helios_aws.rehearse.tls import LocalCA  # noqa: E402
 
 GOAL = 1.3
 
 
 def start_moto(directory):
-    port = rig.free_port()
-    process = rig.Process([Path(sys.executable).parent / "moto_server", "-H", rig.LOOPBACK,
-                           "-p", str(port)], directory / "moto.log")
-    process.wait_for_port(rig.LOOPBACK, port)
-    return process, f"http://{rig.LOOPBACK}:{port}"
+    port = free_port()
+    process = Process([Path(sys.executable).parent / "moto_server", "-H", LOOPBACK,
+                       "-p", str(port)], directory / "moto.log")
+    process.wait_for_port(LOOPBACK, port)
+    return process, f"http://{LOOPBACK}:{port}"
 
 
 def use_aws(endpoint):
@@ -77,14 +80,14 @@ def main():
     moto, endpoint = start_moto(base)
     site = None
     try:
-        site = Site(base, postgres, rig.LocalCA(base / "ca"))
+        site = Site(base, postgres, LocalCA(base / "ca"))
         use_aws(endpoint)
         provision()
         use_django(site)
         from helios_aws import probes
 
         def options(only=()):
-            return probes.Options(out_dir=site.deploy, address=rig.LOOPBACK,
+            return probes.Options(out_dir=site.deploy, address=LOOPBACK,
                                   ca_file=str(site.ca.ca_file), only=only)
 
         timed(probes.check, options(), 2)  # warm up: imports, connections, caches

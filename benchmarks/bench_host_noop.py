@@ -1,6 +1,6 @@
 """A no-op re-run of the host half against an equivalent Ansible playbook.
 
-Both run against the same provisioned Debian 13 host (systemd under qemu, tests/vm.py)
+Both run against the same provisioned Debian 13 host (systemd under qemu, helios_aws/rehearse/vm.py)
 and check the same things: the packages, the service user and directories, the trusted
 CA files, the broker's files and service, PostgreSQL's role and database, the .env, the
 release and the ``current`` link, the applied migrations, the systemd units (files,
@@ -35,13 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import vm as vm_mod  # noqa: E402
 from fixtures import helios_env, make_fixture_project, run_manage  # noqa: E402
 from test_host_vm import DOMAIN, SETTINGS  # noqa: E402
 
-import rig  # noqa: E402
 import helios_aws  # noqa: E402
 from helios_aws import layout as layout_mod  # noqa: E402
+from helios_aws.rehearse import vm as vm_mod  # noqa: E402
+from helios_aws.rehearse.tls import GuestPebble, LocalCA  # noqa: E402
 from helios_aws.host import recipes, steps as host  # noqa: E402
 
 ANSIBLE_VENV = Path(os.environ.get("HELIOS_AWS_BENCH_CACHE", "/var/cache/helios-aws")) / \
@@ -180,8 +180,8 @@ def ansible_run(project, options, known_hosts, workdir):
 
 def boot_and_provision(workdir, env):
     """A fresh VM, provisioned once by the host half; returns what the runs need."""
-    ca = rig.LocalCA(workdir / "ca")
-    pebble = rig.GuestPebble(workdir / "pebble", ca)
+    ca = LocalCA(workdir / "ca")
+    pebble = GuestPebble(workdir / "pebble", ca)
     vm = vm_mod.boot()
     project = make_fixture_project(workdir)
     result = run_manage(project, "aws_configure", "--os", "debian13", "--domain", DOMAIN,

@@ -1,0 +1,261 @@
+"""Rehearse a whole deployment of a Helios checkout on this machine.
+
+Starts a local AWS (moto in server mode) holding the operator's Route 53 zone and, with
+``--vm``, a local ACME server and a Debian 13 VM as the instance; then runs
+``aws_configure``, ``aws_provision`` (twice: the second run must report no changes) and
+``aws_check`` on a copy of the project, through the same code paths a real deployment
+uses: only the endpoints differ. Every process it starts is stopped at the end (with
+``--keep-running``, at Ctrl-C).
+
+The copy holds the files a deployment would upload (the tracked files of a git
+checkout), so the checkout itself is never written to; its generated files and log are
+in the working directory. Its commands run with this interpreter, so run the rehearsal
+from the project's own environment (see the README).
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import configure, envfile, layout as layout_mod
+from ..host import release as release_mod
+from . import aws, tls
+
+ZONE = "rehearsal.test"
+DOMAIN = f"vote.{ZONE}"
+SENDER = f"elections@{ZONE}"
+SETTINGS = f"--settings={layout_mod.SETTINGS_MODULE}"
+DEFAULT_WORK = Path.home() / ".cache" / "helios-aws" / "rehearsal"
+# The operator's shell must not change what the rehearsal's commands see: the keys the
+# deployment's .env sets, and what would send boto3 to a real AWS account.
+CLEARED = (*configure.MANAGED_KEYS, *envfile.SECRET_KEYS, "HELIOS_ENV_FILE", "AWS_PROFILE",
+           "AWS_DEFAULT_PROFILE", "AWS_CA_BUNDLE", "AWS_REGION", "AWS_SESSION_TOKEN")
+CREDENTIALS = {"aws_access_key_id": "rehearsal", "aws_secret_access_key": "rehearsal",
+               "region_name": "us-east-1"}
+
+
+class RehearsalError(Exception):
+    """The rehearsal cannot go on; the message says why."""
+
+
+def copy_project(source, target):
+    """Copy what a deployment of ``source`` would upload into ``target``; give it a
+    ``uv.lock`` when it has a ``pyproject.toml`` without one (the bundled project)."""
+    source = Path(source).resolve()
+    if not (source / "manage.py").is_file():
+        raise RehearsalError(f"{source} has no manage.py: give --project the Helios "
+                             "checkout's directory.")
+    for rel in release_mod.project_files(source):
+        destination = target / rel
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, destination, follow_symlinks=False)
+    if (target / "pyproject.toml").is_file() and not (target / "uv.lock").is_file():
+        from uv import find_uv_bin
+
+        locked = subprocess.run([find_uv_bin(), "lock", "--quiet", "--python", sys.executable],
+                                cwd=target, capture_output=True, text=True,
+                                env=dict(os.environ, UV_PYTHON_DOWNLOADS="never"))
+        if locked.returncode:
+            raise RehearsalError(f"uv lock failed for the copy of {source}:\n{locked.stderr}")
+    return target
+
+
+class Rehearsal:
+    def __init__(self, project, work, use_vm):
+        self.source = Path(project)
+        self.work = work
+        self.use_vm = use_vm
+        self.stack = []
+        self.env = None
+        self.project = None
+        self.vm = self.pebble = self.ca_bundle = None
+
+    def step(self, title):
+        print(f"\n== {title}", flush=True)
+
+    def start_aws(self):
+        import boto3
+
+        self.step("Local AWS (moto server) with the operator's hosted zone")
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        moto = aws.MotoServer()
+        self.stack.append(moto.stop)
+        self.env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+        self.env.update(
+            AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="rehearsal",
+            AWS_SECRET_ACCESS_KEY="rehearsal", AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE=str(self.work / "no-aws-config"),
+            AWS_SHARED_CREDENTIALS_FILE=str(self.work / "no-aws-credentials"),
+        )
+        route53 = boto3.client("route53", endpoint_url=moto.url, **CREDENTIALS)
+        route53.create_hosted_zone(Name=ZONE, CallerReference=ZONE)
+        # The local AWS knows Amazon Linux's image parameters, not Debian's: publish
+        # Debian 13's, pointing at an image it knows.
+        ssm = boto3.client("ssm", endpoint_url=moto.url, **CREDENTIALS)
+        image = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/"
+                                  "al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+        aws.publish_public_parameter("/aws/service/debian/release/13/latest/amd64", image)
+        print(f"AWS endpoint {moto.url}; hosted zone {ZONE}")
+
+    def serve_host_keys(self, public_keys):
+        """What the instance prints on its console: the host's real SSH key fingerprints,
+        which aws_provision pins for the host half."""
+        aws.serve_console_output(aws.cloud_init_console(public_keys))
+
+    def start_vm(self):
+        from . import vm
+
+        self.step("Local ACME server and a Debian 13 VM as the instance")
+        self.pebble = tls.GuestPebble(self.work / "pebble", tls.LocalCA(self.work / "ca"))
+        self.stack.append(self.pebble.stop)
+        self.ca_bundle = tls.guest_trust_bundle(self.work / "guest-trust.pem", self.pebble)
+        self.vm = vm.boot()
+        # Its disk is a throw-away overlay: stopping need not wait for a clean shutdown.
+        self.stack.append(lambda: self.vm.stop(graceful=False))
+        self.serve_host_keys([self.vm.host_key_line])
+        print(f"VM SSH on 127.0.0.1:{self.vm.ssh_port}, host key {self.vm.host_key_fingerprint}")
+
+    def manage(self, *args, expect_ok=True):
+        print(f"$ manage.py {' '.join(args)}", flush=True)
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "manage.py", *args, SETTINGS],
+                                cwd=self.project, env=self.env, text=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        print(result.stdout.rstrip(), flush=True)
+        print(f"({time.monotonic() - started:.1f}s, exit {result.returncode})", flush=True)
+        if expect_ok and result.returncode != 0:
+            raise RehearsalError(f"manage.py {args[0]} failed (exit {result.returncode}).")
+        return result
+
+    def host_flags(self):
+        if not self.use_vm:
+            return ["--skip-host"]
+        return ["--host", "127.0.0.1", "--ssh-port", str(self.vm.ssh_port),
+                "--ssh-key", str(self.vm.key_path),
+                "--server", self.pebble.directory_url, "--ca-bundle", str(self.ca_bundle)]
+
+    def run(self):
+        self.step(f"A copy of {self.source}")
+        self.project = copy_project(self.source, self.work / "project")
+        print(f"Copied to {self.project}")
+        self.start_aws()
+        if self.use_vm:
+            self.start_vm()
+        else:
+            key = self.work / "stand-in-host-key"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                           check=True)
+            self.serve_host_keys([key.with_suffix(".pub").read_text()])
+        self.step("aws_configure")
+        self.manage("aws_configure", "--domain", DOMAIN, "--email", SENDER,
+                    "--auth-systems", "password", "--ssh-cidr", "127.0.0.1/32",
+                    "--os", "debian13", "--no-input")
+        self.step("aws_provision --plan")
+        self.manage("aws_provision", "--plan", *self.host_flags())
+        self.step("aws_provision")
+        self.manage("aws_provision", *self.host_flags())
+        self.step("aws_provision again: nothing may change")
+        again = self.manage("aws_provision", *self.host_flags())
+        if "no changes" not in again.stdout:
+            raise RehearsalError("The second aws_provision changed something.")
+        self.step("aws_check")
+        check_flags = ["--skip", "site", "--skip", "host"]  # no host without --vm
+        if self.use_vm:
+            issuing_root = self.work / "acme-root.pem"
+            issuing_root.write_text(self.pebble.issuing_root())
+            # The rehearsal's domain is in the local AWS's Route 53 only, not in public
+            # DNS: the record is checked there (aws.*), the lookup is left out.
+            check_flags = ["--skip", "site.E001",
+                           "--ca-file", str(issuing_root), "--address", "127.0.0.1",
+                           "--http-port", str(self.vm.http_port),
+                           "--https-port", str(self.vm.https_port),
+                           "--host", "127.0.0.1", "--ssh-port", str(self.vm.ssh_port),
+                           "--ssh-key", str(self.vm.key_path),
+                           "--trust-host-key", self.vm.host_key_fingerprint]
+        check = self.manage("aws_check", *check_flags, expect_ok=False)
+        if self.use_vm:
+            print(f"site.E001 (public DNS) was skipped: {ZONE} exists only in the local AWS.")
+        else:
+            print("The host half and the site and host checks were skipped: "
+                  "add --vm to rehearse them on a Debian 13 VM.")
+        self.where()
+        return check.returncode
+
+    def where(self):
+        deploy = self.project / "deploy"
+        self.step("Where things are")
+        print(f"Project (a copy):     {self.project}")
+        print(f"Generated files:      {deploy}")
+        print(f"Provisioning log:     {deploy / 'provision.log'}")
+        if not self.use_vm:
+            return
+        vm = self.vm
+        print(f"Site:                 https://{DOMAIN}/ (served by the VM)")
+        print(f"Forwarded ports:      SSH 127.0.0.1:{vm.ssh_port}, "
+              f"HTTP 127.0.0.1:{vm.http_port}, HTTPS 127.0.0.1:{vm.https_port}")
+        print(f"SSH:                  ssh -i {vm.key_path} -p {vm.ssh_port} {vm.user}@127.0.0.1")
+        print("Open it from this machine (the name resolves nowhere else, and the certificate "
+              "comes from the local ACME server):")
+        print(f"  curl --cacert {self.work / 'acme-root.pem'} --resolve "
+              f"{DOMAIN}:{vm.https_port}:127.0.0.1 https://{DOMAIN}:{vm.https_port}/")
+        print(f"  or in a browser: map {DOMAIN} to 127.0.0.1 in /etc/hosts, trust "
+              f"{self.work / 'acme-root.pem'}, and open https://{DOMAIN}:{vm.https_port}/")
+
+    def wait(self):
+        print("\nEverything keeps running until Ctrl-C.", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print()
+
+    def stop(self):
+        while self.stack:
+            try:
+                self.stack.pop()()
+            except Exception as exc:  # keep stopping the others
+                print(f"rehearse: while stopping: {exc}", file=sys.stderr)
+
+
+def arguments():
+    parser = argparse.ArgumentParser(prog="python -m helios_aws.rehearse",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", default=".",
+                        help="The Helios checkout to rehearse (default: this directory).")
+    parser.add_argument("--vm", action="store_true",
+                        help="Use a Debian 13 VM (qemu) as the instance and run the host half.")
+    parser.add_argument("--work", default=str(DEFAULT_WORK),
+                        help=f"Working directory, emptied first (default: {DEFAULT_WORK}).")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="Keep the local AWS, ACME server and VM running until Ctrl-C, "
+                             "to look at the site.")
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
+    work = Path(args.work).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rehearsal = Rehearsal(args.project, work, args.vm)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        status = rehearsal.run()
+        if args.keep_running:
+            rehearsal.wait()
+        return status
+    except RehearsalError as exc:
+        print(f"rehearse: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nrehearse: interrupted; everything it started is stopped.", file=sys.stderr)
+        return 130
+    finally:
+        rehearsal.stop()
