@@ -47,6 +47,17 @@ MANAGED_KEYS = (
     "GOOGLE_CLIENT_ID",
 )
 
+# Forwarding headers a client could send that Django, gunicorn, Helios or a library they
+# load may read as the client's address, host, port or scheme. The nginx site drops every
+# one; it sets X-Forwarded-For and X-Real-IP (the peer's address) and X-Forwarded-Proto
+# itself.
+DROPPED_FORWARDING_HEADERS = (
+    "Forwarded", "Forwarded-For", "X-Forwarded", "X-Forwarded-Host", "X-Forwarded-Port",
+    "X-Forwarded-Server", "X-Forwarded-Prefix", "X-Forwarded-Protocol", "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl", "X-Original-Forwarded-For", "X-Client-IP", "Client-IP",
+    "True-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP", "X-Cluster-Client-IP",
+    "X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "X-Host", "X-Url-Scheme",
+)
 
 _engine = None
 
@@ -96,6 +107,7 @@ def template_context(deployment, project):
         "http_port": deployment.http_port,
         "https_port": deployment.https_port,
         "https_port_suffix": "" if deployment.https_port == 443 else f":{deployment.https_port}",
+        "dropped_forwarding_headers": DROPPED_FORWARDING_HEADERS,
     }
 
 
