@@ -53,7 +53,7 @@ class LoginSystem:
 
 def _oauth(name, label, id_field, id_key, secret_option, secret_key):
     return LoginSystem(name, ids=((id_field, id_key),),
-                       secrets=(Secret(secret_option, secret_key, f"{label} client secret"),))
+                       secrets=(Secret(secret_option, secret_key, label),))
 
 
 # The systems helios-aws can configure, in the order a default list enables them. The .env
@@ -61,15 +61,15 @@ def _oauth(name, label, id_field, id_key, secret_option, secret_key):
 # settings overlay reads (Helios hard-codes its own).
 SYSTEMS = {system.name: system for system in (
     LoginSystem(DEFAULT_SYSTEM),
-    _oauth("google", "Google OAuth", "google_client_id", "GOOGLE_CLIENT_ID",
+    _oauth("google", "Google OAuth client secret", "google_client_id", "GOOGLE_CLIENT_ID",
            "google_client_secret", "GOOGLE_CLIENT_SECRET"),
-    _oauth("facebook", "Facebook app", "facebook_app_id", "FACEBOOK_APP_ID",
+    _oauth("facebook", "Facebook app secret", "facebook_app_id", "FACEBOOK_APP_ID",
            "facebook_api_secret", "FACEBOOK_API_SECRET"),
-    _oauth("github", "GitHub OAuth", "github_client_id", "GH_CLIENT_ID",
+    _oauth("github", "GitHub OAuth client secret", "github_client_id", "GH_CLIENT_ID",
            "github_client_secret", "GH_CLIENT_SECRET"),
-    _oauth("gitlab", "GitLab OAuth", "gitlab_client_id", "GITLAB_CLIENT_ID",
+    _oauth("gitlab", "GitLab OAuth client secret", "gitlab_client_id", "GITLAB_CLIENT_ID",
            "gitlab_client_secret", "GITLAB_CLIENT_SECRET"),
-    _oauth("linkedin", "LinkedIn OAuth", "linkedin_client_id", "LINKEDIN_CLIENT_ID",
+    _oauth("linkedin", "LinkedIn OAuth client secret", "linkedin_client_id", "LINKEDIN_CLIENT_ID",
            "linkedin_client_secret", "LINKEDIN_CLIENT_SECRET"),
     LoginSystem(
         "ldap",
@@ -184,6 +184,9 @@ def problems(deployment, systems, offered, known_secrets):
 
 def ldap_problems(deployment):
     found = []
+    if "%(user)s" not in deployment.ldap_user_filter:
+        found.append(f"--ldap-user-filter {deployment.ldap_user_filter!r} does not contain "
+                     "%(user)s, where the name typed at login goes.")
     for uri in deployment.ldap_uri.split():
         parts = urlsplit(uri)
         if (parts.hostname or "").lower() in DEMO_LDAP_HOSTS:
@@ -194,6 +197,9 @@ def ldap_problems(deployment):
                          "ldaps:// or add --ldap-start-tls.")
         elif parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             found.append(f"--ldap-uri {uri!r} is not an ldaps://HOST[:PORT] address.")
+        elif parts.scheme == "ldaps" and deployment.ldap_start_tls:
+            found.append(f"--ldap-start-tls is for ldap:// addresses: {uri} is encrypted "
+                         "already (drop one of the two).")
     return found
 
 
@@ -211,7 +217,7 @@ def require(deployment, offered, known_secrets):
             + "\n".join(f"  - {problem}" for problem in found),
             "Give each system's credentials (`aws_configure --help` lists the flags; "
             "secrets go in the HELIOS_* variables named above), or leave the system out "
-            "of --auth-systems.",
+            "of --auth-systems (the list given last is kept in deployment.json).",
         )
     return systems
 

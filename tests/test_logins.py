@@ -113,9 +113,12 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(project, tmp_p
     ("ldaps://LDAP.forumsys.com:636", "is Helios's public test directory"),
     ("ldap://ldap.example.org", "would send passwords in the clear"),
     ("http://ldap.example.org", "is not an ldaps://HOST[:PORT] address"),
+    ("ldaps://ldap.example.org --ldap-start-tls", "--ldap-start-tls is for ldap:// addresses"),
+    ("ldaps://ldap.example.org --ldap-user-filter (uid=alice)", "does not contain %(user)s"),
 ])
 def test_ldap_only_with_the_operators_own_directory_over_tls(project, tmp_path, uri, problem):
-    result = configure(project, *output_dir(tmp_path), "--ldap-uri", uri, "--ldap-bind-dn",
+    uri, *more = uri.split()
+    result = configure(project, *output_dir(tmp_path), "--ldap-uri", uri, *more, "--ldap-bind-dn",
                        "cn=reader,dc=example,dc=org", "--ldap-user-search-base",
                        "dc=example,dc=org", HELIOS_LDAP_BIND_PASSWORD="pw-Zq8")
     assert result.returncode == 1 and problem in result.stderr
