@@ -387,8 +387,7 @@ def check_ldap_directory(app_configs=None, **kwargs):
     if "ldap" not in _auth_systems():
         return []
     uris = str(getattr(settings, "AUTH_LDAP_SERVER_URI", "") or "").split()
-    demo = [uri for uri in uris
-            if (urlsplit(uri).hostname or "").lower() in logins.DEMO_LDAP_HOSTS]
+    demo = [uri for uri in uris if logins.is_demo_directory(uri)]
     if demo:
         return [_with_detail(E013, f"AUTH_LDAP_SERVER_URI={' '.join(demo)}")]
     return [] if uris else [_with_detail(E013, "AUTH_LDAP_SERVER_URI is empty")]

@@ -182,6 +182,12 @@ def problems(deployment, systems, offered, known_secrets):
     return found
 
 
+def is_demo_directory(uri):
+    """Whether an LDAP URI points at Helios's public test directory."""
+    host = (urlsplit(uri).hostname or "").lower().rstrip(".")
+    return host in DEMO_LDAP_HOSTS
+
+
 def ldap_problems(deployment):
     found = []
     if "%(user)s" not in deployment.ldap_user_filter:
@@ -189,7 +195,7 @@ def ldap_problems(deployment):
                      "%(user)s, where the name typed at login goes.")
     for uri in deployment.ldap_uri.split():
         parts = urlsplit(uri)
-        if (parts.hostname or "").lower() in DEMO_LDAP_HOSTS:
+        if is_demo_directory(uri):
             found.append(f"--ldap-uri {uri} is Helios's public test directory, whose "
                          "accounts are published: give your own directory.")
         elif parts.scheme == "ldap" and not deployment.ldap_start_tls:

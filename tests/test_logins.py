@@ -110,7 +110,7 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(project, tmp_p
 
 @pytest.mark.parametrize("uri,problem", [
     ("ldap://ldap.forumsys.com", "is Helios's public test directory"),
-    ("ldaps://LDAP.forumsys.com:636", "is Helios's public test directory"),
+    ("ldaps://LDAP.forumsys.com.:636", "is Helios's public test directory"),
     ("ldap://ldap.example.org", "would send passwords in the clear"),
     ("http://ldap.example.org", "is not an ldaps://HOST[:PORT] address"),
     ("ldaps://ldap.example.org --ldap-start-tls", "--ldap-start-tls is for ldap:// addresses"),
