@@ -58,6 +58,7 @@ DROPPED_FORWARDING_HEADERS = (
     "X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "X-Host", "X-Url-Scheme",
 )
 
+
 _engine = None
 
 

@@ -111,3 +111,9 @@ def test_no_rendered_site_forwards_a_client_chosen_value(tmp_path):
         # nginx's defaults drop header names with underscores (X_Forwarded_For reaches
         # Django as HTTP_X_FORWARDED_FOR): the sites never turn that off.
         assert "underscores_in_headers" not in text and "ignore_invalid_headers" not in text
+    # Nor does any template, rendered into these sites or not.
+    for template in sorted(configure_mod.TEMPLATE_DIR.rglob("*")):
+        if template.is_file():
+            text = template.read_text()
+            assert "proxy_add_x_forwarded_for" not in text, template
+            assert not re.search(r"\$http_(x_|forwarded|client|true_client|cf_)", text), template
