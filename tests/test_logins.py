@@ -50,6 +50,10 @@ def test_default_is_password_plus_the_systems_whose_credentials_are_given(projec
     assert secret not in given.stdout + given.stderr
     assert secret not in (tmp_path / "b/deploy/manifest.json").read_text()
     assert secret not in (tmp_path / "b/deploy/deployment.json").read_text()
+    # A re-run finds the secret in the .env: github stays, nothing changes.
+    again = configure(project, *output_dir(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr
+    assert "No changes" in again.stdout
 
 
 def test_every_system_with_its_credentials_under_the_names_helios_reads(project, tmp_path):
