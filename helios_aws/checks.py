@@ -23,7 +23,8 @@ from django.core.checks.security.base import (
 )
 from django.http.request import split_domain_port, validate_host
 
-from .project import PLACEHOLDER_SENDERS
+from . import logins
+from .project import PLACEHOLDER_SENDERS, find_root
 
 TAG = "helios_aws"
 
@@ -113,6 +114,27 @@ E012 = Error(
     hint="Remove devlogin from AUTH_ENABLED_SYSTEMS; Helios also adds it whenever DEBUG "
          "is on.",
     id="helios_aws.E012",
+)
+E013 = Error(
+    "LDAP login is enabled without the deployment's own directory: the LDAP server is "
+    "unset or Helios's public test directory, whose accounts are published.",
+    hint="Run aws_configure with --ldap-uri (ldaps://, or ldap:// with --ldap-start-tls), "
+         "--ldap-bind-dn, --ldap-user-search-base and HELIOS_LDAP_BIND_PASSWORD, and use "
+         "the helios_aws settings overlay; or remove ldap from AUTH_ENABLED_SYSTEMS.",
+    id="helios_aws.E013",
+)
+E014 = Error(
+    "A login system is enabled without its credentials.",
+    hint="Put them in the .env (aws_configure --help lists each system's flag and HELIOS_* "
+         "variable), or remove the system from AUTH_ENABLED_SYSTEMS.",
+    id="helios_aws.E014",
+)
+E015 = Error(
+    "AUTH_ENABLED_SYSTEMS names a login system the project does not have: Helios shows "
+    "its login button, which answers 500.",
+    hint="Remove it from AUTH_ENABLED_SYSTEMS; the project's systems are those its "
+         "helios_auth/auth_systems package registers.",
+    id="helios_aws.E015",
 )
 W001 = Warning(
     "HSTS is off: browsers are not told to insist on HTTPS.",
@@ -359,6 +381,43 @@ def check_devlogin(app_configs=None, **kwargs):
     return [E012] if "devlogin" in _auth_systems() else []
 
 
+@register(Tags.security, TAG, deploy=True)
+def check_ldap_directory(app_configs=None, **kwargs):
+    # django-auth-ldap reads django.conf.settings, where the overlay's values are.
+    if "ldap" not in _auth_systems():
+        return []
+    uris = str(getattr(settings, "AUTH_LDAP_SERVER_URI", "") or "").split()
+    demo = [uri for uri in uris if logins.is_demo_directory(uri)]
+    if demo:
+        return [_with_detail(E013, f"AUTH_LDAP_SERVER_URI={' '.join(demo)}")]
+    return [] if uris else [_with_detail(E013, "AUTH_LDAP_SERVER_URI is empty")]
+
+
+# Systems with a check of their own: google (E009), ldap (E013).
+_OWN_CHECKS = frozenset({"google", "ldap"})
+
+
+@register(Tags.security, TAG, deploy=True)
+def check_login_credentials(app_configs=None, **kwargs):
+    missing = []
+    for name in _auth_systems():
+        system = logins.SYSTEMS.get(name)
+        if system is None or name in _OWN_CHECKS:
+            continue
+        keys = [key for _, key in system.ids] + [secret.env for secret in system.secrets]
+        missing += [f"{name} without {key}" for key in keys if not helios_setting(key)]
+    return [_with_detail(E014, "; ".join(missing))] if missing else []
+
+
+@register(Tags.security, TAG, deploy=True)
+def check_login_systems_exist(app_configs=None, **kwargs):
+    offered = logins.project_systems(find_root())
+    if offered is None:
+        return []
+    unknown = [name for name in _auth_systems() if name and name not in offered]
+    return [_with_detail(E015, ", ".join(unknown))] if unknown else []
+
+
 @register(TAG)
 def check_overlay_trap(app_configs=None, **kwargs):
     module = sys.modules.get("settings")
@@ -392,6 +451,9 @@ MESSAGES = (
     (E010, "The .env is private to its owner"),
     (E011, "The Celery broker's transport is installed"),
     (E012, "devlogin is not enabled"),
+    (E013, "LDAP login, if enabled, uses the deployment's own directory"),
+    (E014, "Every enabled login system has its credentials"),
+    (E015, "Every enabled login system exists in the project"),
     (W001, "HSTS is on"),
     (W002, "Mail goes through Amazon SES"),
     (W003, "EMAIL_OPTOUT_SECRET is strong"),

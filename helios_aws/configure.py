@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.template import Context, Engine
 
-from . import envfile, layout as layout_mod, params
+from . import envfile, layout as layout_mod, logins, params
 from .errors import ConfigError
 from .files import check_writable, exclusive, read_text, write_atomic
 
@@ -44,7 +44,18 @@ MANAGED_KEYS = (
     "DJANGO_SETTINGS_MODULE", "DEBUG", "SSL", "HSTS", "ALLOWED_HOSTS", "URL_HOST",
     "SECURE_URL_HOST", "EMAIL_USE_AWS", "AWS_SES_REGION_NAME", "DEFAULT_FROM_EMAIL",
     "DEFAULT_FROM_NAME", "HELP_EMAIL_ADDRESS", "CELERY_BROKER_URL", "AUTH_ENABLED_SYSTEMS",
-    "GOOGLE_CLIENT_ID",
+) + logins.PUBLIC_KEYS
+
+# Forwarding headers a client could send that Django, gunicorn, Helios or a library they
+# load may read as the client's address, host, port or scheme. The nginx site drops every
+# one; it sets X-Forwarded-For and X-Real-IP (the peer's address) and X-Forwarded-Proto
+# itself.
+DROPPED_FORWARDING_HEADERS = (
+    "Forwarded", "Forwarded-For", "X-Forwarded", "X-Forwarded-Host", "X-Forwarded-Port",
+    "X-Forwarded-Server", "X-Forwarded-Prefix", "X-Forwarded-Protocol", "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl", "X-Original-Forwarded-For", "X-Client-IP", "Client-IP",
+    "True-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP", "X-Cluster-Client-IP",
+    "X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "X-Host", "X-Url-Scheme",
 )
 
 
@@ -96,11 +107,13 @@ def template_context(deployment, project):
         "http_port": deployment.http_port,
         "https_port": deployment.https_port,
         "https_port_suffix": "" if deployment.https_port == 443 else f":{deployment.https_port}",
+        "dropped_forwarding_headers": DROPPED_FORWARDING_HEADERS,
     }
 
 
-def desired_env(deployment, secrets):
-    """The .env values the deployment needs; ``secrets`` holds values given this run."""
+def desired_env(deployment, systems, secrets):
+    """The .env values the deployment needs with the login ``systems`` enabled; ``secrets``
+    holds values given this run (a login secret is written only for an enabled system)."""
     url = deployment.url
     values = {
         "DJANGO_SETTINGS_MODULE": layout_mod.SETTINGS_MODULE,
@@ -116,12 +129,18 @@ def desired_env(deployment, secrets):
         "DEFAULT_FROM_NAME": deployment.from_name,
         "HELP_EMAIL_ADDRESS": deployment.email,
         "CELERY_BROKER_URL": deployment.broker_url,
-        "AUTH_ENABLED_SYSTEMS": deployment.auth_systems,
+        "AUTH_ENABLED_SYSTEMS": ",".join(systems),
     }
-    if "google" in deployment.auth_list and deployment.google_client_id:
-        values["GOOGLE_CLIENT_ID"] = deployment.google_client_id
-    values.update({k: v for k, v in secrets.items() if v})
+    values.update(logins.env_values(deployment, systems))
+    unused = logins.SECRET_KEYS - logins.secret_keys(systems)
+    values.update({k: v for k, v in secrets.items() if v and k not in unused})
     return values
+
+
+def known_secrets(secrets, existing_env):
+    """The login secrets' .env keys with a value, given this run or already in the .env."""
+    existing = envfile.parse(existing_env)
+    return {key for key in logins.SECRET_KEYS if secrets.get(key) or existing.get(key)}
 
 
 def read_manifest(out_dir):
@@ -172,6 +191,10 @@ def written_dirs(out_dir):
 
 
 def _configure(deployment, project, out_dir, secrets, dry_run, force):
+    env_path = out_dir / ENV_NAME
+    existing_env = read_text(env_path)
+    systems = logins.require(deployment, project.login_systems,
+                             known_secrets(secrets, existing_env))
     manifest = read_manifest(out_dir)
     warnings = []
 
@@ -186,9 +209,7 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
             "regenerate them (your copies are kept as NAME.edited).",
         )
 
-    env_path = out_dir / ENV_NAME
-    existing_env = read_text(env_path)
-    desired = desired_env(deployment, secrets)
+    desired = desired_env(deployment, systems, secrets)
     merge = envfile.merge(existing_env, desired, manifest["env"], forced=set(secrets))
     old_env = envfile.parse(existing_env)
     if "URL_HOST" in merge.changed:
@@ -235,9 +256,3 @@ def _require(deployment):
         raise ConfigError(f"Missing {' and '.join(missing)}.",
                           "Give them as flags, e.g. --domain vote.example.org "
                           "--email elections@example.org.")
-    if "google" in deployment.auth_list and not deployment.google_client_id:
-        raise ConfigError(
-            "Google login is enabled but --google-client-id is missing.",
-            "Give --google-client-id and --google-client-secret (callback URL "
-            f"https://{deployment.domain}/auth/after/), or leave google out of --auth-systems.",
-        )

@@ -4,16 +4,17 @@ Nothing here hard-codes Helios's paths: the project root comes from the root set
 module, the WSGI callable from ``wsgi.py`` (or ``WSGI_APPLICATION``), the Celery app from
 the module that builds one, the static aliases from the URLconf's ``serve`` patterns, the
 dependency source from ``uv.lock`` or ``requirements.txt``, the Python version from
-``requires-python`` or ``.python-version``.
+``requires-python`` or ``.python-version``, the login systems from the
+``helios_auth/auth_systems`` package.
 """
 
 import dataclasses
 import importlib.util
-import os
 import re
 import sys
 from pathlib import Path
 
+from . import logins
 from .errors import ConfigError
 
 try:
@@ -45,7 +46,7 @@ class Project:
     dependency_source: str  # "uv" or "pip"
     python: str  # "3.13"
     default_from_email: str
-    auth_systems: str
+    login_systems: frozenset | None  # what helios_auth/auth_systems offers (None: no package)
 
     @property
     def install_command(self):
@@ -177,9 +178,6 @@ def inspect(explicit_root=None):
     if explicit_root and str(root) not in sys.path:
         sys.path.insert(0, str(root))
     sender = getattr(settings, "DEFAULT_FROM_EMAIL", "") or ""
-    auth = getattr(settings, "AUTH_ENABLED_SYSTEMS", None)
-    if isinstance(auth, (list, tuple)):
-        auth = ",".join(s for s in auth if s != "devlogin")
     return Project(
         root=root,
         wsgi=_wsgi_callable(root),
@@ -188,5 +186,5 @@ def inspect(explicit_root=None):
         dependency_source=_dependency_source(root),
         python=_python_version(root),
         default_from_email="" if sender in PLACEHOLDER_SENDERS else sender,
-        auth_systems=auth or os.environ.get("AUTH_ENABLED_SYSTEMS", ""),
+        login_systems=logins.project_systems(root),
     )

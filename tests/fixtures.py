@@ -29,9 +29,6 @@ HELIOS_ENV_VARS = (
     "ALLOWED_HOSTS",
     "AUTH_DEFAULT_SYSTEM",
     "AUTH_ENABLED_SYSTEMS",
-    "AUTH_LDAP_BIND_DN",
-    "AUTH_LDAP_BIND_PASSWORD",
-    "AUTH_LDAP_SERVER_URI",
     "CELERY_BROKER_URL",
     "CELERY_TASK_ALWAYS_EAGER",
     "DATABASE_URL",
@@ -45,12 +42,22 @@ HELIOS_ENV_VARS = (
     "EMAIL_PORT",
     "EMAIL_USE_AWS",
     "EMAIL_USE_TLS",
+    "CAS_ELIGIBILITY_REALM",
+    "CAS_ELIGIBILITY_URL",
+    "CAS_PASSWORD",
+    "CAS_USERNAME",
     "FACEBOOK_API_SECRET",
     "FACEBOOK_APP_ID",
+    "GH_CLIENT_ID",
+    "GH_CLIENT_SECRET",
+    "GITLAB_CLIENT_ID",
+    "GITLAB_CLIENT_SECRET",
     "GOOGLE_CLIENT_ID",
     "GOOGLE_CLIENT_SECRET",
     "HELP_EMAIL_ADDRESS",
     "HSTS",
+    "LINKEDIN_CLIENT_ID",
+    "LINKEDIN_CLIENT_SECRET",
     "MAIN_LOGO_URL",
     "ROLLBAR_ACCESS_TOKEN",
     "SECRET_KEY",
@@ -59,8 +66,12 @@ HELIOS_ENV_VARS = (
     "SSL",
     "URL_HOST",
 )
-# Also cleared: what picks the settings module, and libpq's own variables.
-_ALSO_CLEARED = ("DJANGO_SETTINGS_MODULE", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+# Also cleared: what picks the settings module, libpq's own variables, and the LDAP
+# settings helios-aws's overlay reads (the fixture hard-codes its own, as Helios does).
+_ALSO_CLEARED = ("DJANGO_SETTINGS_MODULE", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE",
+                 "AUTH_LDAP_SERVER_URI", "AUTH_LDAP_BIND_DN", "AUTH_LDAP_BIND_PASSWORD",
+                 "AUTH_LDAP_START_TLS", "AUTH_LDAP_USER_SEARCH_BASE", "AUTH_LDAP_USER_FILTER",
+                 "LDAPTLS_CACERT")
 
 _COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".venv", "celerybeat-schedule*")
 

@@ -439,3 +439,92 @@ class RabbitMQ:
         # epmd daemonizes (leaves the process tree): end this node's own instance.
         subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"],
                        capture_output=True, env=self.env, stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------- slapd
+
+SLAPD = "/usr/sbin/slapd"
+SLAPD_CONF = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile {directory}/slapd.pid
+TLSCACertificateFile {tls.ca}
+TLSCertificateFile {tls.fullchain}
+TLSCertificateKeyFile {tls.key}
+
+database mdb
+maxsize 16777216
+suffix "{suffix}"
+rootdn "cn=admin,{suffix}"
+rootpw {root_password}
+directory {directory}/data
+access to attrs=userPassword by self =xw by anonymous auth by * none
+access to * by * read
+"""
+
+
+class Slapd:
+    """A private OpenLDAP server for the directory suffix (dc=example,dc=test), serving
+    ldap:// (StartTLS offered) on port and ldaps:// on tls_port, on 127.0.0.1, with a
+    certificate from ca. ``add_user(uid, password)`` before ``start()``;
+    ``reader_dn``/``reader_password`` is an account that may search the directory.
+    Clients trust ca through libldap's LDAPTLS_CACERT variable."""
+
+    def __init__(self, directory: Path, ca: LocalCA, suffix: str = "dc=example,dc=test"):
+        self.directory = Path(directory)
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        self.suffix = suffix
+        self.port, self.tls_port = free_port(), free_port()
+        self.reader_dn = f"cn=reader,{suffix}"
+        self.reader_password = secrets.token_urlsafe(12)
+        tls = ca.issue("ldap.example.test")
+        self.conf = self.directory / "slapd.conf"
+        self.conf.write_text(SLAPD_CONF.format(
+            directory=self.directory, tls=tls, suffix=suffix,
+            root_password=secrets.token_urlsafe(12)))
+        top = suffix.split(",")[0].split("=")[1]
+        self._entries = [
+            f"dn: {suffix}\nobjectClass: dcObject\nobjectClass: organization\n"
+            f"dc: {top}\no: {top}\n",
+            f"dn: ou=people,{suffix}\nobjectClass: organizationalUnit\nou: people\n",
+            f"dn: {self.reader_dn}\nobjectClass: person\ncn: reader\nsn: reader\n"
+            f"userPassword: {self.reader_password}\n",
+        ]
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def people(self) -> str:
+        return f"ou=people,{self.suffix}"
+
+    def add_user(self, uid: str, password: str) -> None:
+        hashed = run(["slappasswd", "-s", password]).stdout.strip()
+        self._entries.append(
+            f"dn: uid={uid},{self.people}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+            f"cn: {uid}\nsn: {uid}\nmail: {uid}@example.test\nuserPassword: {hashed}\n")
+
+    def start(self) -> None:
+        ldif = self.directory / "entries.ldif"
+        ldif.write_text("\n".join(self._entries))
+        run(["slapadd", "-f", self.conf, "-l", ldif])
+        self.process = Process(
+            [SLAPD, "-d", "0", "-f", self.conf, "-h",
+             f"ldap://{LOOPBACK}:{self.port}/ ldaps://{LOOPBACK}:{self.tls_port}/"],
+            self.directory / "slapd.log")
+        self.process.wait_for_port(LOOPBACK, self.port)
+        self.process.wait_for_port(LOOPBACK, self.tls_port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None

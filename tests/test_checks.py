@@ -78,6 +78,8 @@ def test_helios_defaults_fail_each_production_check(configured, tmp_path):
         "helios_aws.E008",  # DEFAULT_FROM_EMAIL ben@adida.net
         "helios_aws.E009",  # google enabled by default, without client id and secret
         "helios_aws.E012",  # devlogin, added by DEBUG
+        "helios_aws.E013",  # ldap enabled by default; the overlay gives it no directory
+        "helios_aws.E014",  # facebook enabled by default, without app id and secret
         "helios_aws.W001",  # HSTS off
         "helios_aws.W002",  # SMTP, not SES
     }, result.stderr

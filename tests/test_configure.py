@@ -231,7 +231,7 @@ def test_google_without_secret_is_refused(project):
     env = helios_env()
     result = configure(project, *BASE, env=env)
     assert result.returncode == 1
-    assert "no Google client secret" in result.stderr
+    assert "google needs HELIOS_GOOGLE_CLIENT_SECRET (or --google-client-secret)" in result.stderr
     assert not (project / "deploy").exists()
 
 

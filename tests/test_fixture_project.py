@@ -118,6 +118,15 @@ def test_defaults_are_the_development_ones(project):
     assert (found["ROOT_URLCONF"], found["SESSION_ENGINE"]) == ("urls", "django.contrib.sessions.backends.db")
 
 
+def test_ldap_is_hard_wired_to_the_public_test_directory(project):
+    names = ["AUTH_LDAP_SERVER_URI", "AUTH_LDAP_BIND_DN", "AUTH_LDAP_BIND_PASSWORD"]
+    found = read_settings(project, names, AUTH_LDAP_SERVER_URI="ldaps://ldap.example.org",
+                          AUTH_LDAP_BIND_DN="cn=reader,dc=example,dc=org")
+    assert found == {"AUTH_LDAP_SERVER_URI": "ldap://ldap.forumsys.com",
+                     "AUTH_LDAP_BIND_DN": "cn=read-only-admin,dc=example,dc=com",
+                     "AUTH_LDAP_BIND_PASSWORD": "password"}
+
+
 def test_production_values_come_from_the_environment(project):
     found = read_settings(
         project,

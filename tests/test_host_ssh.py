@@ -367,7 +367,7 @@ def file_steps_ctx(sshd, tmp_path):
     user is the rig's login user, with the host half's steps that only touch files."""
     project = Project(root=tmp_path / "project", wsgi="wsgi:application",
                       celery_app="helios", static=(), dependency_source="uv", python="3.13",
-                      default_from_email="", auth_systems="password")
+                      default_from_email="", login_systems=frozenset({"password"}))
     deployment = params.build([{
         "domain": "vote.example.org", "email": "elections@example.org", "os": "debian13",
         "auth_systems": "password", "service_user": sshd.user, "ssh_user": sshd.user,

@@ -98,7 +98,7 @@ def project(tmp_path):
     return Project(root=root, wsgi="wsgi:application", celery_app="helios",
                    static=(StaticAlias("/static/helios/", "helios/media"),),
                    dependency_source="uv", python="3.13", default_from_email="",
-                   auth_systems="password")
+                   login_systems=frozenset({"password"}))
 
 
 def make_ctx(tmp_path, project, options=None, **fields):

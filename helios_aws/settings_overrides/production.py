@@ -12,8 +12,10 @@ not reach them. This module therefore:
 2. imports the project's root ``settings`` module;
 3. appends ``helios_aws`` to ``INSTALLED_APPS``;
 4. sets only what Helios never reads raw: django-ses's region (and endpoint, when
-   ``AWS_ENDPOINT_URL`` points at a local stand-in), and the SES
-   access key when the deployment uses one instead of an instance role.
+   ``AWS_ENDPOINT_URL`` points at a local stand-in), the SES
+   access key when the deployment uses one instead of an instance role, and
+   django-auth-ldap's ``AUTH_LDAP_*`` settings (Helios hard-codes a public test
+   directory there; here they come from the .env, and without a directory there none).
 """
 
 import importlib.util
@@ -53,3 +55,18 @@ if _endpoint:
 if os.environ.get("AWS_SES_ACCESS_KEY_ID"):
     AWS_SES_ACCESS_KEY_ID = os.environ["AWS_SES_ACCESS_KEY_ID"]
     AWS_SES_SECRET_ACCESS_KEY = os.environ.get("AWS_SES_SECRET_ACCESS_KEY", "")
+
+# django-auth-ldap reads these from django.conf.settings. Helios's own point at a public
+# test directory whose accounts are published: replace them all, with the deployment's
+# own directory or with none (an empty server URI, which no login gets through).
+AUTH_LDAP_SERVER_URI = os.environ.get("AUTH_LDAP_SERVER_URI", "")
+AUTH_LDAP_BIND_DN = os.environ.get("AUTH_LDAP_BIND_DN", "")
+AUTH_LDAP_BIND_PASSWORD = os.environ.get("AUTH_LDAP_BIND_PASSWORD", "")
+AUTH_LDAP_START_TLS = os.environ.get("AUTH_LDAP_START_TLS") == "1"
+if AUTH_LDAP_SERVER_URI:
+    import ldap
+    from django_auth_ldap.config import LDAPSearch
+
+    AUTH_LDAP_USER_SEARCH = LDAPSearch(
+        os.environ.get("AUTH_LDAP_USER_SEARCH_BASE", ""), ldap.SCOPE_SUBTREE,
+        os.environ.get("AUTH_LDAP_USER_FILTER", "(uid=%(user)s)"))

@@ -20,6 +20,9 @@ meet them without a Helios checkout:
   project's own middleware, so ``check --deploy`` keeps reporting
   security.W003 and security.W004 on a well configured server;
 * ``DATABASE_URL``, when set, always requires SSL;
+* the login systems default to ``ldap,password,google,facebook`` (``devlogin`` too while
+  DEBUG is on), whether or not their credentials are set, and the ldap login is
+  hard-wired to a public test directory (not read from the environment);
 * logging goes to stderr from the start, so a Celery 5.6.1 worker logs a burst
   of RecursionError lines from its Django fix-up while starting, and works.
 """
@@ -29,6 +32,7 @@ import os
 import sys
 
 import ldap
+from django_auth_ldap.config import LDAPSearch
 
 TESTING = 'test' in sys.argv
 
@@ -143,10 +147,30 @@ GOOGLE_CLIENT_SECRET = get_from_env('GOOGLE_CLIENT_SECRET', '')
 FACEBOOK_APP_ID = get_from_env('FACEBOOK_APP_ID', '')
 FACEBOOK_API_SECRET = get_from_env('FACEBOOK_API_SECRET', '')
 
-AUTH_LDAP_SERVER_URI = get_from_env('AUTH_LDAP_SERVER_URI', 'ldap://localhost')
-AUTH_LDAP_BIND_DN = get_from_env('AUTH_LDAP_BIND_DN', '')
-AUTH_LDAP_BIND_PASSWORD = get_from_env('AUTH_LDAP_BIND_PASSWORD', '')
-AUTH_LDAP_CONNECTION_OPTIONS = {ldap.OPT_REFERRALS: 0}
+GH_CLIENT_ID = get_from_env('GH_CLIENT_ID', '')
+GH_CLIENT_SECRET = get_from_env('GH_CLIENT_SECRET', '')
+
+GITLAB_CLIENT_ID = get_from_env('GITLAB_CLIENT_ID', '')
+GITLAB_CLIENT_SECRET = get_from_env('GITLAB_CLIENT_SECRET', '')
+
+LINKEDIN_CLIENT_ID = get_from_env('LINKEDIN_CLIENT_ID', '')
+LINKEDIN_CLIENT_SECRET = get_from_env('LINKEDIN_CLIENT_SECRET', '')
+
+# Only the eligibility look-up of the cas login; its server is fixed in its module.
+CAS_USERNAME = get_from_env('CAS_USERNAME', '')
+CAS_PASSWORD = get_from_env('CAS_PASSWORD', '')
+CAS_ELIGIBILITY_URL = get_from_env('CAS_ELIGIBILITY_URL', '')
+CAS_ELIGIBILITY_REALM = get_from_env('CAS_ELIGIBILITY_REALM', '')
+
+# The ldap login (django-auth-ldap) is wired to a public test directory whose accounts
+# and read-only bind password are published; none of this is read from the environment.
+AUTH_LDAP_SERVER_URI = 'ldap://ldap.forumsys.com'
+AUTH_LDAP_BIND_DN = 'cn=read-only-admin,dc=example,dc=com'
+AUTH_LDAP_BIND_PASSWORD = 'password'
+AUTH_LDAP_USER_SEARCH = LDAPSearch('dc=example,dc=com', ldap.SCOPE_SUBTREE, '(uid=%(user)s)')
+AUTH_LDAP_USER_ATTR_MAP = {'first_name': 'givenName', 'last_name': 'sn', 'email': 'mail'}
+AUTH_LDAP_BIND_AS_AUTHENTICATING_USER = True
+AUTH_LDAP_ALWAYS_UPDATE_USER = False
 
 EMAIL_HOST = get_from_env('EMAIL_HOST', 'localhost')
 EMAIL_PORT = int(get_from_env('EMAIL_PORT', '2525'))

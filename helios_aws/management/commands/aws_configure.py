@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from helios_aws import cli, configure, envfile, params, project as project_mod
+from helios_aws import cli, configure, logins, params, project as project_mod
 from helios_aws.errors import ConfigError
 
 
@@ -16,9 +16,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         params.add_output_argument(parser)
         params.add_deployment_arguments(parser)
-        parser.add_argument("--google-client-secret", default=None,
-                            help="Google OAuth client secret (better: the "
-                                 "HELIOS_GOOGLE_CLIENT_SECRET environment variable).")
+        for secret in logins.SECRETS:
+            parser.add_argument(secret.flag, dest=secret.option, default=None,
+                                help=f"{secret.label} (better: the {secret.variable} "
+                                     "environment variable).")
         parser.add_argument("--database-url", default=None,
                             help="An external PostgreSQL (Helios requires SSL on it). Leave "
                                  "unset for the local database over the unix socket.")
@@ -34,24 +35,21 @@ class Command(BaseCommand):
         project = project_mod.inspect()
         out_dir = cli.resolve_output(options)
         recorded = params.read_record(out_dir) or {}
-        derived = {"email": project.default_from_email,
-                   "auth_systems": project.auth_systems}
+        derived = {"email": project.default_from_email}
         layers = [cli.settings_layer(), recorded, cli.flag_values(options)]
         deployment = self._complete(derived, layers, options)
-        secrets = self._secrets(deployment, out_dir, options)
+        secrets = self._secrets(options)
+        if cli.can_ask(options):
+            self._ask_login_secrets(deployment, project, out_dir, secrets)
 
         result = configure.configure(deployment, project, out_dir, secrets=secrets,
                                      dry_run=options["dry_run"], force=options["force"])
         self._report(project, result, options["verbosity"])
 
     def _complete(self, derived, layers, options):
-        # The project's own AUTH_ENABLED_SYSTEMS is only a default: devlogin, which Helios
-        # adds in DEBUG, is dropped from it; given explicitly, validation refuses it.
+        # The project's AUTH_ENABLED_SYSTEMS is never a default: Helios's enables systems
+        # without credentials and a public test directory (see logins.py).
         merged = {k: v for k, v in derived.items() if v}
-        if merged.get("auth_systems"):
-            merged["auth_systems"] = ",".join(
-                s.strip() for s in merged["auth_systems"].split(",")
-                if s.strip() and s.strip() != "devlogin")
         for layer in layers:
             merged.update({k: v for k, v in (layer or {}).items() if v is not None})
         for name in ("domain", "email"):
@@ -59,22 +57,20 @@ class Command(BaseCommand):
                 merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
         return params.build([merged])
 
-    def _secrets(self, deployment, out_dir, options):
+    def _ask_login_secrets(self, deployment, project, out_dir, secrets):
+        existing = configure.read_text(out_dir / configure.ENV_NAME)
+        known = configure.known_secrets(secrets, existing)
+        for secret in logins.missing_secrets(deployment, project.login_systems, known):
+            value = cli.ask(secret.label, secret=True)
+            if value:
+                secrets[secret.env] = value
+
+    def _secrets(self, options):
         secrets = {}
-        google = cli.secret_from(options, "google_client_secret", "HELIOS_GOOGLE_CLIENT_SECRET")
-        if "google" in deployment.auth_list:
-            existing = envfile.parse(configure.read_text(out_dir / configure.ENV_NAME))
-            if not google and not existing.get("GOOGLE_CLIENT_SECRET"):
-                if cli.can_ask(options):
-                    google = cli.ask("Google OAuth client secret", secret=True)
-                if not google:
-                    raise ConfigError(
-                        "Google login is enabled but no Google client secret is known.",
-                        "Set HELIOS_GOOGLE_CLIENT_SECRET (or --google-client-secret), or "
-                        "leave google out of --auth-systems.",
-                    )
-        if google:
-            secrets["GOOGLE_CLIENT_SECRET"] = google
+        for secret in logins.SECRETS:
+            value = cli.secret_from(options, secret.option, secret.variable)
+            if value:
+                secrets[secret.env] = value
         database_url = cli.secret_from(options, "database_url", "HELIOS_DATABASE_URL")
         if database_url:
             if not database_url.startswith(("postgres://", "postgresql://")):

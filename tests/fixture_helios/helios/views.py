@@ -9,3 +9,16 @@ ELGAMAL_PARAMS = {"p": "1019", "q": "509", "g": "4"}
 def election_params(request):
     """The cryptosystem parameters: a cheap answer that never touches the database."""
     return JsonResponse(ELGAMAL_PARAMS)
+
+
+def voter_address(request):
+    """The client address a cast vote would be stored with, as Helios's cast view reads it:
+    the first entry of X-Forwarded-For when the header is there, else REMOTE_ADDR. The
+    request's HTTP headers come back too, to show what the proxy passed on."""
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if forwarded:
+        address = forwarded.split(",")[0].strip()
+    else:
+        address = request.META.get("REMOTE_ADDR")
+    headers = {key: value for key, value in request.META.items() if key.startswith("HTTP_")}
+    return JsonResponse({"cast_ip": address, "headers": headers})

@@ -28,8 +28,14 @@ def enabled_systems(request):
 
 
 def start(request, system):
-    """Begin a login: send the user to the provider, which comes back to after_login_url()."""
+    """Begin a login: send the user to the provider, which comes back to after_login_url().
+
+    As in Helios, an enabled name with no login system behind it fails here (500)."""
+    from .auth_systems import AUTH_SYSTEMS
+
+    login_system = AUTH_SYSTEMS[system]  # KeyError for an unknown name: a 500
     request.session["auth_system_name"] = system
+    request.session["auth_login_message"] = login_system.LOGIN_MESSAGE
     return HttpResponseRedirect(after_login_url())
 
 
