@@ -39,6 +39,7 @@ class FakeConnection:
     """
 
     label = "admin@192.0.2.10:22"
+    user = "admin"
     host_key_fingerprint = FINGERPRINT
 
     def __init__(self, replies=None):
@@ -131,7 +132,7 @@ def run_step(step, ctx):
 
 
 def facts(**values):
-    return "".join(f"{k}={v}\n" for k, v in values.items())
+    return "".join(f"{k}={v}\0" for k, v in values.items())
 
 
 # ------------------------------------------------------------------------ the list
@@ -312,6 +313,10 @@ DIRS_OK = {
     "dir./srv/helios/shared": "helios helios 750",
     "dir./srv/helios/shared/media": "helios helios 750",
     "dir./var/www/acme": "root root 755", "dir./var/lib/helios-aws": "root root 755",
+    "dir./var/lib/helios-aws/releases": "root root 755",
+    "dir./var/cache/helios-aws": "root root 755",
+    "dir./var/cache/helios-aws/uv": "helios helios 700",
+    "dir./var/cache/helios-aws/pip": "helios helios 700",
 }
 
 
@@ -320,9 +325,11 @@ def test_service_user_is_created_with_the_layout(ctx, project):
     assert change.action == engine.CREATE
     command = ctx.ssh.commands[-1]
     assert command.startswith("useradd --system --user-group --home-dir /srv/helios "
-                              "--no-create-home --shell /usr/sbin/nologin helios && ")
-    assert "install -d -o helios -g helios -m 750 /srv/helios/shared/media" in command
-    assert "install -d -o root -g root -m 755 /srv/helios/releases" in command
+                              "--no-create-home --shell /usr/sbin/nologin -- helios && ")
+    assert "install -d -o helios -g helios -m 750 -- /srv/helios/shared/media" in command
+    assert "install -d -o root -g root -m 755 -- /srv/helios/releases" in command
+    # The installs run as the service user, with caches of its own.
+    assert "install -d -o helios -g helios -m 700 -- /var/cache/helios-aws/uv" in command
 
 
 def test_service_user_and_layout_in_place_is_a_no_op(ctx, project):
@@ -366,7 +373,7 @@ def test_postgres_from_scratch_creates_role_and_database(ctx, project):
         'CREATE ROLE "helios" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE',
         "CREATE DATABASE helios OWNER \"helios\" ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' "
         "LC_CTYPE 'C.UTF-8' TEMPLATE template0"]
-    assert "systemctl enable --now postgresql" in ctx.ssh.changes[0]
+    assert "systemctl enable --now -- postgresql" in ctx.ssh.changes[0]
     assert not any("hba" in c for c in ctx.ssh.changes)
 
 
@@ -428,8 +435,8 @@ def test_broker_is_enabled_and_started(ctx, project):
     ctx.ssh.reply("cd /\n", facts(listen="127.0.0.1:5672"))
     change, _ = run_step(host.Broker(target(ctx, project)), ctx)
     assert change.details == ["enable rabbitmq-server.service", "start rabbitmq-server.service"]
-    assert ctx.ssh.commands[1] == ("systemctl enable rabbitmq-server.service >/dev/null 2>&1 "
-                                   "&& systemctl start rabbitmq-server.service")
+    assert ctx.ssh.commands[1] == ("systemctl enable -- rabbitmq-server.service >/dev/null "
+                                   "2>&1 && systemctl start -- rabbitmq-server.service")
 
 
 def test_broker_listening_beyond_loopback_is_restarted_and_checked(ctx, project):
@@ -456,7 +463,7 @@ def test_redis_gets_a_loopback_bind_line(tmp_path, project):
                                      "listen": "127.0.0.1:6379", "bind": "bind 0.0.0.0"}))
     run_step(host.Broker(target(ctx, project)), ctx)
     assert ctx.ssh.commands[1] == ("echo 'bind 127.0.0.1 -::1' >> /etc/redis6/redis6.conf && "
-                                   "systemctl enable redis6.service >/dev/null 2>&1 && "
+                                   "systemctl enable -- redis6.service >/dev/null 2>&1 && "
                                    "systemctl restart redis6.service")
 
 
@@ -498,16 +505,29 @@ def test_new_release_is_uploaded_and_installed_with_uv(ctx, project):
     ident = release_id(ctx, project)
     assert change.action == engine.CREATE and ident in change.details[0]
     script = ctx.ssh.commands[-1]
-    rel = re.search(r"mkdir -p (/srv/helios/releases/\d{14}-" + ident + ")/", script).group(1)
+    rel = re.search(r"mkdir -- (/srv/helios/releases/\d{14}-" + ident + ")\n", script).group(1)
+    state = "/var/lib/helios-aws/releases/" + rel.rsplit("/", 1)[1]
     assert ctx.facts["host_release_dir"] == rel
     assert f"tar -xzf /tmp/helios-aws.test/2 -C {rel} --no-same-owner" in script
     assert f"UV_PROJECT_ENVIRONMENT={rel}/.venv" in script
     assert "UV_PYTHON=/usr/bin/python3.13" in script
+    assert "UV_CACHE_DIR=/var/cache/helios-aws/uv" in script
     assert "/srv/helios/tools/uv/bin/uv sync --frozen --no-dev" in script
-    assert re.search(r"uv pip install --quiet --python \S+/.venv/bin/python "
-                     r"\S+/helios_aws-[\w.]+-py3-none-any.whl gunicorn django-environ\n", script)
-    assert f"ln -s ../../shared/media {rel}/media" in script
-    assert script.index("uv sync") < script.index("touch .helios-aws/installed")
+    assert re.search(r"uv pip install --quiet --python \S+/.venv/bin/python -- "
+                     rf"{state}/helios_aws-[\w.]+-py3-none-any.whl gunicorn django-environ\n",
+                     script)
+    assert "\nln -s ../../shared/media media\n" in script
+    # The project's code is built and compiled by the service user, in a release it owns
+    # only meanwhile; root's own records of the release are outside it.
+    as_user = "runuser -u helios -- env HOME=/srv/helios "
+    lines = script.splitlines()
+    handed = lines.index(f"chown -R -h helios:helios -- {rel}")
+    back = lines.index(f"chown -R -h root:root -- {rel}")
+    install = [i for i, line in enumerate(lines) if "uv sync" in line or "compileall" in line]
+    assert handed < min(install) and max(install) < back
+    assert all(lines[i].startswith(as_user) for i in install)
+    assert lines[install[0]].count(as_user) == 2  # uv sync, then uv pip install
+    assert lines[-1] == f"touch -- {state}/installed"
     # The wheel is staged first, then the project's files.
     assert ctx.ssh.staged[0][:2] == b"PK" and ctx.ssh.staged[1][:2] == b"\x1f\x8b"
 
@@ -525,8 +545,10 @@ def test_release_with_requirements_uses_pip(tmp_path, project):
     ctx = make_ctx(tmp_path, project)
     run_step(host.Release(target(ctx, project)), ctx)
     script = ctx.ssh.commands[-1]
-    assert "/usr/bin/python3.13 -m venv " in script
-    assert "pip install -q --disable-pip-version-check -r requirements.txt " in script
+    assert "runuser -u helios -- env HOME=/srv/helios /usr/bin/python3.13 -m venv " in script
+    assert re.search(r"runuser -u helios -- env HOME=/srv/helios PIP_CERT=\S+ "
+                     r"PIP_CACHE_DIR=/var/cache/helios-aws/pip \S+/.venv/bin/pip install -q "
+                     r"--disable-pip-version-check -r requirements.txt -- ", script)
     assert "uv sync" not in script
 
 
@@ -538,15 +560,16 @@ def test_release_from_git_clones_the_resolved_commit(tmp_path, project):
     change, _ = run_step(host.Release(target(ctx, project)), ctx)
     assert "https://git.example.org/helios.git v2 (0123456789ab)" in change.details[0]
     script = ctx.ssh.commands[-1]
-    assert f"git fetch -q --depth 1 https://git.example.org/helios.git {commit}" in script
+    assert f"git fetch -q --depth 1 -- https://git.example.org/helios.git {commit}" in script
+    assert "git ls-remote -- https://git.example.org/helios.git refs/heads/v2 refs/tags/v2 " \
+        "'refs/tags/v2^{}'" in ctx.ssh.commands[0]
     assert "if [ -f uv.lock ]; then" in script
     assert len(ctx.ssh.staged) == 1  # only the wheel: no local files travel
 
 
 def test_installed_release_is_a_no_op(ctx, project):
     ident = release_id(ctx, project)
-    ctx.ssh.reply("cd /\n", facts(ready=f"20260101000000-{ident}",
-                                  current=f"releases/20260101000000-{ident}"))
+    ctx.ssh.reply("cd /\n", facts(ready=f"20260101000000-{ident}"))
     _, outcome = run_step(host.Release(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED and not ctx.ssh.staged
     assert ctx.facts["host_release_dir"] == f"/srv/helios/releases/20260101000000-{ident}"
@@ -556,7 +579,8 @@ def test_half_installed_release_is_removed_and_redone(ctx, project):
     ident = release_id(ctx, project)
     ctx.ssh.reply("cd /\n", facts(partial=f"20260101000000-{ident}"))
     run_step(host.Release(target(ctx, project)), ctx)
-    assert f"rm -rf /srv/helios/releases/20260101000000-{ident}" in ctx.ssh.commands[-1]
+    assert (f"rm -rf -- /srv/helios/releases/20260101000000-{ident} "
+            f"/var/lib/helios-aws/releases/20260101000000-{ident}\n") in ctx.ssh.commands[-1]
 
 
 def test_changed_code_makes_a_new_release(ctx, project):
@@ -579,7 +603,8 @@ def test_migrate_runs_as_the_service_user_with_the_env_file(ctx, project):
         f"cd {rel} && runuser -u helios -- env HELIOS_ENV_FILE=/srv/helios/shared/.env "
         "DJANGO_SETTINGS_MODULE=helios_aws.settings_overrides.production "
         f"{rel}/.venv/bin/python manage.py migrate --no-input")
-    assert ctx.ssh.commands[-1] == f"echo d41d8 > {rel}/.helios-aws/migrated"
+    assert ctx.ssh.commands[-1] == ("printf '%s\\n' d41d8 > "
+                                    "/var/lib/helios-aws/releases/20260101000000-abc/migrated")
 
 
 def test_migrated_release_is_a_no_op(ctx, project):
@@ -592,42 +617,79 @@ def test_migrated_release_is_a_no_op(ctx, project):
 # ------------------------------------------------------------------------ switch
 
 
+def rel_name(day, letter):
+    return f"202601{day:02d}000000-{letter * 16}"
+
+
+OLD, NEW = rel_name(1, "a"), rel_name(2, "b")
+
+
 def test_switch_points_current_at_the_new_release_then_prunes(ctx, project):
-    ctx.facts["host_release_dir"] = "/srv/helios/releases/20260102000000-new"
-    ctx.ssh.reply("cd /\n", facts(current="releases/20260101000000-old"))
+    ctx.facts["host_release_dir"] = f"/srv/helios/releases/{NEW}"
+    ctx.ssh.reply("cd /\n", facts(current=f"releases/{OLD}"))
     change, _ = run_step(host.Switch(target(ctx, project)), ctx)
-    assert change.details == ["current -> releases/20260102000000-new "
-                              "(was releases/20260101000000-old)"]
+    assert change.details == [f"current -> releases/{NEW} (was releases/{OLD})"]
     script = ctx.ssh.commands[-1].splitlines()
     assert script[1:3] == [
-        "ln -sfn releases/20260102000000-new /srv/helios/current.helios-aws-new",
-        "mv -fT /srv/helios/current.helios-aws-new /srv/helios/current"]
+        f"ln -sfn -- releases/{NEW} /srv/helios/current.helios-aws-new",
+        "mv -fT -- /srv/helios/current.helios-aws-new /srv/helios/current"]
     assert "systemctl restart" in script[3]
-    assert script[5].endswith("| grep -vxF 20260102000000-new | grep -vxF 20260101000000-old "
-                              "| tail -n +2 | xargs -r rm -rf --")
+    assert script[5].endswith(f"| sort -rz | grep -zvxF -- {NEW} | grep -zvxF -- {OLD} "
+                              "| tail -zn +2 | xargs -0r rm -rf --")
 
 
 def test_switch_already_done_is_a_no_op(ctx, project):
-    ctx.facts["host_release_dir"] = "/srv/helios/releases/20260102000000-new"
-    ctx.ssh.reply("cd /\n", facts(current="releases/20260102000000-new"))
+    ctx.facts["host_release_dir"] = f"/srv/helios/releases/{NEW}"
+    ctx.ssh.reply("cd /\n", facts(current=f"releases/{NEW}"))
     _, outcome = run_step(host.Switch(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED
 
 
+@pytest.mark.parametrize("answer", ["/etc", "releases/../../etc", "releases/x\ny",
+                                    f"releases/{NEW}/..", "releases/-rf"])
+def test_a_current_link_that_is_not_a_release_is_refused(ctx, project, answer):
+    """What readlink answers is checked before it reaches grep and rm."""
+    ctx.facts["host_release_dir"] = f"/srv/helios/releases/{NEW}"
+    ctx.ssh.reply("cd /\n", facts(current=answer))
+    with pytest.raises(HostError, match="not at a release this tool made"):
+        run_step(host.Switch(target(ctx, project)), ctx)
+    assert len(ctx.ssh.commands) == 1  # the read only
+
+
+@pytest.mark.parametrize("answer", ["../../etc", "x; rm -rf /", "-rf", "2026010100000-"])
+def test_a_release_name_not_of_the_release_form_is_refused(ctx, project, answer):
+    ident = release_id(ctx, project)
+    ctx.ssh.reply("cd /\n", facts(partial=answer + ident))
+    with pytest.raises(HostError, match="not a release's name"):
+        run_step(host.Release(target(ctx, project)), ctx)
+    assert not any("rm -rf" in c for c in ctx.ssh.commands)
+
+
 def test_pruning_keeps_the_configured_number_of_releases(tmp_path, project):
-    """The prune pipeline, run by a real shell over real directories."""
-    ctx = make_ctx(tmp_path, project, {"keep_releases": 3})
-    releases = tmp_path / "srv" / "releases"
-    for name in ("20260101000000-a", "20260102000000-b", "20260103000000-c",
-                 "20260104000000-d", "20260105000000-e"):
+    """The prune, run by a real shell over real directories: only names of the release
+    form are candidates, whatever else the directory holds, and this tool's records of the
+    removed releases go with them."""
+    ctx = make_ctx(tmp_path, project, {"keep_releases": 3},
+                   host_prefix=str(tmp_path / "server"))
+    lay = host.Target(ctx, project).layout
+    releases = Path(str(lay.releases))
+    state = tmp_path / "server" / "var" / "lib" / "helios-aws" / "releases"
+    names = [rel_name(day, letter) for day, letter in zip(range(1, 6), "abcde")]
+    for name in names:
         (releases / name).mkdir(parents=True)
-    ctx.facts["host_release_dir"] = str(releases / "20260105000000-e")
+        (state / name).mkdir(parents=True)
+    strangers = ["keep me", "-rf", "a\nb", "20260101000000-zz"]
+    for name in strangers:
+        (releases / name).mkdir()
+    (state / rel_name(6, "f")).mkdir()  # a record whose release is already gone
+    ctx.facts["host_release_dir"] = str(releases / names[4])
     step = host.Switch(target(ctx, project))
-    step.apply(ctx, {"current": "releases/20260104000000-d"}, engine.Change(engine.UPDATE))
-    prune = ctx.ssh.commands[-1].splitlines()[-1]
-    subprocess.run(["sh", "-c", prune], cwd=releases, check=True)
-    assert sorted(p.name for p in releases.iterdir()) == [
-        "20260103000000-c", "20260104000000-d", "20260105000000-e"]
+    step.apply(ctx, {"current": f"releases/{names[3]}"}, engine.Change(engine.UPDATE))
+    script = ctx.ssh.commands[-1].splitlines()
+    prune = "\n".join(["set -e"] + script[4:])  # from `cd releases` on
+    subprocess.run(["sh", "-c", prune], check=True)
+    assert sorted(p.name for p in releases.iterdir()) == sorted(names[2:] + strangers)
+    assert sorted(p.name for p in state.iterdir()) == names[2:]
 
 
 # ------------------------------------------------------------------------ units
@@ -788,9 +850,9 @@ def test_certificate_is_requested_through_the_webroot(tmp_path, project):
     assert change.action == engine.CREATE
     assert ctx.ssh.commands[-1] == (
         "cd / && REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt certbot certonly "
-        "--non-interactive --agree-tos --webroot -w /var/www/acme -d vote.example.org "
-        "--cert-name vote.example.org --email elections@example.org "
-        "--server https://10.0.2.2:14000/dir")
+        "--non-interactive --agree-tos --webroot --webroot-path=/var/www/acme "
+        "--domains=vote.example.org --cert-name=vote.example.org "
+        "--email=elections@example.org --server=https://10.0.2.2:14000/dir")
 
 
 def test_certificate_from_another_server_is_replaced(tmp_path, project):
@@ -798,7 +860,7 @@ def test_certificate_from_another_server_is_replaced(tmp_path, project):
     ctx.ssh.reply("cd /\n", facts(cert="yes", server="https://10.0.2.2:14000/dir"))
     change, _ = run_step(host.Certificate(target(ctx, project)), ctx)
     assert change.action == engine.UPDATE
-    assert ctx.ssh.commands[-1].endswith("--server https://acme.example.net/dir --force-renewal")
+    assert ctx.ssh.commands[-1].endswith("--server=https://acme.example.net/dir --force-renewal")
 
 
 def test_certificate_present_is_a_no_op(ctx, project):
@@ -814,10 +876,10 @@ def test_renewal_enables_our_timer_and_proves_a_dry_run(ctx, project):
                               "disable certbot.timer (helios-certbot-renew.timer replaces it)",
                               "certbot renew --dry-run"]
     script = ctx.ssh.commands[-1].splitlines()
-    assert script[2] == "systemctl disable --now certbot.timer >/dev/null 2>&1 || true"
-    assert script[3] == "systemctl enable --now helios-certbot-renew.timer >/dev/null 2>&1"
+    assert script[2] == "systemctl disable --now -- certbot.timer >/dev/null 2>&1 || true"
+    assert script[3] == "systemctl enable --now -- helios-certbot-renew.timer >/dev/null 2>&1"
     assert script[4].endswith("certbot renew --dry-run --non-interactive "
-                              "--no-random-sleep-on-renew --cert-name vote.example.org")
+                              "--no-random-sleep-on-renew --cert-name=vote.example.org")
     assert script[5].endswith("> /var/lib/helios-aws/renew-dry-run")
 
 
