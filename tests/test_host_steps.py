@@ -5,6 +5,7 @@ output, the way pyinfra tests its operations. The real shell and the real SSH se
 are in test_host_ssh.py; the real systemd host in test_host_vm.py.
 """
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -521,8 +522,8 @@ def test_new_release_is_uploaded_and_installed_with_uv(ctx, project):
     # only meanwhile; root's own records of the release are outside it.
     as_user = "runuser -u helios -- env HOME=/srv/helios "
     lines = script.splitlines()
-    handed = lines.index(f"chown -R -h helios:helios -- {rel}")
-    back = lines.index(f"chown -R -h root:root -- {rel}")
+    handed = lines.index(f"chown -R -h -- helios:helios {rel}")
+    back = lines.index(f"chown -R -h -- root:root {rel}")
     install = [i for i, line in enumerate(lines) if "uv sync" in line or "compileall" in line]
     assert handed < min(install) and max(install) < back
     assert all(lines[i].startswith(as_user) for i in install)
@@ -1007,3 +1008,130 @@ def test_layout_paths_match_the_rendered_units(ctx, project):
     assert "EnvironmentFile=/srv/helios/shared/.env" in unit
     assert "WorkingDirectory=/srv/helios/current" in unit
     assert Path(host.Target(ctx, project).layout.env_file).as_posix() == "/srv/helios/shared/.env"
+
+
+# ------------------------------------------------------------------------ hostile values
+
+MARKER = "HOSTILE-CANARY"
+
+
+def hostile(canary_dir, spaces=True):
+    """A value that runs `touch` (leaving a canary file) if a shell ever expands it."""
+    touch = f"touch {canary_dir}/{MARKER}" if spaces else f"touch${{IFS}}{canary_dir}/{MARKER}"
+    text = f"$({touch})`{touch}`"
+    return text + (f"; {touch}; '\"\n-x {touch} #" if spaces else f";{touch};'\"")
+
+
+def outside_single_quotes(script):
+    """The text of a shell script that is not inside single quotes (what the shell may
+    expand: double-quoted text counts, as `$(...)` runs there). Quoting starts afresh
+    inside a command substitution, even within double quotes."""
+    kept, i, double, outer = [], 0, False, []
+    while i < len(script):
+        char = script[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "'" and not double:
+            i = script.index("'", i + 1) + 1
+            kept.append(" ")
+            continue
+        if script.startswith("$(", i):
+            outer.append(double)
+            double = False
+        elif char == ")" and outer and not double:
+            double = outer.pop()
+        elif char == '"':
+            double = not double
+        kept.append(char)
+        i += 1
+    return "".join(kept)
+
+
+class RecordingShell(FakeConnection):
+    """Records every command; in the read phase runs it for real in ``sh`` (as --plan
+    would on the server), except the remote git query, which is answered."""
+
+    def __init__(self, cwd, ref):
+        super().__init__()
+        self.cwd, self.ref, self.phase, self.peer_reads = cwd, ref, "read", 0
+
+    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None):
+        self.commands.append(command)
+        if "git ls-remote" in command:
+            return Result(command, 0, f"{'c' * 40}\trefs/heads/{self.ref}\n", "")
+        if self.phase == "read":
+            done = subprocess.run(["sh", "-c", command], cwd=self.cwd, capture_output=True,
+                                  text=True, timeout=60)
+            return Result(command, done.returncode, done.stdout, done.stderr)
+        if command.startswith("cd /\n"):  # a step reading again: peer access comes second
+            self.peer_reads += "SELECT current_user" in command
+            return Result(command, 0, facts(db="superuser nobody UTF8", bootstrap="postgres",
+                                             peer="" if self.peer_reads < 2 else self.user_),
+                          "")
+        return Result(command, 0, "", "")
+
+
+HOSTILE_SETUPS = {
+    "debian13, local files, uv, rabbitmq, a CA bundle": dict(os="debian13", git=False),
+    "al2023, a git checkout, redis": dict(os="al2023", git=True),
+}
+
+
+@pytest.mark.parametrize("setup", HOSTILE_SETUPS, ids=list(HOSTILE_SETUPS))
+def test_every_step_quotes_every_value_and_runs_nothing_a_value_names(tmp_path, setup):
+    """Every host step, read and applied, with hostile paths, names, URLs, refs and project
+    files (validation bypassed where it would refuse them: the quoting must hold anyway):
+    every script parses under sh and bash, a hostile value only ever stands inside single
+    quotes, and the read scripts, run for real, never run what a value names."""
+    setup = HOSTILE_SETUPS[setup]
+    canaries = tmp_path / "canaries"
+    canaries.mkdir()
+    value, word = hostile(canaries), hostile(canaries, spaces=False)
+    name = f"$(touch {MARKER})`touch {MARKER}`; '\"\n-x"  # a file name: no slashes
+    root = tmp_path / f"project {name}"
+    root.mkdir()
+    for file in ("manage.py", "uv.lock", "requirements.txt", f"-file {name}"):
+        (root / file).write_text("x\n")
+    project = Project(root=root, wsgi="wsgi:application", celery_app="helios",
+                      static=(StaticAlias("/static/", "server_ui/media"),),
+                      dependency_source="pip" if setup["git"] else "uv", python="3.13",
+                      default_from_email="", auth_systems="password")
+    bundle = tmp_path / f"ca {name}.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    options = {"server": f"https://acme.example/{value}", "ca_bundle": str(bundle),
+               "keep_releases": 3}
+    if setup["git"]:
+        options.update(git_url=f"https://127.0.0.1:1/{word}", git_ref=f"v1{word}")
+    ctx = make_ctx(tmp_path, project, options, os=setup["os"])
+    ctx.deployment = dataclasses.replace(
+        ctx.deployment, host_prefix=f"{tmp_path}/server {value}", app_dir=f"/srv/{value}",
+        domain=f"vote.example.org{value}", email=f"{value}@example.org",
+        service_user=f"helios{value}")
+    shell = ctx.ssh = RecordingShell(tmp_path, f"v1{word}")
+    shell.user_ = ctx.deployment.service_user
+    chosen = host.steps(ctx, project)
+    assert len(chosen) >= 17
+    for step in chosen:
+        shell.phase = "read"
+        current = step.read(ctx)
+        shell.phase = "apply"
+        current = {**(current if isinstance(current, dict) else {}), "cert": "yes",
+                   "partial": rel_name(1, "a"), "current": f"releases/{rel_name(1, 'b')}"}
+        change = engine.Change(engine.UPDATE)
+        if type(step).apply is engine.Step.apply:
+            continue  # reads only (the login)
+        if isinstance(step, host.Packages):
+            step.apply(ctx, set(), change)
+        elif isinstance(step, host.Liveness):
+            step.apply(ctx, {"status": "", "error": ""}, change)
+        else:
+            step.apply(ctx, current, change)
+    assert len(shell.commands) > 40
+    for command in shell.commands:
+        for sh in ("sh", "bash"):
+            parsed = subprocess.run([sh, "-n", "-c", command], capture_output=True, text=True)
+            assert parsed.returncode == 0, (sh, command, parsed.stderr)
+        assert MARKER not in outside_single_quotes(command), command
+    assert not list(canaries.iterdir())
+    assert not (tmp_path / MARKER).exists() and not Path("/", MARKER).exists()

@@ -753,7 +753,7 @@ class Release(HostStep):
                   "ln -s ../../shared/media media",
                   # The install runs the project's build code: as the service user, in a
                   # release it owns for that time only.
-                  f"chown -R -h {user}:{user} -- {q(rel)}"]
+                  f"chown -R -h -- {user}:{user} {q(rel)}"]
         extras = [str(wheel_path), *EXTRA_PACKAGES] + (
             ["redis"] if target.broker == "redis" else [])
         venv = f"{rel}/.venv"
@@ -767,7 +767,7 @@ class Release(HostStep):
         steps += [f"{self.as_service_user()} {q(venv)}/bin/python -m compileall -q "
                   f"-x '/\\.venv/' {q(rel)} >/dev/null",
                   # Then the code is root's again: the app cannot change what it runs.
-                  f"chown -R -h root:root -- {q(rel)}",
+                  f"chown -R -h -- root:root {q(rel)}",
                   f"printf '%s\\n' {q(source['describe'])} > {q(state / 'source')}",
                   f"touch -- {q(state / 'installed')}"]
         self.sh(ctx, "\n".join(steps), timeout=3600)
