@@ -1135,3 +1135,192 @@ def test_every_step_quotes_every_value_and_runs_nothing_a_value_names(tmp_path, 
         assert MARKER not in outside_single_quotes(command), command
     assert not list(canaries.iterdir())
     assert not (tmp_path / MARKER).exists() and not Path("/", MARKER).exists()
+
+
+# ------------------------------------------------------------------------ options and names
+
+
+@pytest.mark.parametrize("user", ["", "root", "postgres", "nginx", "www-data", "redis",
+                                  "valkey", "rabbitmq", "admin", "-x", "a b"])
+def test_a_system_account_or_the_login_user_is_refused_as_the_service_user(user):
+    """admin is the Debian image's login user, who may sudo."""
+    with pytest.raises(ConfigError, match="--service-user"):
+        params.build([{"os": "debian13", "service_user": user}])
+
+
+def test_the_login_user_given_to_provision_is_refused_as_the_service_user(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, {"ssh_user": "helios"})
+    with pytest.raises(ConfigError, match="--service-user helios is refused: it is the SSH "
+                                          "login user"):
+        host.steps(ctx, project)
+
+
+def test_a_login_that_turns_out_to_be_the_service_user_is_refused(ctx, project):
+    """~/.ssh/config may name the user: the login itself is checked too."""
+    ctx.ssh.user = "helios"
+    ctx.ssh.reply("os-release", facts(id="debian", version="13", name="Debian GNU/Linux 13"))
+    with pytest.raises(HostError, match="also the service user"):
+        run_step(host.Connect(target(ctx, project)), ctx)
+
+
+@pytest.mark.parametrize("url", [
+    "--upload-pack=touch /tmp/x", "-u/tmp/x", "--config=core.sshCommand=x",
+    "ext::sh -c touch% /tmp/x", "fd::3", "file:///etc", "/srv/helios.git", "../repo",
+    "http://example.org/helios.git", "ssh://-oProxyCommand=touch% /x", "ssh://u@-oProxy/y",
+    "git@example.org:-x", "https://example.org/a b", "https://example.org/a\nb",
+])
+def test_a_git_url_git_could_read_as_an_option_or_a_local_transport_is_refused(
+        tmp_path, project, url):
+    ctx = make_ctx(tmp_path, project, {"git_url": url, "git_ref": "main"})
+    with pytest.raises(ConfigError, match="--git-url") as error:
+        host.steps(ctx, project)
+    assert "https://" in error.value.hint and "user@host:path" in error.value.hint
+
+
+@pytest.mark.parametrize("url", ["https://github.com/helios/helios-server.git",
+                                 "ssh://git@example.org:2222/helios.git",
+                                 "git@github.com:helios/helios-server.git"])
+def test_https_ssh_and_scp_style_git_urls_are_accepted(tmp_path, project, url):
+    ctx = make_ctx(tmp_path, project, {"git_url": url, "git_ref": "main"})
+    assert "host: release" in [s.name for s in host.steps(ctx, project)]
+
+
+@pytest.mark.parametrize("ref", ["-x", "--upload-pack=x", "a..b", "a b", "a\tb", "x.lock",
+                                 "a/.b", ".x", "x/", "a//b", "x~1", "x^{}", "a:b", "a?",
+                                 "a*", "a[", "a\\b", "@", "a@{1}", "a\x7f"])
+def test_a_ref_git_would_not_take_as_a_name_is_refused(tmp_path, project, ref):
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git", "git_ref": ref})
+    with pytest.raises(ConfigError, match="--git-ref"):
+        host.steps(ctx, project)
+
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def resolve(tmp_path, project, ref, answer):
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git",
+                                       "git_ref": ref})
+    ctx.ssh.reply("git ls-remote", answer)
+    return host.Release(target(ctx, project)).remote_commit(ctx, "https://example.org/h.git",
+                                                            ref), ctx
+
+
+def test_the_ref_is_asked_for_by_its_exact_names(tmp_path, project):
+    """ls-remote matches the ends of names: refs/heads/a/main is not main."""
+    commit, ctx = resolve(tmp_path, project, "main",
+                          f"{COMMIT_B}\trefs/heads/a/main\n{COMMIT_A}\trefs/heads/main\n"
+                          f"{COMMIT_B}\trefs/remotes/origin/main\n")
+    assert commit == COMMIT_A
+    assert ctx.ssh.commands[-1] == ("cd / && git ls-remote -- https://example.org/h.git "
+                                    "refs/heads/main refs/tags/main 'refs/tags/main^{}'")
+
+
+def test_a_name_matching_only_the_end_of_other_refs_is_not_found(tmp_path, project):
+    with pytest.raises(HostError, match="has no branch or tag named 'main'"):
+        resolve(tmp_path, project, "main", f"{COMMIT_B}\trefs/heads/a/main\n")
+
+
+def test_an_annotated_tag_deploys_the_commit_it_points_at(tmp_path, project):
+    commit, _ = resolve(tmp_path, project, "v4", f"{COMMIT_B}\trefs/tags/v4\n"
+                                                 f"{COMMIT_A}\trefs/tags/v4^{{}}\n")
+    assert commit == COMMIT_A
+
+
+def test_a_branch_and_a_tag_of_the_same_name_are_refused(tmp_path, project):
+    with pytest.raises(HostError, match="both a branch and a tag named 'v4'") as error:
+        resolve(tmp_path, project, "v4", f"{COMMIT_A}\trefs/heads/v4\n"
+                                         f"{COMMIT_B}\trefs/tags/v4\n")
+    assert COMMIT_A in error.value.hint and COMMIT_B in error.value.hint
+
+
+def test_an_answer_that_is_not_a_commit_id_is_refused(tmp_path, project):
+    with pytest.raises(HostError, match="not a commit id"):
+        resolve(tmp_path, project, "main", "; rm -rf /\trefs/heads/main\n")
+
+
+def test_postgres_never_demotes_the_bootstrap_superuser(tmp_path, project):
+    """A cluster whose bootstrap superuser has another name than postgres is guarded too:
+    taking superuser away from it locks the cluster's administration."""
+    ctx = make_ctx(tmp_path, project, service_user="dba")
+    ctx.ssh.reply("cd /\n", facts(**{**PG_OK, "db": "superuser dba UTF8", "bootstrap": "dba"}))
+    with pytest.raises(HostError, match="bootstrap superuser"):
+        run_step(host.Postgres(target(ctx, project)), ctx)
+    assert not any("ALTER ROLE" in c for c in ctx.ssh.commands)
+
+
+def test_the_project_cannot_bring_the_names_the_release_makes(tmp_path):
+    """A local virtualenv, local uploads and planted links never travel."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "manage.py").write_text("x\n")
+    (root / ".helios-aws").symlink_to("/etc")
+    (root / ".venv").symlink_to("/var/lib/helios-aws")
+    (root / "media").mkdir()
+    (root / "media" / "voters.csv").write_text("a,b\n")
+    assert release.project_files(root) == ["manage.py"]
+
+
+def test_a_git_checkout_with_those_names_is_refused_before_any_write(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git",
+                                       "git_ref": COMMIT_A})
+    run_step(host.Release(target(ctx, project)), ctx)
+    lines = ctx.ssh.commands[-1].splitlines()
+    check = next(i for i, line in enumerate(lines) if line.startswith("for n in"))
+    assert "for n in .helios-aws .venv media;" in lines[check] and "exit 1" in lines[check]
+    assert lines[check - 2] == "rm -rf .git"  # right after the checkout
+    assert not any(w in line for line in lines[:check]
+                   for w in ("install -m", "ln -s", "chown", "printf", "touch"))
+
+
+HOSTILE_STATIC = {
+    "no prefix": (r"^(?P<path>.*)$", "media", "second `location /`"),
+    "nginx syntax": (r"^static;}/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a space": (r"^st atic/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a quote": ("^static\"/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a comment sign": (r"^st#atic/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a brace": (r"^st{atic/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "nested under a hostile include": (r"^{x}/(?P<path>.*)$", "media",
+                                       "not a plain URL prefix"),
+    "the project root": (r"^static/(?P<path>.*)$", ".", "not a plain directory"),
+    "a directory with a space": (r"^static/(?P<path>.*)$", "my media",
+                                 "not a plain directory"),
+    "outside the project": (r"^static/(?P<path>.*)$", "../elsewhere", "outside the project"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_STATIC, ids=list(HOSTILE_STATIC))
+def test_hostile_static_patterns_in_the_urlconf_are_refused(tmp_path, case):
+    """A variant of Helios's URLconf whose serve patterns would render a second
+    `location /`, break out of nginx's syntax or serve outside the project."""
+    import types
+
+    from django.urls import include, re_path
+    from django.views.static import serve
+
+    from helios_aws import project as project_mod
+
+    regex, directory, message = HOSTILE_STATIC[case]
+    root = tmp_path / "helios"
+    (root / directory).mkdir(parents=True, exist_ok=True)
+    pattern = re_path(regex, serve, {"document_root": str(root / directory)})
+    urlconf = types.ModuleType("hostile_urls")
+    if case.startswith("nested"):
+        inner = types.ModuleType("hostile_inner")
+        inner.urlpatterns = [re_path(r"^(?P<path>.*)$", serve,
+                                     {"document_root": str(root / directory)})]
+        urlconf.urlpatterns = [re_path(r"^x y/", include(inner))]
+    else:
+        urlconf.urlpatterns = [re_path(r"^static/helios/(?P<path>.*)$", serve,
+                                       {"document_root": str(root / directory)}), pattern]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        project_mod.static_aliases(urlconf, root=root.resolve())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("wsgi", "wsgi:application; touch /tmp/x"), ("wsgi", "wsgi"), ("wsgi", "-x:app"),
+    ("wsgi", "my wsgi:application"), ("celery_app", "helios -A x"), ("celery_app", "../x"),
+    ("celery_app", "$(id)"), ("celery_app", "")])
+def test_wsgi_and_celery_names_from_the_project_are_plain_names(project, field, value):
+    with pytest.raises(ConfigError, match="WSGI application" if field == "wsgi"
+                       else "Celery app"):
+        Project(**{**project.__dict__, field: value})
