@@ -316,8 +316,9 @@ def validate_service_user(user, ssh_user):
                           "Use lowercase letters, digits, '_' and '-' (default: helios).")
     if user in SYSTEM_USERS:
         raise ConfigError(
-            f"--service-user {user} is refused: it is a system or service account, and "
-            "Helios (and the install scripts of its dependencies) would run with its powers.",
+            f"--service-user {user} is refused: Helios must not run as root or as another "
+            "system or service account; it (and the install scripts of its dependencies) "
+            "would run with that account's powers.",
             "Keep the default (helios) or name another user of its own.")
     if user == ssh_user:
         raise ConfigError(
