@@ -27,7 +27,7 @@ from django.conf import settings
 from helios_aws import configure, engine, params
 from helios_aws.errors import ConfigError, HostError
 from helios_aws.host import steps as host
-from helios_aws.host.ssh import Connection
+from helios_aws.host.ssh import Connection, Result
 from helios_aws.project import Project
 
 if not settings.configured:
@@ -349,6 +349,15 @@ def test_staging_directory_is_private_and_removed_on_close(sshd):
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     connection.close()
     assert not os.path.exists(directory)
+
+
+@pytest.mark.parametrize("answer", ["/etc", "/tmp/helios-aws.x; rm -rf /", "",
+                                    "/tmp/helios-aws.ABCDEFGH/../../etc"])
+def test_a_staging_directory_not_of_the_asked_form_is_refused(conn, answer):
+    """Root installs from the staging directory: mktemp's answer is checked first."""
+    conn.run = lambda command, **kwargs: Result(command, 0, answer + "\n", "")
+    with pytest.raises(HostError, match="mktemp on .* answered"):
+        conn.stage(b"data")
 
 
 def test_three_channels_for_a_whole_session(conn, tmp_path):

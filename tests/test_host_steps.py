@@ -276,13 +276,13 @@ def test_git_deploys_add_git(tmp_path, project):
 # ------------------------------------------------------------------------ uv
 
 
-def test_uv_is_installed_into_its_own_venv(ctx, project):
+def test_uv_is_installed_into_its_own_venv_from_wheels_only(ctx, project):
     change, _ = run_step(host.UvTool(target(ctx, project)), ctx)
     assert change.action == engine.CREATE
     assert ctx.ssh.commands[-1] == (
         "umask 022; /usr/bin/python3.13 -m venv /srv/helios/tools/uv && "
         "PIP_CERT=/etc/ssl/certs/ca-certificates.crt /srv/helios/tools/uv/bin/pip install "
-        "-q --disable-pip-version-check 'uv>=0.8'")
+        "-q --disable-pip-version-check --only-binary=:all: 'uv>=0.8'")
 
 
 def test_uv_present_is_a_no_op(ctx, project):
@@ -1324,3 +1324,12 @@ def test_wsgi_and_celery_names_from_the_project_are_plain_names(project, field, 
     with pytest.raises(ConfigError, match="WSGI application" if field == "wsgi"
                        else "Celery app"):
         Project(**{**project.__dict__, field: value})
+
+
+def test_a_fact_with_a_line_break_cannot_pass_for_another_fact(tmp_path):
+    """Facts are NUL-terminated: a file name or link target with a line break in it
+    stays one value, run through a real shell."""
+    script = host.fact("current", "printf 'releases/x\\nready=../../etc'") + \
+        host.fact("other", "echo yes")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    assert host.parse_facts(out) == {"current": "releases/x\nready=../../etc", "other": "yes"}

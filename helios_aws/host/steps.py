@@ -357,10 +357,12 @@ class UvTool(HostStep):
         return Change(CREATE, f"install uv into {self.target.uv.parent.parent}")
 
     def apply(self, ctx, current, change):
+        # As root, from wheels only: nothing is built, so no package's code runs.
         home = self.target.uv.parent.parent
         self.sh(ctx, f"umask 022; {recipes.PYTHON} -m venv {q(home)} && "
                      f"PIP_CERT={q(self.target.recipe.ca_bundle)} {q(home)}/bin/pip install "
-                     "-q --disable-pip-version-check 'uv>=0.8'", timeout=1200)
+                     "-q --disable-pip-version-check --only-binary=:all: 'uv>=0.8'",
+                timeout=1200)
 
 
 class ServiceUser(HostStep):
