@@ -1133,6 +1133,11 @@ def test_every_step_quotes_every_value_and_runs_nothing_a_value_names(tmp_path, 
             parsed = subprocess.run([sh, "-n", "-c", command], capture_output=True, text=True)
             assert parsed.returncode == 0, (sh, command, parsed.stderr)
         assert MARKER not in outside_single_quotes(command), command
+        # (SC2289 flags a quoted word holding a line break: what hostile values are.)
+        checked = subprocess.run(["shellcheck", "--shell=sh", "--severity=error",
+                                  "--exclude=SC2289", "-"],
+                                 input=command, capture_output=True, text=True)
+        assert checked.returncode == 0, (command, checked.stdout)
     assert not list(canaries.iterdir())
     assert not (tmp_path / MARKER).exists() and not Path("/", MARKER).exists()
 
