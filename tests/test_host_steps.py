@@ -1220,6 +1220,13 @@ def test_the_ref_is_asked_for_by_its_exact_names(tmp_path, project):
                                     "refs/heads/main refs/tags/main 'refs/tags/main^{}'")
 
 
+def test_no_ref_deploys_the_remote_head_by_its_exact_name(tmp_path, project):
+    commit, ctx = resolve(tmp_path, project, "HEAD", f"{COMMIT_B}\trefs/remotes/origin/HEAD\n"
+                                                   f"{COMMIT_A}\tHEAD\n")
+    assert commit == COMMIT_A
+    assert ctx.ssh.commands[-1].endswith("git ls-remote -- https://example.org/h.git HEAD")
+
+
 def test_a_name_matching_only_the_end_of_other_refs_is_not_found(tmp_path, project):
     with pytest.raises(HostError, match="has no branch or tag named 'main'"):
         resolve(tmp_path, project, "main", f"{COMMIT_B}\trefs/heads/a/main\n")

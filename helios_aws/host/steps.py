@@ -51,9 +51,6 @@ APP_SERVICES = ("gunicorn.service", "helios-celery.service")
 RENEW_TIMER = "helios-certbot-renew.timer"
 STATE_DIR = "/var/lib/helios-aws"
 CACHE_DIR = "/var/cache/helios-aws"
-# Top-level names of a release that this tool makes (the media link, the virtualenv) or
-# once made: a project that ships them could aim what is written there elsewhere.
-RESERVED_NAMES = release_mod.RESERVED_NAMES
 # A release directory's name: a UTC time stamp and the release id (see Release.apply).
 RELEASE_NAME_RE = re.compile(r"[0-9]{14}-[0-9a-f]{16}")
 STAMP_GLOB = "[0-9]" * 14
@@ -674,8 +671,8 @@ class Release(HostStep):
         matches the ends of names, so ``main`` would also find ``refs/heads/a/main``)."""
         if COMMIT_RE.fullmatch(ref):
             return ref
-        branch, tag, peeled = (["HEAD"] if ref == "HEAD" else
-                               [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"])
+        branch, tag, peeled = (("HEAD", None, None) if ref == "HEAD" else
+                               (f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"))
         names = [n for n in (branch, tag, peeled) if n]
         out = self.sh(ctx, f"cd / && git ls-remote -- {q(url)} {shlex.join(names)}",
                       sudo=False, timeout=120).stdout
@@ -747,7 +744,7 @@ class Release(HostStep):
             steps.append(f"tar -xzf {q(staged)} -C {q(rel)} --no-same-owner")
         wheel_path = state / wheel_name
         steps += [f"cd {q(rel)}",
-                  "for n in " + shlex.join(RESERVED_NAMES) + "; do "
+                  "for n in " + shlex.join(release_mod.RESERVED_NAMES) + "; do "
                   "if [ -e \"$n\" ] || [ -L \"$n\" ]; then echo \"The project has its own "
                   "top-level $n, which the deployment makes; remove it from the "
                   "repository.\" >&2; exit 1; fi; done",
