@@ -1345,3 +1345,39 @@ def test_a_fact_with_a_line_break_cannot_pass_for_another_fact(tmp_path):
         host.fact("other", "echo yes")
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
     assert host.parse_facts(out) == {"current": "releases/x\nready=../../etc", "other": "yes"}
+
+
+FAKE_GIT = """#!/bin/sh
+# Stands in for git: the checkout plants links to a directory outside the release.
+if [ "$1" = checkout ]; then
+    ln -s "$OUTSIDE" .helios-aws
+    ln -s "$OUTSIDE" media
+    echo "print('x')" > manage.py
+fi
+"""
+
+
+def test_a_git_checkout_planting_links_is_refused_before_root_writes_anything(tmp_path,
+                                                                             project):
+    """The release script of a --git-url deploy, run by a real shell (git standing in):
+    the checkout's .helios-aws and media links to a directory outside stop it before any
+    write through them, with the reason."""
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git",
+                                       "git_ref": COMMIT_A},
+                   host_prefix=str(tmp_path / "server"))
+    step = host.Release(target(ctx, project))
+    step.apply(ctx, {}, engine.Change(engine.CREATE))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "git").write_text(FAKE_GIT)
+    (tmp_path / "bin" / "git").chmod(0o755)
+    Path(str(step.target.layout.releases)).mkdir(parents=True)
+    done = subprocess.run(["sh", "-c", ctx.ssh.commands[-1]], capture_output=True, text=True,
+                          env={**os.environ, "OUTSIDE": str(outside),
+                               "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert done.returncode == 1
+    assert "The project has its own top-level .helios-aws" in done.stderr
+    assert list(outside.iterdir()) == []
+    rel = Path(ctx.facts["host_release_dir"])
+    assert rel.is_dir() and not (Path(str(step.target.release_state(rel.name))) / "installed").exists()
