@@ -344,8 +344,9 @@ def validate_git_url(url):
     else:
         ok = ok and bool(GIT_SCP_RE.match(url))
     if not ok:
+        shown = re.sub(r"//[^/]*@", "//***@", url)  # never a password
         raise ConfigError(
-            f"--git-url {url!r} is not a repository URL this tool deploys from.",
+            f"--git-url {shown!r} is not a repository URL this tool deploys from.",
             "Give an https:// or ssh:// URL, or the scp-style user@host:path form.")
 
 
