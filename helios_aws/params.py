@@ -76,9 +76,12 @@ INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_VALUE_RE = re.compile(r"^[^'\\\n\r]*$")
-# Accounts of the system and of the services Helios needs: running Helios as one of them
-# would hand it (and anything its dependencies' install scripts run) their powers.
-SYSTEM_USERS = ("root", "postgres", "nginx", "www-data", "redis", "valkey", "rabbitmq")
+# Accounts of the system, of the services Helios needs and the cloud images' login users
+# (who may sudo): running Helios as one would hand it (and anything its dependencies'
+# install scripts run) their powers. The host step also refuses any other account that
+# exists on the server and is not one this tool made.
+SYSTEM_USERS = ("root", "postgres", "nginx", "www-data", "redis", "valkey", "rabbitmq",
+                "nobody", "daemon", "bin", "sys", "sshd", "ec2-user", "admin")
 # git's scp-style form, [user@]host:path (a URL with a scheme is checked by its parts).
 GIT_SCP_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*"
                         r":(?!//)[^\s:-]\S*$")

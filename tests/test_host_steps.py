@@ -340,6 +340,16 @@ def test_service_user_and_layout_in_place_is_a_no_op(ctx, project):
     assert outcome == engine.UNCHANGED
 
 
+@pytest.mark.parametrize("found", ["helios:/home/helios:/bin/bash",
+                                   "helios:/srv/helios:/bin/sh", "helios:/:/usr/sbin/nologin"])
+def test_an_account_of_that_name_this_tool_did_not_make_is_refused(ctx, project, found):
+    """Another account's name (a person's, a service's) would hand Helios its powers."""
+    ctx.ssh.reply("getent passwd", facts(user=found, **DIRS_OK))
+    with pytest.raises(HostError, match="already has a user helios that this tool did not"):
+        run_step(host.ServiceUser(target(ctx, project)), ctx)
+    assert len(ctx.ssh.commands) == 1
+
+
 def test_a_directory_with_wrong_mode_is_fixed_without_touching_the_user(ctx, project):
     wrong = {**DIRS_OK, "dir./srv/helios/shared": "helios helios 777"}
     ctx.ssh.reply("getent passwd", facts(user="helios:/srv/helios:/usr/sbin/nologin", **wrong))

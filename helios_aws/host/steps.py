@@ -393,6 +393,13 @@ class ServiceUser(HostStep):
 
     def plan(self, ctx, current):
         lay = self.target.layout
+        made = f"{lay.service_user}:{lay.root}:{recipes.NOLOGIN}"
+        if current.get("user") and current["user"] != made:
+            raise HostError(
+                f"The server already has a user {lay.service_user} that this tool did not "
+                f"make (home and shell {current['user'].split(':', 1)[-1]}, not "
+                f"{lay.root}:{recipes.NOLOGIN}): Helios would run with that account's "
+                "powers.", "Deploy with another --service-user (the default is helios).")
         details = []
         if not current.get("user"):
             details.append(f"create the system user {lay.service_user}")
