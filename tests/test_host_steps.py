@@ -340,6 +340,17 @@ def test_service_user_and_layout_in_place_is_a_no_op(ctx, project):
     assert outcome == engine.UNCHANGED
 
 
+def test_a_cache_root_filled_is_started_afresh_for_the_service_user(ctx, project):
+    """Before the installs ran as the service user, root's uv filled the cache."""
+    ctx.ssh.reply("getent passwd", facts(
+        user="helios:/srv/helios:/usr/sbin/nologin",
+        **{**DIRS_OK, "dir./var/cache/helios-aws/uv": "root root 755"}))
+    run_step(host.ServiceUser(target(ctx, project)), ctx)
+    assert "rm -rf -- /var/cache/helios-aws/uv && install -d -o helios -g helios -m 700 -- " \
+        "/var/cache/helios-aws/uv" in ctx.ssh.commands[-1]
+    assert "rm -rf -- /var/cache/helios-aws/pip" not in ctx.ssh.commands[-1]
+
+
 @pytest.mark.parametrize("found", ["helios:/home/helios:/bin/bash",
                                    "helios:/srv/helios:/bin/sh", "helios:/:/usr/sbin/nologin"])
 def test_an_account_of_that_name_this_tool_did_not_make_is_refused(ctx, project, found):

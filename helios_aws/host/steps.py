@@ -417,7 +417,12 @@ class ServiceUser(HostStep):
             commands.append(f"useradd --system --user-group --home-dir "
                             f"{q(self.target.layout.root)} --no-create-home "
                             f"--shell {recipes.NOLOGIN} -- {q(user)}")
+        caches = {self.target.cache_dir / "uv", self.target.cache_dir / "pip"}
         for path, owner, group, mode in self.dirs():
+            if path in caches and current.get(f"dir.{path}") not in (
+                    None, "", f"{owner} {group} {mode}"):
+                # Filled by root before the installs ran as the service user: start afresh.
+                commands.append(f"rm -rf -- {q(path)}")
             commands.append(f"install -d -o {q(owner)} -g {q(group)} -m {mode} -- {q(path)}")
         self.sh(ctx, " && ".join(commands))
 
