@@ -19,6 +19,7 @@ import difflib
 import ipaddress
 import json
 import re
+import urllib.parse
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
@@ -69,6 +70,17 @@ INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_VALUE_RE = re.compile(r"^[^'\\\n\r]*$")
+# Accounts of the system, of the services Helios needs and the cloud images' login users
+# (who may sudo): running Helios as one would hand it (and anything its dependencies'
+# install scripts run) their powers. The host step also refuses any other account that
+# exists on the server and is not one this tool made.
+SYSTEM_USERS = ("root", "postgres", "nginx", "www-data", "redis", "valkey", "rabbitmq",
+                "nobody", "daemon", "bin", "sys", "sshd", "ec2-user", "admin")
+# git's scp-style form, [user@]host:path (a URL with a scheme is checked by its parts).
+GIT_SCP_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*"
+                        r":(?!//)[^\s:-]\S*$")
+GIT_REF_BAD_RE = re.compile(r"^-|^/|/$|//|\.\.|@\{|\.lock(?:/|$)|/\.|^\.|\.$|^@$"
+                            r"|[\x00-\x20\x7f~^:?*\[\\]")
 
 
 def _field(default, help, flag=None, choices=None, metavar=None):
@@ -281,14 +293,10 @@ def validate(d):
                           "Give a size in GiB between 8 and 16384.")
     if d.ssh_cidr:
         validate_cidr(d.ssh_cidr)
-    for name in ("ssh_user", "service_user"):
-        value = getattr(d, name)
-        if value and not POSIX_USER_RE.match(value):
-            raise ConfigError(f"{flag_name(name)} {value!r} is not a valid user name.",
-                              "Use lowercase letters, digits, '_' and '-'.")
-    if d.service_user == "root":
-        raise ConfigError("--service-user root is refused: Helios must not run as root.",
-                          "Keep the default (helios) or name another unprivileged user.")
+    if d.ssh_user and not POSIX_USER_RE.match(d.ssh_user):
+        raise ConfigError(f"--ssh-user {d.ssh_user!r} is not a valid user name.",
+                          "Use lowercase letters, digits, '_' and '-'.")
+    validate_service_user(d.service_user, d.effective_ssh_user)
     if not d.app_dir.startswith("/") or d.app_dir.rstrip("/") in ("", "/usr", "/etc", "/var"):
         raise ConfigError(f"--app-dir {d.app_dir!r} must be an absolute directory of its own.",
                           "Use e.g. /srv/helios.")
@@ -307,6 +315,56 @@ def validate(d):
         if not ENV_VALUE_RE.match(getattr(d, name)):
             raise ConfigError(f"{flag_name(name)} may not contain quotes, backslashes or "
                               "line breaks.", "Remove those characters.")
+
+
+def validate_service_user(user, ssh_user):
+    """The user Helios runs as: a name of its own, no system or service account."""
+    if not user or not POSIX_USER_RE.match(user):
+        raise ConfigError(f"--service-user {user!r} is not a valid user name.",
+                          "Use lowercase letters, digits, '_' and '-' (default: helios).")
+    if user in SYSTEM_USERS:
+        raise ConfigError(
+            f"--service-user {user} is refused: Helios must not run as root or as another "
+            "system or service account; it (and the install scripts of its dependencies) "
+            "would run with that account's powers.",
+            "Keep the default (helios) or name another user of its own.")
+    if user == ssh_user:
+        raise ConfigError(
+            f"--service-user {user} is refused: it is the SSH login user, who may run "
+            "anything as root.",
+            "Keep the default (helios) or name another user of its own.")
+
+
+def validate_git_url(url):
+    """A repository URL git cannot read as an option, nor as a local path or a helper
+    transport: https://, ssh:// or scp-style user@host:path."""
+    url = url or ""
+    ok = not any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url)
+    if "://" in url:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host, _port = parts.hostname or "", parts.port  # a bad port raises ValueError
+        except ValueError:
+            ok = False
+        else:
+            ok = ok and parts.scheme in ("https", "ssh") and bool(host) and \
+                not host.startswith("-") and not parts.netloc.startswith("-")
+    else:
+        ok = ok and bool(GIT_SCP_RE.match(url))
+    if not ok:
+        shown = re.sub(r"//[^/]*@", "//***@", url)  # never a password
+        raise ConfigError(
+            f"--git-url {shown!r} is not a repository URL this tool deploys from.",
+            "Give an https:// or ssh:// URL, or the scp-style user@host:path form.")
+
+
+def validate_git_ref(ref):
+    """A branch, tag or commit name as git check-ref-format allows it, never an option."""
+    if not ref or GIT_REF_BAD_RE.search(ref):
+        raise ConfigError(
+            f"--git-ref {ref!r} is not a branch, tag or commit name.",
+            "Give a branch or tag name (e.g. main, v4.2) or a 40-digit commit; names may "
+            "not start with '-', contain '..', spaces, control characters or ~^:?*[\\.")
 
 
 def validate_domain(domain):

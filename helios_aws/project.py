@@ -25,6 +25,14 @@ except ImportError:  # pragma: no cover - Python < 3.11 is not supported anyway
 DEFAULT_PYTHON = "3.13"
 PLACEHOLDER_SENDERS = {"ben@adida.net", "webmaster@localhost", "root@localhost"}
 CELERY_RE = re.compile(r"^\s*\w+\s*=\s*Celery\(", re.M)
+# What the project names goes into nginx's site, the systemd units and root's commands:
+# only plain names pass. URL and path segments may not start with a dot (no "." or "..").
+_SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
+ALIAS_URL_RE = re.compile(rf"/(?:{_SEGMENT}/)+", re.A)
+ALIAS_PATH_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*", re.A)
+DOTTED_RE = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+WSGI_RE = re.compile(rf"{DOTTED_RE}:[A-Za-z_]\w*", re.A)
+CELERY_APP_RE = re.compile(DOTTED_RE, re.A)
 NOT_HELIOS_HINT = (
     "Run the command with the manage.py of a Helios checkout (the directory with "
     "settings.py, wsgi.py, a Celery app and uv.lock or requirements.txt)."
@@ -35,6 +43,24 @@ NOT_HELIOS_HINT = (
 class StaticAlias:
     url: str  # "/static/auth/"
     path: str  # directory relative to the project root, "helios_auth/media"
+
+    def __post_init__(self):
+        if self.url == "/":
+            raise ConfigError(
+                f"The URLconf serves static files ({self.path}) at the site's root, without "
+                "a path prefix: nginx would get a second `location /`.",
+                "Serve them under a prefix, e.g. static/ (re_path(r'^static/(?P<path>.*)$', "
+                "serve, ...)).")
+        if not ALIAS_URL_RE.fullmatch(self.url):
+            raise ConfigError(
+                f"The URLconf serves static files at {self.url!r}, which is not a plain URL "
+                "prefix.", "Use a prefix of letters, digits, '-', '_', '.' and '~' between "
+                "slashes, no '..', e.g. static/helios/.")
+        if not ALIAS_PATH_RE.fullmatch(self.path):
+            raise ConfigError(
+                f"The URLconf serves static files from {self.path!r}, which is not a plain "
+                "directory inside the project.", "Serve a directory below the project root "
+                "whose path has letters, digits, '-', '_' and '.' only, no '..'.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +73,14 @@ class Project:
     python: str  # "3.13"
     default_from_email: str
     login_systems: frozenset | None  # what helios_auth/auth_systems offers (None: no package)
+
+    def __post_init__(self):
+        if not WSGI_RE.fullmatch(self.wsgi):
+            raise ConfigError(f"The WSGI application {self.wsgi!r} is not a module:attribute "
+                              "name.", "Name it like wsgi.application in WSGI_APPLICATION.")
+        if not CELERY_APP_RE.fullmatch(self.celery_app):
+            raise ConfigError(f"The Celery app {self.celery_app!r} is not a module name.",
+                              "Create the Celery app in a package with a plain name.")
 
     @property
     def install_command(self):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -24,9 +25,9 @@ import rig
 from django.conf import settings
 
 from helios_aws import configure, engine, params
-from helios_aws.errors import HostError
+from helios_aws.errors import ConfigError, HostError
 from helios_aws.host import steps as host
-from helios_aws.host.ssh import Connection
+from helios_aws.host.ssh import Connection, Result
 from helios_aws.project import Project
 
 if not settings.configured:
@@ -350,6 +351,15 @@ def test_staging_directory_is_private_and_removed_on_close(sshd):
     assert not os.path.exists(directory)
 
 
+@pytest.mark.parametrize("answer", ["/etc", "/tmp/helios-aws.x; rm -rf /", "",
+                                    "/tmp/helios-aws.ABCDEFGH/../../etc"])
+def test_a_staging_directory_not_of_the_asked_form_is_refused(conn, answer):
+    """Root installs from the staging directory: mktemp's answer is checked first."""
+    conn.run = lambda command, **kwargs: Result(command, 0, answer + "\n", "")
+    with pytest.raises(HostError, match="mktemp on .* answered"):
+        conn.stage(b"data")
+
+
 def test_three_channels_for_a_whole_session(conn, tmp_path):
     for _ in range(5):
         conn.run("true")
@@ -362,24 +372,39 @@ def test_three_channels_for_a_whole_session(conn, tmp_path):
 
 
 @pytest.fixture
-def file_steps_ctx(sshd, tmp_path):
-    """A deployment whose host paths live under a temporary directory and whose service
-    user is the rig's login user, with the host half's steps that only touch files."""
-    project = Project(root=tmp_path / "project", wsgi="wsgi:application",
-                      celery_app="helios", static=(), dependency_source="uv", python="3.13",
-                      default_from_email="", login_systems=frozenset({"password"}))
+def service_user():
+    """A name for the service user, which the service user step creates on this machine
+    (it may not be the login user); removed after the test."""
+    name = f"helios-t{secrets.token_hex(4)}"
+    yield name
+    subprocess.run(["userdel", name], capture_output=True)
+
+
+def host_ctx(sshd, server_dir, project, service_user):
+    """A deployment whose host paths live under ``server_dir``, reached over the rig's
+    sshd, with ``service_user``."""
     deployment = params.build([{
         "domain": "vote.example.org", "email": "elections@example.org", "os": "debian13",
-        "auth_systems": "password", "service_user": sshd.user, "ssh_user": sshd.user,
-        "host_prefix": str(tmp_path / "server"),
+        "auth_systems": "password", "service_user": service_user, "ssh_user": sshd.user,
+        "host_prefix": str(server_dir),
     }])
-    out_dir = tmp_path / "deploy"
+    out_dir = server_dir.parent / "deploy"
     configure.configure(deployment, project, out_dir)
     ctx = engine.Context(deployment, out_dir, options={
         "host": sshd.host, "ssh_port": sshd.port, "ssh_key": str(sshd.client_key),
         "trust_host_key": sshd.host_key_fingerprint, "ssh_agent": False,
     })
-    target = host.Target(ctx, project)
+    return ctx, host.Target(ctx, project)
+
+
+@pytest.fixture
+def file_steps_ctx(sshd, tmp_path, service_user):
+    """A deployment whose host paths live under a temporary directory, with the host
+    half's steps that only touch files."""
+    project = Project(root=tmp_path / "project", wsgi="wsgi:application",
+                      celery_app="helios", static=(), dependency_source="uv", python="3.13",
+                      default_from_email="", login_systems=frozenset({"password"}))
+    ctx, target = host_ctx(sshd, tmp_path / "server", project, service_user)
     yield ctx, [host.ServiceUser(target), host.EnvFile(target)]
     if ctx.ssh is not None:
         ctx.ssh.close()
@@ -390,16 +415,16 @@ def run_steps(ctx, chosen):
                                                        engine.Output(lambda t: None)).apply()]
 
 
-def test_file_steps_change_things_once_then_nothing(file_steps_ctx, sshd, tmp_path):
+def test_file_steps_change_things_once_then_nothing(file_steps_ctx, service_user, tmp_path):
     ctx, chosen = file_steps_ctx
-    assert run_steps(ctx, chosen) == [engine.UPDATED, engine.CREATED]
+    assert run_steps(ctx, chosen) == [engine.CREATED, engine.CREATED]
     env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
     assert env.read_text() == (ctx.out_dir / ".env").read_text()
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert pwd.getpwuid(env.stat().st_uid).pw_name == sshd.user
+    assert pwd.getpwuid(env.stat().st_uid).pw_name == service_user
     shared = env.parent.stat()
     assert (stat.S_IMODE(shared.st_mode), pwd.getpwuid(shared.st_uid).pw_name) == \
-        (0o750, sshd.user)
+        (0o750, service_user)
     commands = ctx.ssh.commands_run
     assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UNCHANGED]
     assert ctx.ssh.commands_run - commands == 2  # one read each, nothing else
@@ -412,3 +437,91 @@ def test_a_hand_edited_env_on_the_server_is_put_back(file_steps_ctx, tmp_path):
     env.write_text("DEBUG=1\n")
     assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UPDATED]
     assert env.read_text() == (ctx.out_dir / ".env").read_text()
+
+
+# ------------------------------------------------------------------------ the release
+
+FAKE_UV = """#!/bin/sh
+# Stands in for uv: records who runs it, and makes the virtualenv `uv sync` would.
+set -e
+printf '%s %s\\n' "$(id -un)" "$1" >> "$UV_CACHE_DIR/runs"
+if [ "$1" = sync ]; then
+    mkdir -p "$UV_PROJECT_ENVIRONMENT/bin"
+    ln -s /usr/bin/python3 "$UV_PROJECT_ENVIRONMENT/bin/python"
+fi
+"""
+
+
+@pytest.fixture
+def release_host(sshd, service_user):
+    """A project whose top level plants links to a directory outside the release, and a
+    host under a directory the service user may enter (pytest's own are root's alone),
+    with uv standing in for the real one."""
+    base = Path(tempfile.mkdtemp(prefix="helios-aws-release-"))
+    base.chmod(0o755)
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "kept").write_text("untouched\n")
+    root = base / "project"
+    root.mkdir()
+    for name in ("manage.py", "uv.lock"):
+        (root / name).write_text("print('x')\n")
+    for name in (".helios-aws", ".venv", "media"):
+        (root / name).symlink_to(outside)
+    project = Project(root=root, wsgi="wsgi:application", celery_app="helios", static=(),
+                      dependency_source="uv", python="3.13", default_from_email="",
+                      login_systems=frozenset({"password"}))
+    ctx, target = host_ctx(sshd, base / "server", project, service_user)
+    uv = Path(str(target.uv))
+    uv.parent.mkdir(parents=True)
+    uv.write_text(FAKE_UV)
+    uv.chmod(0o755)
+    yield ctx, target, base
+    if ctx.ssh is not None:
+        ctx.ssh.close()
+    shutil.rmtree(base)
+
+
+def snapshot(directory):
+    return sorted((p.relative_to(directory).as_posix(), p.stat().st_mtime_ns)
+                  for p in directory.rglob("*"))
+
+
+def test_the_release_installs_as_the_service_user_and_planted_links_aim_nothing(
+        release_host, service_user):
+    """Over the real sshd: the project's own .helios-aws, .venv and media links (to a
+    directory outside) do not redirect anything; the install runs as the service user,
+    whose cache it fills; the release is root's once installed; a re-run changes nothing."""
+    ctx, target, base = release_host
+    outside = base / "outside"
+    before = snapshot(outside)
+    chosen = [host.ServiceUser(target), host.Release(target)]
+    assert run_steps(ctx, chosen) == [engine.CREATED, engine.CREATED]
+    rel = Path(ctx.facts["host_release_dir"])
+    runs = Path(str(target.cache_dir / "uv" / "runs"))
+    assert runs.read_text() == f"{service_user} sync\n{service_user} pip\n"
+    assert pwd.getpwuid(runs.stat().st_uid).pw_name == service_user
+    owners = {pwd.getpwuid(p.lstat().st_uid).pw_name for p in [rel, *rel.rglob("*")]}
+    assert owners == {"root"}
+    assert os.readlink(rel / "media") == "../../shared/media"
+    assert (rel / ".venv").is_dir() and not (rel / ".venv").is_symlink()
+    assert not (rel / ".helios-aws").exists()
+    assert list((rel / "__pycache__").glob("manage.*.pyc"))  # compiled by the install
+    records = Path(str(target.release_state(rel.name)))
+    assert (records / "installed").is_file() and list(records.glob("helios_aws-*.whl"))
+    assert snapshot(outside) == before
+    ctx.facts.pop("host_release_dir")
+    assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UNCHANGED]
+    assert runs.read_text().count("sync") == 1
+
+
+def test_an_option_injecting_git_url_is_refused_before_logging_in(release_host, sshd):
+    ctx, target, base = release_host
+    canary = base / "canary"
+    logins = accepted_logins(sshd)
+    ctx.options.update(git_url=f"--upload-pack=touch {canary};:", git_ref="main")
+    before = snapshot(base)
+    with pytest.raises(ConfigError, match="--git-url"):
+        host.steps(ctx, target.project)
+    assert not canary.exists() and snapshot(base) == before
+    assert ctx.ssh is None and accepted_logins(sshd) == logins

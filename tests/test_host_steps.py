@@ -5,6 +5,7 @@ output, the way pyinfra tests its operations. The real shell and the real SSH se
 are in test_host_ssh.py; the real systemd host in test_host_vm.py.
 """
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -39,6 +40,7 @@ class FakeConnection:
     """
 
     label = "admin@192.0.2.10:22"
+    user = "admin"
     host_key_fingerprint = FINGERPRINT
 
     def __init__(self, replies=None):
@@ -131,7 +133,7 @@ def run_step(step, ctx):
 
 
 def facts(**values):
-    return "".join(f"{k}={v}\n" for k, v in values.items())
+    return "".join(f"{k}={v}\0" for k, v in values.items())
 
 
 # ------------------------------------------------------------------------ the list
@@ -274,13 +276,13 @@ def test_git_deploys_add_git(tmp_path, project):
 # ------------------------------------------------------------------------ uv
 
 
-def test_uv_is_installed_into_its_own_venv(ctx, project):
+def test_uv_is_installed_into_its_own_venv_from_wheels_only(ctx, project):
     change, _ = run_step(host.UvTool(target(ctx, project)), ctx)
     assert change.action == engine.CREATE
     assert ctx.ssh.commands[-1] == (
         "umask 022; /usr/bin/python3.13 -m venv /srv/helios/tools/uv && "
         "PIP_CERT=/etc/ssl/certs/ca-certificates.crt /srv/helios/tools/uv/bin/pip install "
-        "-q --disable-pip-version-check 'uv>=0.8'")
+        "-q --disable-pip-version-check --only-binary=:all: 'uv>=0.8'")
 
 
 def test_uv_present_is_a_no_op(ctx, project):
@@ -312,6 +314,10 @@ DIRS_OK = {
     "dir./srv/helios/shared": "helios helios 750",
     "dir./srv/helios/shared/media": "helios helios 750",
     "dir./var/www/acme": "root root 755", "dir./var/lib/helios-aws": "root root 755",
+    "dir./var/lib/helios-aws/releases": "root root 755",
+    "dir./var/cache/helios-aws": "root root 755",
+    "dir./var/cache/helios-aws/uv": "helios helios 700",
+    "dir./var/cache/helios-aws/pip": "helios helios 700",
 }
 
 
@@ -320,9 +326,11 @@ def test_service_user_is_created_with_the_layout(ctx, project):
     assert change.action == engine.CREATE
     command = ctx.ssh.commands[-1]
     assert command.startswith("useradd --system --user-group --home-dir /srv/helios "
-                              "--no-create-home --shell /usr/sbin/nologin helios && ")
-    assert "install -d -o helios -g helios -m 750 /srv/helios/shared/media" in command
-    assert "install -d -o root -g root -m 755 /srv/helios/releases" in command
+                              "--no-create-home --shell /usr/sbin/nologin -- helios && ")
+    assert "install -d -o helios -g helios -m 750 -- /srv/helios/shared/media" in command
+    assert "install -d -o root -g root -m 755 -- /srv/helios/releases" in command
+    # The installs run as the service user, with caches of its own.
+    assert "install -d -o helios -g helios -m 700 -- /var/cache/helios-aws/uv" in command
 
 
 def test_service_user_and_layout_in_place_is_a_no_op(ctx, project):
@@ -330,6 +338,27 @@ def test_service_user_and_layout_in_place_is_a_no_op(ctx, project):
                                          **DIRS_OK))
     _, outcome = run_step(host.ServiceUser(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED
+
+
+def test_a_cache_root_filled_is_started_afresh_for_the_service_user(ctx, project):
+    """Before the installs ran as the service user, root's uv filled the cache."""
+    ctx.ssh.reply("getent passwd", facts(
+        user="helios:/srv/helios:/usr/sbin/nologin",
+        **{**DIRS_OK, "dir./var/cache/helios-aws/uv": "root root 755"}))
+    run_step(host.ServiceUser(target(ctx, project)), ctx)
+    assert "rm -rf -- /var/cache/helios-aws/uv && install -d -o helios -g helios -m 700 -- " \
+        "/var/cache/helios-aws/uv" in ctx.ssh.commands[-1]
+    assert "rm -rf -- /var/cache/helios-aws/pip" not in ctx.ssh.commands[-1]
+
+
+@pytest.mark.parametrize("found", ["helios:/home/helios:/bin/bash",
+                                   "helios:/srv/helios:/bin/sh", "helios:/:/usr/sbin/nologin"])
+def test_an_account_of_that_name_this_tool_did_not_make_is_refused(ctx, project, found):
+    """Another account's name (a person's, a service's) would hand Helios its powers."""
+    ctx.ssh.reply("getent passwd", facts(user=found, **DIRS_OK))
+    with pytest.raises(HostError, match="already has a user helios that this tool did not"):
+        run_step(host.ServiceUser(target(ctx, project)), ctx)
+    assert len(ctx.ssh.commands) == 1
 
 
 def test_a_directory_with_wrong_mode_is_fixed_without_touching_the_user(ctx, project):
@@ -366,7 +395,7 @@ def test_postgres_from_scratch_creates_role_and_database(ctx, project):
         'CREATE ROLE "helios" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE',
         "CREATE DATABASE helios OWNER \"helios\" ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' "
         "LC_CTYPE 'C.UTF-8' TEMPLATE template0"]
-    assert "systemctl enable --now postgresql" in ctx.ssh.changes[0]
+    assert "systemctl enable --now -- postgresql" in ctx.ssh.changes[0]
     assert not any("hba" in c for c in ctx.ssh.changes)
 
 
@@ -428,8 +457,8 @@ def test_broker_is_enabled_and_started(ctx, project):
     ctx.ssh.reply("cd /\n", facts(listen="127.0.0.1:5672"))
     change, _ = run_step(host.Broker(target(ctx, project)), ctx)
     assert change.details == ["enable rabbitmq-server.service", "start rabbitmq-server.service"]
-    assert ctx.ssh.commands[1] == ("systemctl enable rabbitmq-server.service >/dev/null 2>&1 "
-                                   "&& systemctl start rabbitmq-server.service")
+    assert ctx.ssh.commands[1] == ("systemctl enable -- rabbitmq-server.service >/dev/null "
+                                   "2>&1 && systemctl start -- rabbitmq-server.service")
 
 
 def test_broker_listening_beyond_loopback_is_restarted_and_checked(ctx, project):
@@ -456,7 +485,7 @@ def test_redis_gets_a_loopback_bind_line(tmp_path, project):
                                      "listen": "127.0.0.1:6379", "bind": "bind 0.0.0.0"}))
     run_step(host.Broker(target(ctx, project)), ctx)
     assert ctx.ssh.commands[1] == ("echo 'bind 127.0.0.1 -::1' >> /etc/redis6/redis6.conf && "
-                                   "systemctl enable redis6.service >/dev/null 2>&1 && "
+                                   "systemctl enable -- redis6.service >/dev/null 2>&1 && "
                                    "systemctl restart redis6.service")
 
 
@@ -498,16 +527,29 @@ def test_new_release_is_uploaded_and_installed_with_uv(ctx, project):
     ident = release_id(ctx, project)
     assert change.action == engine.CREATE and ident in change.details[0]
     script = ctx.ssh.commands[-1]
-    rel = re.search(r"mkdir -p (/srv/helios/releases/\d{14}-" + ident + ")/", script).group(1)
+    rel = re.search(r"mkdir -- (/srv/helios/releases/\d{14}-" + ident + ")\n", script).group(1)
+    state = "/var/lib/helios-aws/releases/" + rel.rsplit("/", 1)[1]
     assert ctx.facts["host_release_dir"] == rel
     assert f"tar -xzf /tmp/helios-aws.test/2 -C {rel} --no-same-owner" in script
     assert f"UV_PROJECT_ENVIRONMENT={rel}/.venv" in script
     assert "UV_PYTHON=/usr/bin/python3.13" in script
+    assert "UV_CACHE_DIR=/var/cache/helios-aws/uv" in script
     assert "/srv/helios/tools/uv/bin/uv sync --frozen --no-dev" in script
-    assert re.search(r"uv pip install --quiet --python \S+/.venv/bin/python "
-                     r"\S+/helios_aws-[\w.]+-py3-none-any.whl gunicorn django-environ\n", script)
-    assert f"ln -s ../../shared/media {rel}/media" in script
-    assert script.index("uv sync") < script.index("touch .helios-aws/installed")
+    assert re.search(r"uv pip install --quiet --python \S+/.venv/bin/python -- "
+                     rf"{state}/helios_aws-[\w.]+-py3-none-any.whl gunicorn django-environ\n",
+                     script)
+    assert "\nln -s ../../shared/media media\n" in script
+    # The project's code is built and compiled by the service user, in a release it owns
+    # only meanwhile; root's own records of the release are outside it.
+    as_user = "runuser -u helios -- env HOME=/srv/helios "
+    lines = script.splitlines()
+    handed = lines.index(f"chown -R -h -- helios:helios {rel}")
+    back = lines.index(f"chown -R -h -- root:root {rel}")
+    install = [i for i, line in enumerate(lines) if "uv sync" in line or "compileall" in line]
+    assert handed < min(install) and max(install) < back
+    assert all(lines[i].startswith(as_user) for i in install)
+    assert lines[install[0]].count(as_user) == 2  # uv sync, then uv pip install
+    assert lines[-1] == f"touch -- {state}/installed"
     # The wheel is staged first, then the project's files.
     assert ctx.ssh.staged[0][:2] == b"PK" and ctx.ssh.staged[1][:2] == b"\x1f\x8b"
 
@@ -525,8 +567,10 @@ def test_release_with_requirements_uses_pip(tmp_path, project):
     ctx = make_ctx(tmp_path, project)
     run_step(host.Release(target(ctx, project)), ctx)
     script = ctx.ssh.commands[-1]
-    assert "/usr/bin/python3.13 -m venv " in script
-    assert "pip install -q --disable-pip-version-check -r requirements.txt " in script
+    assert "runuser -u helios -- env HOME=/srv/helios /usr/bin/python3.13 -m venv " in script
+    assert re.search(r"runuser -u helios -- env HOME=/srv/helios PIP_CERT=\S+ "
+                     r"PIP_CACHE_DIR=/var/cache/helios-aws/pip \S+/.venv/bin/pip install -q "
+                     r"--disable-pip-version-check -r requirements.txt -- ", script)
     assert "uv sync" not in script
 
 
@@ -538,15 +582,16 @@ def test_release_from_git_clones_the_resolved_commit(tmp_path, project):
     change, _ = run_step(host.Release(target(ctx, project)), ctx)
     assert "https://git.example.org/helios.git v2 (0123456789ab)" in change.details[0]
     script = ctx.ssh.commands[-1]
-    assert f"git fetch -q --depth 1 https://git.example.org/helios.git {commit}" in script
+    assert f"git fetch -q --depth 1 -- https://git.example.org/helios.git {commit}" in script
+    assert "git ls-remote -- https://git.example.org/helios.git refs/heads/v2 refs/tags/v2 " \
+        "'refs/tags/v2^{}'" in ctx.ssh.commands[0]
     assert "if [ -f uv.lock ]; then" in script
     assert len(ctx.ssh.staged) == 1  # only the wheel: no local files travel
 
 
 def test_installed_release_is_a_no_op(ctx, project):
     ident = release_id(ctx, project)
-    ctx.ssh.reply("cd /\n", facts(ready=f"20260101000000-{ident}",
-                                  current=f"releases/20260101000000-{ident}"))
+    ctx.ssh.reply("cd /\n", facts(ready=f"20260101000000-{ident}"))
     _, outcome = run_step(host.Release(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED and not ctx.ssh.staged
     assert ctx.facts["host_release_dir"] == f"/srv/helios/releases/20260101000000-{ident}"
@@ -556,7 +601,8 @@ def test_half_installed_release_is_removed_and_redone(ctx, project):
     ident = release_id(ctx, project)
     ctx.ssh.reply("cd /\n", facts(partial=f"20260101000000-{ident}"))
     run_step(host.Release(target(ctx, project)), ctx)
-    assert f"rm -rf /srv/helios/releases/20260101000000-{ident}" in ctx.ssh.commands[-1]
+    assert (f"rm -rf -- /srv/helios/releases/20260101000000-{ident} "
+            f"/var/lib/helios-aws/releases/20260101000000-{ident}\n") in ctx.ssh.commands[-1]
 
 
 def test_changed_code_makes_a_new_release(ctx, project):
@@ -579,7 +625,8 @@ def test_migrate_runs_as_the_service_user_with_the_env_file(ctx, project):
         f"cd {rel} && runuser -u helios -- env HELIOS_ENV_FILE=/srv/helios/shared/.env "
         "DJANGO_SETTINGS_MODULE=helios_aws.settings_overrides.production "
         f"{rel}/.venv/bin/python manage.py migrate --no-input")
-    assert ctx.ssh.commands[-1] == f"echo d41d8 > {rel}/.helios-aws/migrated"
+    assert ctx.ssh.commands[-1] == ("printf '%s\\n' d41d8 > "
+                                    "/var/lib/helios-aws/releases/20260101000000-abc/migrated")
 
 
 def test_migrated_release_is_a_no_op(ctx, project):
@@ -592,42 +639,79 @@ def test_migrated_release_is_a_no_op(ctx, project):
 # ------------------------------------------------------------------------ switch
 
 
+def rel_name(day, letter):
+    return f"202601{day:02d}000000-{letter * 16}"
+
+
+OLD, NEW = rel_name(1, "a"), rel_name(2, "b")
+
+
 def test_switch_points_current_at_the_new_release_then_prunes(ctx, project):
-    ctx.facts["host_release_dir"] = "/srv/helios/releases/20260102000000-new"
-    ctx.ssh.reply("cd /\n", facts(current="releases/20260101000000-old"))
+    ctx.facts["host_release_dir"] = f"/srv/helios/releases/{NEW}"
+    ctx.ssh.reply("cd /\n", facts(current=f"releases/{OLD}"))
     change, _ = run_step(host.Switch(target(ctx, project)), ctx)
-    assert change.details == ["current -> releases/20260102000000-new "
-                              "(was releases/20260101000000-old)"]
+    assert change.details == [f"current -> releases/{NEW} (was releases/{OLD})"]
     script = ctx.ssh.commands[-1].splitlines()
     assert script[1:3] == [
-        "ln -sfn releases/20260102000000-new /srv/helios/current.helios-aws-new",
-        "mv -fT /srv/helios/current.helios-aws-new /srv/helios/current"]
+        f"ln -sfn -- releases/{NEW} /srv/helios/current.helios-aws-new",
+        "mv -fT -- /srv/helios/current.helios-aws-new /srv/helios/current"]
     assert "systemctl restart" in script[3]
-    assert script[5].endswith("| grep -vxF 20260102000000-new | grep -vxF 20260101000000-old "
-                              "| tail -n +2 | xargs -r rm -rf --")
+    assert script[5].endswith(f"| sort -rz | grep -zvxF -- {NEW} | grep -zvxF -- {OLD} "
+                              "| tail -zn +2 | xargs -0r rm -rf --")
 
 
 def test_switch_already_done_is_a_no_op(ctx, project):
-    ctx.facts["host_release_dir"] = "/srv/helios/releases/20260102000000-new"
-    ctx.ssh.reply("cd /\n", facts(current="releases/20260102000000-new"))
+    ctx.facts["host_release_dir"] = f"/srv/helios/releases/{NEW}"
+    ctx.ssh.reply("cd /\n", facts(current=f"releases/{NEW}"))
     _, outcome = run_step(host.Switch(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED
 
 
+@pytest.mark.parametrize("answer", ["/etc", "releases/../../etc", "releases/x\ny",
+                                    f"releases/{NEW}/..", "releases/-rf"])
+def test_a_current_link_that_is_not_a_release_is_refused(ctx, project, answer):
+    """What readlink answers is checked before it reaches grep and rm."""
+    ctx.facts["host_release_dir"] = f"/srv/helios/releases/{NEW}"
+    ctx.ssh.reply("cd /\n", facts(current=answer))
+    with pytest.raises(HostError, match="not at a release this tool made"):
+        run_step(host.Switch(target(ctx, project)), ctx)
+    assert len(ctx.ssh.commands) == 1  # the read only
+
+
+@pytest.mark.parametrize("answer", ["../../etc", "x; rm -rf /", "-rf", "2026010100000-"])
+def test_a_release_name_not_of_the_release_form_is_refused(ctx, project, answer):
+    ident = release_id(ctx, project)
+    ctx.ssh.reply("cd /\n", facts(partial=answer + ident))
+    with pytest.raises(HostError, match="not a release's name"):
+        run_step(host.Release(target(ctx, project)), ctx)
+    assert not any("rm -rf" in c for c in ctx.ssh.commands)
+
+
 def test_pruning_keeps_the_configured_number_of_releases(tmp_path, project):
-    """The prune pipeline, run by a real shell over real directories."""
-    ctx = make_ctx(tmp_path, project, {"keep_releases": 3})
-    releases = tmp_path / "srv" / "releases"
-    for name in ("20260101000000-a", "20260102000000-b", "20260103000000-c",
-                 "20260104000000-d", "20260105000000-e"):
+    """The prune, run by a real shell over real directories: only names of the release
+    form are candidates, whatever else the directory holds, and this tool's records of the
+    removed releases go with them."""
+    ctx = make_ctx(tmp_path, project, {"keep_releases": 3},
+                   host_prefix=str(tmp_path / "server"))
+    lay = host.Target(ctx, project).layout
+    releases = Path(str(lay.releases))
+    state = tmp_path / "server" / "var" / "lib" / "helios-aws" / "releases"
+    names = [rel_name(day, letter) for day, letter in zip(range(1, 6), "abcde")]
+    for name in names:
         (releases / name).mkdir(parents=True)
-    ctx.facts["host_release_dir"] = str(releases / "20260105000000-e")
+        (state / name).mkdir(parents=True)
+    strangers = ["keep me", "-rf", "a\nb", "20260101000000-zz"]
+    for name in strangers:
+        (releases / name).mkdir()
+    (state / rel_name(6, "f")).mkdir()  # a record whose release is already gone
+    ctx.facts["host_release_dir"] = str(releases / names[4])
     step = host.Switch(target(ctx, project))
-    step.apply(ctx, {"current": "releases/20260104000000-d"}, engine.Change(engine.UPDATE))
-    prune = ctx.ssh.commands[-1].splitlines()[-1]
-    subprocess.run(["sh", "-c", prune], cwd=releases, check=True)
-    assert sorted(p.name for p in releases.iterdir()) == [
-        "20260103000000-c", "20260104000000-d", "20260105000000-e"]
+    step.apply(ctx, {"current": f"releases/{names[3]}"}, engine.Change(engine.UPDATE))
+    script = ctx.ssh.commands[-1].splitlines()
+    prune = "\n".join(["set -e"] + script[4:])  # from `cd releases` on
+    subprocess.run(["sh", "-c", prune], check=True)
+    assert sorted(p.name for p in releases.iterdir()) == sorted(names[2:] + strangers)
+    assert sorted(p.name for p in state.iterdir()) == names[2:]
 
 
 # ------------------------------------------------------------------------ units
@@ -788,9 +872,9 @@ def test_certificate_is_requested_through_the_webroot(tmp_path, project):
     assert change.action == engine.CREATE
     assert ctx.ssh.commands[-1] == (
         "cd / && REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt certbot certonly "
-        "--non-interactive --agree-tos --webroot -w /var/www/acme -d vote.example.org "
-        "--cert-name vote.example.org --email elections@example.org "
-        "--server https://10.0.2.2:14000/dir")
+        "--non-interactive --agree-tos --webroot --webroot-path=/var/www/acme "
+        "--domains=vote.example.org --cert-name=vote.example.org "
+        "--email=elections@example.org --server=https://10.0.2.2:14000/dir")
 
 
 def test_certificate_from_another_server_is_replaced(tmp_path, project):
@@ -798,7 +882,7 @@ def test_certificate_from_another_server_is_replaced(tmp_path, project):
     ctx.ssh.reply("cd /\n", facts(cert="yes", server="https://10.0.2.2:14000/dir"))
     change, _ = run_step(host.Certificate(target(ctx, project)), ctx)
     assert change.action == engine.UPDATE
-    assert ctx.ssh.commands[-1].endswith("--server https://acme.example.net/dir --force-renewal")
+    assert ctx.ssh.commands[-1].endswith("--server=https://acme.example.net/dir --force-renewal")
 
 
 def test_certificate_present_is_a_no_op(ctx, project):
@@ -814,10 +898,10 @@ def test_renewal_enables_our_timer_and_proves_a_dry_run(ctx, project):
                               "disable certbot.timer (helios-certbot-renew.timer replaces it)",
                               "certbot renew --dry-run"]
     script = ctx.ssh.commands[-1].splitlines()
-    assert script[2] == "systemctl disable --now certbot.timer >/dev/null 2>&1 || true"
-    assert script[3] == "systemctl enable --now helios-certbot-renew.timer >/dev/null 2>&1"
+    assert script[2] == "systemctl disable --now -- certbot.timer >/dev/null 2>&1 || true"
+    assert script[3] == "systemctl enable --now -- helios-certbot-renew.timer >/dev/null 2>&1"
     assert script[4].endswith("certbot renew --dry-run --non-interactive "
-                              "--no-random-sleep-on-renew --cert-name vote.example.org")
+                              "--no-random-sleep-on-renew --cert-name=vote.example.org")
     assert script[5].endswith("> /var/lib/helios-aws/renew-dry-run")
 
 
@@ -945,3 +1029,383 @@ def test_layout_paths_match_the_rendered_units(ctx, project):
     assert "EnvironmentFile=/srv/helios/shared/.env" in unit
     assert "WorkingDirectory=/srv/helios/current" in unit
     assert Path(host.Target(ctx, project).layout.env_file).as_posix() == "/srv/helios/shared/.env"
+
+
+# ------------------------------------------------------------------------ hostile values
+
+MARKER = "HOSTILE-CANARY"
+
+
+def hostile(canary_dir, spaces=True):
+    """A value that runs `touch` (leaving a canary file) if a shell ever expands it."""
+    touch = f"touch {canary_dir}/{MARKER}" if spaces else f"touch${{IFS}}{canary_dir}/{MARKER}"
+    text = f"$({touch})`{touch}`"
+    return text + (f"; {touch}; '\"\n-x {touch} #" if spaces else f";{touch};'\"")
+
+
+def outside_single_quotes(script):
+    """The text of a shell script that is not inside single quotes (what the shell may
+    expand: double-quoted text counts, as `$(...)` runs there). Quoting starts afresh
+    inside a command substitution, even within double quotes."""
+    kept, i, double, outer = [], 0, False, []
+    while i < len(script):
+        char = script[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "'" and not double:
+            i = script.index("'", i + 1) + 1
+            kept.append(" ")
+            continue
+        if script.startswith("$(", i):
+            outer.append(double)
+            double = False
+        elif char == ")" and outer and not double:
+            double = outer.pop()
+        elif char == '"':
+            double = not double
+        kept.append(char)
+        i += 1
+    return "".join(kept)
+
+
+class RecordingShell(FakeConnection):
+    """Records every command; in the read phase runs it for real in ``sh`` (as --plan
+    would on the server), except the remote git query, which is answered."""
+
+    def __init__(self, cwd, ref):
+        super().__init__()
+        self.cwd, self.ref, self.phase, self.peer_reads = cwd, ref, "read", 0
+
+    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None):
+        self.commands.append(command)
+        if "git ls-remote" in command:
+            return Result(command, 0, f"{'c' * 40}\trefs/heads/{self.ref}\n", "")
+        if self.phase == "read":
+            done = subprocess.run(["sh", "-c", command], cwd=self.cwd, capture_output=True,
+                                  text=True, timeout=60)
+            return Result(command, done.returncode, done.stdout, done.stderr)
+        if command.startswith("cd /\n"):  # a step reading again: peer access comes second
+            self.peer_reads += "SELECT current_user" in command
+            return Result(command, 0, facts(db="superuser nobody UTF8", bootstrap="postgres",
+                                             peer="" if self.peer_reads < 2 else self.user_),
+                          "")
+        return Result(command, 0, "", "")
+
+
+HOSTILE_SETUPS = {
+    "debian13, local files, uv, rabbitmq, a CA bundle": dict(os="debian13", git=False),
+    "al2023, a git checkout, redis": dict(os="al2023", git=True),
+}
+
+
+@pytest.mark.parametrize("setup", HOSTILE_SETUPS, ids=list(HOSTILE_SETUPS))
+def test_every_step_quotes_every_value_and_runs_nothing_a_value_names(tmp_path, setup):
+    """Every host step, read and applied, with hostile paths, names, URLs, refs and project
+    files (validation bypassed where it would refuse them: the quoting must hold anyway):
+    every script parses under sh and bash, a hostile value only ever stands inside single
+    quotes, and the read scripts, run for real, never run what a value names."""
+    setup = HOSTILE_SETUPS[setup]
+    canaries = tmp_path / "canaries"
+    canaries.mkdir()
+    value, word = hostile(canaries), hostile(canaries, spaces=False)
+    name = f"$(touch {MARKER})`touch {MARKER}`; '\"\n-x"  # a file name: no slashes
+    root = tmp_path / f"project {name}"
+    root.mkdir()
+    for file in ("manage.py", "uv.lock", "requirements.txt", f"-file {name}"):
+        (root / file).write_text("x\n")
+    project = Project(root=root, wsgi="wsgi:application", celery_app="helios",
+                      static=(StaticAlias("/static/", "server_ui/media"),),
+                      dependency_source="pip" if setup["git"] else "uv", python="3.13",
+                      default_from_email="", login_systems=frozenset({"password"}))
+    bundle = tmp_path / f"ca {name}.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    options = {"server": f"https://acme.example/{value}", "ca_bundle": str(bundle),
+               "keep_releases": 3}
+    if setup["git"]:
+        options.update(git_url=f"https://127.0.0.1:1/{word}", git_ref=f"v1{word}")
+    ctx = make_ctx(tmp_path, project, options, os=setup["os"])
+    ctx.deployment = dataclasses.replace(
+        ctx.deployment, host_prefix=f"{tmp_path}/server {value}", app_dir=f"/srv/{value}",
+        domain=f"vote.example.org{value}", email=f"{value}@example.org",
+        service_user=f"helios{value}")
+    shell = ctx.ssh = RecordingShell(tmp_path, f"v1{word}")
+    shell.user_ = ctx.deployment.service_user
+    chosen = host.steps(ctx, project)
+    assert len(chosen) >= 17
+    for step in chosen:
+        shell.phase = "read"
+        current = step.read(ctx)
+        shell.phase = "apply"
+        current = {**(current if isinstance(current, dict) else {}), "cert": "yes",
+                   "partial": rel_name(1, "a"), "current": f"releases/{rel_name(1, 'b')}"}
+        change = engine.Change(engine.UPDATE)
+        if type(step).apply is engine.Step.apply:
+            continue  # reads only (the login)
+        if isinstance(step, host.Packages):
+            step.apply(ctx, set(), change)
+        elif isinstance(step, host.Liveness):
+            step.apply(ctx, {"status": "", "error": ""}, change)
+        else:
+            step.apply(ctx, current, change)
+    assert len(shell.commands) > 40
+    for command in shell.commands:
+        for sh in ("sh", "bash"):
+            parsed = subprocess.run([sh, "-n", "-c", command], capture_output=True, text=True)
+            assert parsed.returncode == 0, (sh, command, parsed.stderr)
+        assert MARKER not in outside_single_quotes(command), command
+        # (SC2289 flags a quoted word holding a line break: what hostile values are.)
+        checked = subprocess.run(["shellcheck", "--shell=sh", "--severity=error",
+                                  "--exclude=SC2289", "-"],
+                                 input=command, capture_output=True, text=True)
+        assert checked.returncode == 0, (command, checked.stdout)
+    assert not list(canaries.iterdir())
+    assert not (tmp_path / MARKER).exists() and not Path("/", MARKER).exists()
+
+
+# ------------------------------------------------------------------------ options and names
+
+
+@pytest.mark.parametrize("user", ["", "root", "postgres", "nginx", "www-data", "redis",
+                                  "valkey", "rabbitmq", "admin", "-x", "a b"])
+def test_a_system_account_or_the_login_user_is_refused_as_the_service_user(user):
+    """admin is the Debian image's login user, who may sudo."""
+    with pytest.raises(ConfigError, match="--service-user"):
+        params.build([{"os": "debian13", "service_user": user}])
+
+
+def test_the_login_user_given_to_provision_is_refused_as_the_service_user(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, {"ssh_user": "helios"})
+    with pytest.raises(ConfigError, match="--service-user helios is refused: it is the SSH "
+                                          "login user"):
+        host.steps(ctx, project)
+
+
+def test_a_login_that_turns_out_to_be_the_service_user_is_refused(ctx, project):
+    """~/.ssh/config may name the user: the login itself is checked too."""
+    ctx.ssh.user = "helios"
+    ctx.ssh.reply("os-release", facts(id="debian", version="13", name="Debian GNU/Linux 13"))
+    with pytest.raises(HostError, match="also the service user"):
+        run_step(host.Connect(target(ctx, project)), ctx)
+
+
+@pytest.mark.parametrize("url", [
+    "--upload-pack=touch /tmp/x", "-u/tmp/x", "--config=core.sshCommand=x",
+    "ext::sh -c touch% /tmp/x", "fd::3", "file:///etc", "/srv/helios.git", "../repo",
+    "http://example.org/helios.git", "ssh://-oProxyCommand=touch% /x", "ssh://u@-oProxy/y",
+    "git@example.org:-x", "https://example.org/a b", "https://example.org/a\nb",
+])
+def test_a_git_url_git_could_read_as_an_option_or_a_local_transport_is_refused(
+        tmp_path, project, url):
+    ctx = make_ctx(tmp_path, project, {"git_url": url, "git_ref": "main"})
+    with pytest.raises(ConfigError, match="--git-url") as error:
+        host.steps(ctx, project)
+    assert "https://" in error.value.hint and "user@host:path" in error.value.hint
+
+
+def test_a_refused_git_url_does_not_show_its_password(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, {"git_url": "http://deploy:s3cret@example.org/h.git"})
+    with pytest.raises(ConfigError) as error:
+        host.steps(ctx, project)
+    assert "s3cret" not in str(error.value) and "http://***@example.org" in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["https://github.com/helios/helios-server.git",
+                                 "ssh://git@example.org:2222/helios.git",
+                                 "git@github.com:helios/helios-server.git"])
+def test_https_ssh_and_scp_style_git_urls_are_accepted(tmp_path, project, url):
+    ctx = make_ctx(tmp_path, project, {"git_url": url, "git_ref": "main"})
+    assert "host: release" in [s.name for s in host.steps(ctx, project)]
+
+
+@pytest.mark.parametrize("ref", ["-x", "--upload-pack=x", "a..b", "a b", "a\tb", "x.lock",
+                                 "a/.b", ".x", "x/", "a//b", "x~1", "x^{}", "a:b", "a?",
+                                 "a*", "a[", "a\\b", "@", "a@{1}", "a\x7f"])
+def test_a_ref_git_would_not_take_as_a_name_is_refused(tmp_path, project, ref):
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git", "git_ref": ref})
+    with pytest.raises(ConfigError, match="--git-ref"):
+        host.steps(ctx, project)
+
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def resolve(tmp_path, project, ref, answer):
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git",
+                                       "git_ref": ref})
+    ctx.ssh.reply("git ls-remote", answer)
+    return host.Release(target(ctx, project)).remote_commit(ctx, "https://example.org/h.git",
+                                                            ref), ctx
+
+
+def test_the_ref_is_asked_for_by_its_exact_names(tmp_path, project):
+    """ls-remote matches the ends of names: refs/heads/a/main is not main."""
+    commit, ctx = resolve(tmp_path, project, "main",
+                          f"{COMMIT_B}\trefs/heads/a/main\n{COMMIT_A}\trefs/heads/main\n"
+                          f"{COMMIT_B}\trefs/remotes/origin/main\n")
+    assert commit == COMMIT_A
+    assert ctx.ssh.commands[-1] == ("cd / && git ls-remote -- https://example.org/h.git "
+                                    "refs/heads/main refs/tags/main 'refs/tags/main^{}'")
+
+
+def test_no_ref_deploys_the_remote_head_by_its_exact_name(tmp_path, project):
+    commit, ctx = resolve(tmp_path, project, "HEAD", f"{COMMIT_B}\trefs/remotes/origin/HEAD\n"
+                                                   f"{COMMIT_A}\tHEAD\n")
+    assert commit == COMMIT_A
+    assert ctx.ssh.commands[-1].endswith("git ls-remote -- https://example.org/h.git HEAD")
+
+
+def test_a_name_matching_only_the_end_of_other_refs_is_not_found(tmp_path, project):
+    with pytest.raises(HostError, match="has no branch or tag named 'main'"):
+        resolve(tmp_path, project, "main", f"{COMMIT_B}\trefs/heads/a/main\n")
+
+
+def test_an_annotated_tag_deploys_the_commit_it_points_at(tmp_path, project):
+    commit, _ = resolve(tmp_path, project, "v4", f"{COMMIT_B}\trefs/tags/v4\n"
+                                                 f"{COMMIT_A}\trefs/tags/v4^{{}}\n")
+    assert commit == COMMIT_A
+
+
+def test_a_branch_and_a_tag_of_the_same_name_are_refused(tmp_path, project):
+    with pytest.raises(HostError, match="both a branch and a tag named 'v4'") as error:
+        resolve(tmp_path, project, "v4", f"{COMMIT_A}\trefs/heads/v4\n"
+                                         f"{COMMIT_B}\trefs/tags/v4\n")
+    assert COMMIT_A in error.value.hint and COMMIT_B in error.value.hint
+
+
+def test_an_answer_that_is_not_a_commit_id_is_refused(tmp_path, project):
+    with pytest.raises(HostError, match="not a commit id"):
+        resolve(tmp_path, project, "main", "; rm -rf /\trefs/heads/main\n")
+
+
+def test_postgres_never_demotes_the_bootstrap_superuser(tmp_path, project):
+    """A cluster whose bootstrap superuser has another name than postgres is guarded too:
+    taking superuser away from it locks the cluster's administration."""
+    ctx = make_ctx(tmp_path, project, service_user="dba")
+    ctx.ssh.reply("cd /\n", facts(**{**PG_OK, "db": "superuser dba UTF8", "bootstrap": "dba"}))
+    with pytest.raises(HostError, match="bootstrap superuser"):
+        run_step(host.Postgres(target(ctx, project)), ctx)
+    assert not any("ALTER ROLE" in c for c in ctx.ssh.commands)
+
+
+def test_the_project_cannot_bring_the_names_the_release_makes(tmp_path):
+    """A local virtualenv, local uploads and planted links never travel."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "manage.py").write_text("x\n")
+    (root / ".helios-aws").symlink_to("/etc")
+    (root / ".venv").symlink_to("/var/lib/helios-aws")
+    (root / "media").mkdir()
+    (root / "media" / "voters.csv").write_text("a,b\n")
+    assert release.project_files(root) == ["manage.py"]
+
+
+def test_a_git_checkout_with_those_names_is_refused_before_any_write(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git",
+                                       "git_ref": COMMIT_A})
+    run_step(host.Release(target(ctx, project)), ctx)
+    lines = ctx.ssh.commands[-1].splitlines()
+    check = next(i for i, line in enumerate(lines) if line.startswith("for n in"))
+    assert "for n in .helios-aws .venv media;" in lines[check] and "exit 1" in lines[check]
+    assert lines[check - 2] == "rm -rf .git"  # right after the checkout
+    assert not any(w in line for line in lines[:check]
+                   for w in ("install -m", "ln -s", "chown", "printf", "touch"))
+
+
+HOSTILE_STATIC = {
+    "no prefix": (r"^(?P<path>.*)$", "media", "second `location /`"),
+    "nginx syntax": (r"^static;}/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a space": (r"^st atic/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a quote": ("^static\"/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a comment sign": (r"^st#atic/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "a brace": (r"^st{atic/(?P<path>.*)$", "media", "not a plain URL prefix"),
+    "nested under a hostile include": (r"^{x}/(?P<path>.*)$", "media",
+                                       "not a plain URL prefix"),
+    "the project root": (r"^static/(?P<path>.*)$", ".", "not a plain directory"),
+    "a directory with a space": (r"^static/(?P<path>.*)$", "my media",
+                                 "not a plain directory"),
+    "outside the project": (r"^static/(?P<path>.*)$", "../elsewhere", "outside the project"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_STATIC, ids=list(HOSTILE_STATIC))
+def test_hostile_static_patterns_in_the_urlconf_are_refused(tmp_path, case):
+    """A variant of Helios's URLconf whose serve patterns would render a second
+    `location /`, break out of nginx's syntax or serve outside the project."""
+    import types
+
+    from django.urls import include, re_path
+    from django.views.static import serve
+
+    from helios_aws import project as project_mod
+
+    regex, directory, message = HOSTILE_STATIC[case]
+    root = tmp_path / "helios"
+    (root / directory).mkdir(parents=True, exist_ok=True)
+    pattern = re_path(regex, serve, {"document_root": str(root / directory)})
+    urlconf = types.ModuleType("hostile_urls")
+    if case.startswith("nested"):
+        inner = types.ModuleType("hostile_inner")
+        inner.urlpatterns = [re_path(r"^(?P<path>.*)$", serve,
+                                     {"document_root": str(root / directory)})]
+        urlconf.urlpatterns = [re_path(r"^x y/", include(inner))]
+    else:
+        urlconf.urlpatterns = [re_path(r"^static/helios/(?P<path>.*)$", serve,
+                                       {"document_root": str(root / directory)}), pattern]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        project_mod.static_aliases(urlconf, root=root.resolve())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("wsgi", "wsgi:application; touch /tmp/x"), ("wsgi", "wsgi"), ("wsgi", "-x:app"),
+    ("wsgi", "my wsgi:application"), ("celery_app", "helios -A x"), ("celery_app", "../x"),
+    ("celery_app", "$(id)"), ("celery_app", "")])
+def test_wsgi_and_celery_names_from_the_project_are_plain_names(project, field, value):
+    with pytest.raises(ConfigError, match="WSGI application" if field == "wsgi"
+                       else "Celery app"):
+        Project(**{**project.__dict__, field: value})
+
+
+def test_a_fact_with_a_line_break_cannot_pass_for_another_fact(tmp_path):
+    """Facts are NUL-terminated: a file name or link target with a line break in it
+    stays one value, run through a real shell."""
+    script = host.fact("current", "printf 'releases/x\\nready=../../etc'") + \
+        host.fact("other", "echo yes")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    assert host.parse_facts(out) == {"current": "releases/x\nready=../../etc", "other": "yes"}
+
+
+FAKE_GIT = """#!/bin/sh
+# Stands in for git: the checkout plants links to a directory outside the release.
+if [ "$1" = checkout ]; then
+    ln -s "$OUTSIDE" .helios-aws
+    ln -s "$OUTSIDE" media
+    echo "print('x')" > manage.py
+fi
+"""
+
+
+def test_a_git_checkout_planting_links_is_refused_before_root_writes_anything(tmp_path,
+                                                                             project):
+    """The release script of a --git-url deploy, run by a real shell (git standing in):
+    the checkout's .helios-aws and media links to a directory outside stop it before any
+    write through them, with the reason."""
+    ctx = make_ctx(tmp_path, project, {"git_url": "https://example.org/h.git",
+                                       "git_ref": COMMIT_A},
+                   host_prefix=str(tmp_path / "server"))
+    step = host.Release(target(ctx, project))
+    step.apply(ctx, {}, engine.Change(engine.CREATE))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "git").write_text(FAKE_GIT)
+    (tmp_path / "bin" / "git").chmod(0o755)
+    Path(str(step.target.layout.releases)).mkdir(parents=True)
+    done = subprocess.run(["sh", "-c", ctx.ssh.commands[-1]], capture_output=True, text=True,
+                          env={**os.environ, "OUTSIDE": str(outside),
+                               "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert done.returncode == 1
+    assert "The project has its own top-level .helios-aws" in done.stderr
+    assert list(outside.iterdir()) == []
+    rel = Path(ctx.facts["host_release_dir"])
+    assert rel.is_dir() and not (Path(str(step.target.release_state(rel.name))) / "installed").exists()

@@ -252,8 +252,8 @@ def test_runs_killed_mid_way_leave_nothing_duplicated_half_written_or_rotated(de
     releases = deployment.guest("ls /srv/helios/releases").stdout.split()
     current = deployment.guest("readlink /srv/helios/current").stdout.strip()
     assert releases == [current.split("/")[-1]]
-    assert deployment.guest("test -f /srv/helios/current/.helios-aws/installed && echo ok",
-                            check=False).stdout.strip() == "ok"
+    assert deployment.guest(f"test -f /var/lib/helios-aws/releases/{releases[0]}/installed "
+                            "&& echo ok", check=False).stdout.strip() == "ok"
     half_written = deployment.guest("sudo find /etc /srv /var/lib/helios "
                                     "-name '*.helios-aws-new'").stdout.split()
     uploads_left = deployment.guest("sudo find /tmp -maxdepth 1 -name 'helios-aws.*'"
@@ -313,6 +313,18 @@ def test_nothing_but_ssh_and_nginx_listens_beyond_loopback(deployment):
     public = [line for line in listening
               if not line.split()[3].startswith(("127.", "[::1]"))]
     assert public and all(("sshd" in line or "nginx" in line) for line in public), public
+
+
+def test_the_install_ran_as_the_service_user_and_the_code_is_root_s(deployment):
+    """The install filled the service user's download cache (had root run it, the files
+    would be root's), and the installed release, virtualenv included, is root's: the app
+    cannot change the code it runs."""
+    cache = deployment.guest("sudo find /var/cache/helios-aws -mindepth 2 -printf '%u\\n' "
+                             "| sort -u").stdout.split()
+    assert cache == ["helios"]
+    code = deployment.guest("sudo find /srv/helios/current/ -printf '%u\\n' | sort -u"
+                            ).stdout.split()
+    assert code == ["root"]
 
 
 def test_secrets_are_private_to_the_service_user(deployment):

@@ -2,7 +2,8 @@
 
 The project's files are its tracked files (``git ls-files``) when it is a git checkout,
 else every file except version control, virtualenvs, caches, the deployment's output
-directory and a local ``.env``. They travel as one tar stream over SFTP.
+directory and a local ``.env``. Top-level ``.venv``, ``media`` and ``.helios-aws`` are left
+out too: the deployment makes those in a release. They travel as one tar stream over SFTP.
 
 The server cannot reach this machine, so helios-aws (this package) is shipped too, as a
 wheel built here from the installed package's files: no build tool, no network, and the
@@ -29,7 +30,11 @@ from ..errors import ConfigError
 
 EXCLUDED_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "__pycache__", "node_modules",
                  ".mypy_cache", ".pytest_cache", ".tox", ".cache"}
-EXCLUDED_FILES = {".env"}
+# Top-level names the deployment makes in a release (the virtualenv, the link to the shared
+# media) or made there before. The project's own (a local virtualenv, local uploads, or a
+# link planted to aim the deployment's writes elsewhere) are never uploaded.
+RESERVED_NAMES = (".helios-aws", ".venv", "media")
+EXCLUDED_TOP = {".env", *RESERVED_NAMES}
 DIST_NAME = "helios-aws"
 WHEEL_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -52,7 +57,7 @@ def project_files(root, exclude=()):
     files = []
     for rel in tracked:
         parts = rel.split("/")
-        if parts[-1] in EXCLUDED_FILES and len(parts) == 1:
+        if parts[0] in EXCLUDED_TOP:
             continue
         if any(part in EXCLUDED_DIRS for part in parts[:-1]):
             continue

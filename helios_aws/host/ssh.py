@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import secrets
 import select
 import shlex
@@ -34,6 +35,7 @@ from ..errors import HostError
 DEFAULT_TIMEOUT = 1800
 ENDED, TIMED_OUT = "ended", "timed out"  # how reading a remote shell can stop
 STAGING_PARENT = "/tmp"
+STAGING_RE = re.compile(re.escape(STAGING_PARENT) + r"/helios-aws\.[A-Za-z0-9]{8}")
 # The host's deployment lock: how long a run waits for it, the descriptor the root shell
 # holds it on, what the shell says, and its exit statuses when it cannot take it.
 LOCK_WAIT = 1800
@@ -577,8 +579,13 @@ class Connection:
         if self._staging is None:
             if self.lock:
                 self._shell(True)  # a run holds the lock before it has anything staged
-            self._staging = self.run(f"mktemp -d {STAGING_PARENT}/helios-aws.XXXXXXXX"
-                                     ).stdout.strip()
+            answer = self.run(f"mktemp -d {STAGING_PARENT}/helios-aws.XXXXXXXX").stdout.strip()
+            # Root installs from there: the answer must name what was asked for.
+            if not STAGING_RE.fullmatch(answer):
+                raise HostError(f"mktemp on {self.host} answered {answer!r}, not a new "
+                                f"directory in {STAGING_PARENT}.",
+                                "Look at the server's mktemp and /tmp.")
+            self._staging = answer
         return self._staging
 
     def put(self, data, remote_path, mode=0o644, owner=None, group=None, step=None):

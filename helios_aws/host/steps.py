@@ -38,7 +38,7 @@ import re
 import shlex
 from pathlib import Path, PurePosixPath
 
-from .. import configure, layout as layout_mod, project as project_mod
+from .. import configure, layout as layout_mod, params, project as project_mod
 from ..engine import CREATE, KEEP, UNCHANGED, UPDATE, Change, Step
 from ..errors import ConfigError, HostError
 from . import recipes, release as release_mod
@@ -49,10 +49,13 @@ LIVENESS_PATH = "/helios/elections/params"
 APP_UNITS = ("gunicorn.socket", "gunicorn.service", "helios-celery.service")
 APP_SERVICES = ("gunicorn.service", "helios-celery.service")
 RENEW_TIMER = "helios-certbot-renew.timer"
-MARKER_DIR = ".helios-aws"
 STATE_DIR = "/var/lib/helios-aws"
-UV_CACHE = "/var/cache/helios-aws/uv"
-PIP_CACHE = "/var/cache/helios-aws/pip"
+CACHE_DIR = "/var/cache/helios-aws"
+# A release directory's name: a UTC time stamp and the release id (see Release.apply).
+RELEASE_NAME_RE = re.compile(r"[0-9]{14}-[0-9a-f]{16}")
+STAMP_GLOB = "[0-9]" * 14
+RELEASE_GLOB = STAMP_GLOB + "-" + "[0-9a-f]" * 16
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 EXTRA_PACKAGES = ("gunicorn", "django-environ")
 PEM_RE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 OS_RELEASE = {"debian13": ("debian", "13"), "al2023": ("amzn", "2023")}
@@ -61,14 +64,30 @@ OS_RELEASE = {"debian13": ("debian", "13"), "al2023": ("amzn", "2023")}
 # ------------------------------------------------------------------------- helpers
 
 
+def fact(key, command):
+    """A shell line printing the fact ``key``: the output of ``command``, NUL-terminated so
+    no value (a file name with a line break, say) can pass for another fact."""
+    return f"printf '%s=%s\\0' {q(key)} \"$({command})\"\n"
+
+
 def parse_facts(text):
-    """``key=value`` lines (as the read scripts print them) as a dict."""
+    """The NUL-terminated ``key=value`` records the read scripts print, as a dict."""
     facts = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
+    for record in text.split("\0"):
+        key, sep, value = record.partition("=")
         if sep:
             facts[key.strip()] = value.strip()
     return facts
+
+
+def release_name(answer):
+    """A release directory name the server answered, checked before any command uses it."""
+    if not RELEASE_NAME_RE.fullmatch(answer):
+        raise HostError(f"The server answered {answer!r} for a release directory, which is "
+                        "not a release's name (time stamp and id).",
+                        "Look at the releases directory on the server; remove what this "
+                        "tool did not make.")
+    return answer
 
 
 def sha256(data):
@@ -83,22 +102,22 @@ def q(value):
 
 def file_hashes_script(paths):
     """Shell lines printing ``sha.<path>=<sha256>`` for each path (empty when missing)."""
-    return "".join(
-        f"echo \"sha.{p}=$(sha256sum {q(p)} 2>/dev/null | cut -d' ' -f1 || true)\"\n"
-        for p in paths)
+    return "".join(fact(f"sha.{p}", f"sha256sum -- {q(p)} 2>/dev/null | cut -c1-64")
+                   for p in paths)
 
 
 def unit_state_script(units):
     return "".join(
-        f"echo \"enabled.{u}=$(systemctl is-enabled {u} 2>/dev/null || true)\"\n"
-        f"echo \"active.{u}=$(systemctl is-active {u} 2>/dev/null || true)\"\n"
+        fact(f"enabled.{u}", f"systemctl is-enabled -- {q(u)} 2>/dev/null || true")
+        + fact(f"active.{u}", f"systemctl is-active -- {q(u)} 2>/dev/null || true")
         for u in units)
 
 
 def restart_running(units=APP_SERVICES):
     """Restart those of ``units`` that run (they may not even exist yet)."""
-    return (f"for u in {' '.join(units)}; do "
-            "if systemctl is-active --quiet \"$u\"; then systemctl restart \"$u\"; fi; done")
+    return (f"for u in {shlex.join(units)}; do "
+            "if systemctl is-active --quiet -- \"$u\"; then systemctl restart -- \"$u\"; fi; "
+            "done")
 
 
 def connection(ctx):
@@ -175,6 +194,16 @@ class Target:
         return PurePosixPath(self.layout.prefix + STATE_DIR)
 
     @property
+    def cache_dir(self):
+        """The installs' download caches (the service user's, who runs them)."""
+        return PurePosixPath(self.layout.prefix + CACHE_DIR)
+
+    def release_state(self, name):
+        """This tool's records of release ``name`` (installed, migrated, source, the
+        wheel), kept outside the release so the project's files cannot redirect them."""
+        return self.state_dir / "releases" / name
+
+    @property
     def uses_uv(self):
         return not self.options.get("git_url") and self.project.dependency_source == "uv"
 
@@ -211,8 +240,8 @@ class Connect(HostStep):
 
     def read(self, ctx):
         conn = connection(ctx)
-        facts = self.facts(ctx, ". /etc/os-release; echo \"id=$ID\"; "
-                                "echo \"version=$VERSION_ID\"; echo \"name=$PRETTY_NAME\"")
+        facts = self.facts(ctx, ". /etc/os-release; printf '%s=%s\\0' id \"$ID\" "
+                                "version \"$VERSION_ID\" name \"$PRETTY_NAME\"")
         facts["login"] = conn.label
         facts["host_key"] = conn.host_key_fingerprint
         return facts
@@ -227,6 +256,12 @@ class Connect(HostStep):
                         "Move to Amazon Linux 2023 (--os al2023).")
             raise HostError(f"The deployment is for {self.target.recipe.label}, but the server "
                             f"runs {current.get('name') or 'an unknown OS'}.", hint)
+        user = connection(ctx).user
+        if user == self.target.layout.service_user:
+            raise HostError(f"The SSH login user {user} is also the service user: Helios "
+                            "would run as a user who may run anything as root.",
+                            "Log in as another user (--ssh-user), or deploy with another "
+                            "--service-user.")
         return Change(KEEP, f"{current['login']} ({current.get('name')}), host key "
                             f"{current['host_key']}")
 
@@ -309,7 +344,8 @@ class UvTool(HostStep):
         home = self.target.uv.parent.parent
         facts = self.facts(ctx, f"[ -x {q(self.target.uv)} ] || exit 0\n"
                                 f"for d in {q(home)}/lib/python3*/site-packages/uv-*.dist-info; "
-                                "do v=${d##*/uv-}; echo \"version=${v%.dist-info}\"; done")
+                                "do v=${d##*/uv-}; printf 'version=%s\\0' \"${v%.dist-info}\"; "
+                                "done")
         return facts.get("version", "")
 
     def plan(self, ctx, current):
@@ -318,10 +354,12 @@ class UvTool(HostStep):
         return Change(CREATE, f"install uv into {self.target.uv.parent.parent}")
 
     def apply(self, ctx, current, change):
+        # As root, from wheels only: nothing is built, so no package's code runs.
         home = self.target.uv.parent.parent
         self.sh(ctx, f"umask 022; {recipes.PYTHON} -m venv {q(home)} && "
                      f"PIP_CERT={q(self.target.recipe.ca_bundle)} {q(home)}/bin/pip install "
-                     "-q --disable-pip-version-check 'uv>=0.8'", timeout=1200)
+                     "-q --disable-pip-version-check --only-binary=:all: 'uv>=0.8'",
+                timeout=1200)
 
 
 class ServiceUser(HostStep):
@@ -339,17 +377,29 @@ class ServiceUser(HostStep):
             (lay.shared / "media", user, user, "750"),
             (lay.acme_root, "root", "root", "755"),
             (self.target.state_dir, "root", "root", "755"),
+            (self.target.state_dir / "releases", "root", "root", "755"),
+            # The installs run as the service user: their caches are its own.
+            (self.target.cache_dir, "root", "root", "755"),
+            (self.target.cache_dir / "uv", user, user, "700"),
+            (self.target.cache_dir / "pip", user, user, "700"),
         ]
 
     def read(self, ctx):
         user = self.target.layout.service_user
-        script = f"echo \"user=$(getent passwd {q(user)} | cut -d: -f1,6,7)\"\n"
-        script += "".join(f"echo \"dir.{d}=$(stat -c '%U %G %a' {q(d)} 2>/dev/null)\"\n"
+        script = fact("user", f"getent passwd -- {q(user)} | cut -d: -f1,6,7")
+        script += "".join(fact(f"dir.{d}", f"stat -c '%U %G %a' -- {q(d)} 2>/dev/null")
                           for d, *_ in self.dirs())
         return self.facts(ctx, script)
 
     def plan(self, ctx, current):
         lay = self.target.layout
+        made = f"{lay.service_user}:{lay.root}:{recipes.NOLOGIN}"
+        if current.get("user") and current["user"] != made:
+            raise HostError(
+                f"The server already has a user {lay.service_user} that this tool did not "
+                f"make (home and shell {current['user'].split(':', 1)[-1]}, not "
+                f"{lay.root}:{recipes.NOLOGIN}): Helios would run with that account's "
+                "powers.", "Deploy with another --service-user (the default is helios).")
         details = []
         if not current.get("user"):
             details.append(f"create the system user {lay.service_user}")
@@ -366,9 +416,14 @@ class ServiceUser(HostStep):
         if not current.get("user"):
             commands.append(f"useradd --system --user-group --home-dir "
                             f"{q(self.target.layout.root)} --no-create-home "
-                            f"--shell {recipes.NOLOGIN} {q(user)}")
+                            f"--shell {recipes.NOLOGIN} -- {q(user)}")
+        caches = {self.target.cache_dir / "uv", self.target.cache_dir / "pip"}
         for path, owner, group, mode in self.dirs():
-            commands.append(f"install -d -o {owner} -g {group} -m {mode} {q(path)}")
+            if path in caches and current.get(f"dir.{path}") not in (
+                    None, "", f"{owner} {group} {mode}"):
+                # Filled by root before the installs ran as the service user: start afresh.
+                commands.append(f"rm -rf -- {q(path)}")
+            commands.append(f"install -d -o {q(owner)} -g {q(group)} -m {mode} -- {q(path)}")
         self.sh(ctx, " && ".join(commands))
 
 
@@ -380,7 +435,7 @@ class Postgres(HostStep):
     database = "helios"
 
     def psql(self, sql, user="postgres", database="postgres"):
-        return (f"runuser -u {q(user)} -- psql -XAtq -v ON_ERROR_STOP=1 -d {database} "
+        return (f"runuser -u {q(user)} -- psql -XAtq -v ON_ERROR_STOP=1 -d {q(database)} "
                 f"-c {q(sql)}")
 
     def read(self, ctx):
@@ -392,14 +447,28 @@ class Postgres(HostStep):
                "coalesce((SELECT pg_get_userbyid(datdba) || ' ' || "
                "pg_encoding_to_char(encoding) FROM pg_database "
                f"WHERE datname = '{self.database}'), 'none')")
-        script = unit_state_script([service]) + (
-            f"echo \"db=$({self.psql(sql)} 2>/dev/null)\"\n"
-            f"echo \"peer=$({self.psql('SELECT current_user', role, self.database)} "
-            "2>/dev/null)\"\n")
+        # The cluster's bootstrap superuser (oid 10, "postgres" as packaged) administers it.
+        script = (unit_state_script([service])
+                  + fact("db", f"{self.psql(sql)} 2>/dev/null")
+                  + fact("bootstrap", self.psql("SELECT rolname FROM pg_roles WHERE oid = 10")
+                         + " 2>/dev/null")
+                  + fact("peer", f"{self.psql('SELECT current_user', role, self.database)} "
+                                 "2>/dev/null"))
         return self.facts(ctx, script)
 
-    def plan(self, ctx, current):
+    def check_role(self, current):
+        """The service user's role name; HostError if it is the cluster's bootstrap
+        superuser, which this step would otherwise demote."""
         role = self.target.layout.service_user
+        if role in ("postgres", current.get("bootstrap")):
+            raise HostError(f"The service user {role} is PostgreSQL's bootstrap superuser: "
+                            "taking superuser away from it would lock the cluster's "
+                            "administration.", "Deploy with another --service-user "
+                            "(the default is helios).")
+        return role
+
+    def plan(self, ctx, current):
+        role = self.check_role(current)
         service = self.target.recipe.postgres_service
         details = []
         if current.get(f"enabled.{service}") != "enabled":
@@ -425,13 +494,15 @@ class Postgres(HostStep):
         service = self.target.recipe.postgres_service
         init = self.target.recipe.postgres_init()
         self.sh(ctx, f"cd / && {init + ' && ' if init else ''}"
-                     f"systemctl enable --now {service} >/dev/null 2>&1 && "
-                     f"systemctl start {service}", timeout=600)
+                     f"systemctl enable --now -- {q(service)} >/dev/null 2>&1 && "
+                     f"systemctl start -- {q(service)}", timeout=600)
         # Fresh clusters take a moment to accept connections after systemctl returns.
         self.sh(ctx, "cd / && for i in $(seq 60); do "
                      "runuser -u postgres -- psql -XAtq -c 'SELECT 1' >/dev/null 2>&1 && "
                      "exit 0; sleep 1; done; exit 1", timeout=120)
-        db = self.read(ctx).get("db", "none none").split()
+        now = self.read(ctx)
+        self.check_role(now)  # the bootstrap superuser is known once the cluster runs
+        db = now.get("db", "none none").split()
         statements = []
         if db[0] == "none":
             statements.append(f"CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
@@ -453,8 +524,8 @@ class Postgres(HostStep):
                 "ENCODING 'UTF8' TEMPLATE template0, and restore.")
         if self.read(ctx).get("peer") != role:
             self.sh(ctx, "cd / && hba=$(" + self.psql("SHOW hba_file") + ") && "
-                    f"sed -i '1i local {self.database} {role} peer' \"$hba\" && "
-                    f"systemctl reload {service}")
+                    f"sed -i {q(f'1i local {self.database} {role} peer')} \"$hba\" && "
+                    f"systemctl reload {q(service)}")
             if self.read(ctx).get("peer") != role:
                 raise HostError(
                     f"{role} still cannot reach database {self.database} by peer "
@@ -509,10 +580,10 @@ class Broker(HostStep):
         recipe = self.target.recipe
         ports = " or ".join(f"sport = :{p}" for p in recipe.broker_ports(self.target.broker))
         script = unit_state_script([self.service])
-        script += f"echo \"listen=$(ss -Hltn '( {ports} )' | awk '{{print $4}}' | xargs)\"\n"
+        script += fact("listen", f"ss -Hltn {q(f'( {ports} )')} | awk '{{print $4}}' | xargs")
         if self.target.broker == "redis":
-            script += (f"echo \"bind=$(grep -E '^bind ' {q(recipe.redis_conf())} "
-                       "2>/dev/null | tail -n 1)\"\n")
+            script += fact("bind", f"grep -E '^bind ' -- {q(recipe.redis_conf())} 2>/dev/null "
+                                   "| tail -n 1")
         return self.facts(ctx, script)
 
     @staticmethod
@@ -536,13 +607,13 @@ class Broker(HostStep):
 
     def apply(self, ctx, current, change):
         recipe, broker = self.target.recipe, self.target.broker
-        commands = [f"systemctl enable {self.service} >/dev/null 2>&1"]
+        commands = [f"systemctl enable -- {q(self.service)} >/dev/null 2>&1"]
         restart = bool(self.exposed(current.get("listen", "")))
         if broker == "redis" and current.get("bind") != recipes.REDIS_BIND:
             commands.insert(0, f"echo {q(recipes.REDIS_BIND)} >> {q(recipe.redis_conf())}")
             restart = True
         commands.append(recipe.broker_restart(broker) if restart
-                        else f"systemctl start {self.service}")
+                        else f"systemctl start -- {q(self.service)}")
         self.sh(ctx, " && ".join(commands), timeout=900)
         listen = self.read(ctx).get("listen", "")
         if self.exposed(listen):
@@ -557,8 +628,8 @@ class EnvFile(HostStep):
 
     def read(self, ctx):
         path = self.target.layout.env_file
-        return self.facts(ctx, f"echo \"sha=$(sha256sum {q(path)} 2>/dev/null | cut -c1-64)\"\n"
-                               f"echo \"stat=$(stat -c '%U %a' {q(path)} 2>/dev/null)\"\n")
+        return self.facts(ctx, fact("sha", f"sha256sum -- {q(path)} 2>/dev/null | cut -c1-64")
+                          + fact("stat", f"stat -c '%U %a' -- {q(path)} 2>/dev/null"))
 
     def plan(self, ctx, current):
         lay = self.target.layout
@@ -608,30 +679,52 @@ class Release(HostStep):
         return source
 
     def remote_commit(self, ctx, url, ref):
-        if re.fullmatch(r"[0-9a-f]{40}", ref):
+        """The commit of branch or tag ``ref`` (exactly that name: ``git ls-remote`` alone
+        matches the ends of names, so ``main`` would also find ``refs/heads/a/main``)."""
+        if COMMIT_RE.fullmatch(ref):
             return ref
-        out = self.sh(ctx, f"cd / && git ls-remote {q(url)} {q(ref)}", sudo=False,
-                      timeout=120).stdout.split()
-        if not out:
-            raise HostError(f"{url} has no ref {ref!r}.", "Check --git-url and --git-ref.")
-        return out[0]
+        branch, tag, peeled = (("HEAD", None, None) if ref == "HEAD" else
+                               (f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"))
+        names = [n for n in (branch, tag, peeled) if n]
+        out = self.sh(ctx, f"cd / && git ls-remote -- {q(url)} {shlex.join(names)}",
+                      sudo=False, timeout=120).stdout
+        found = {}
+        for line in out.splitlines():
+            commit, _, name = line.partition("\t")
+            if name in names:
+                found[name] = commit.strip()
+        tagged = found.get(peeled) or found.get(tag)  # an annotated tag's commit is peeled
+        if found.get(branch) and tagged:
+            raise HostError(f"{url} has both a branch and a tag named {ref!r}.",
+                            "Give --git-ref the commit to deploy instead (the branch is at "
+                            f"{found[branch]}, the tag at {tagged}).")
+        commit = found.get(branch) or tagged
+        if not commit:
+            raise HostError(f"{url} has no branch or tag named {ref!r}.",
+                            "Check --git-url and --git-ref.")
+        if not COMMIT_RE.fullmatch(commit):
+            raise HostError(f"git ls-remote answered {commit!r} for {ref!r}, which is not a "
+                            "commit id.", "Check --git-url: it should name a git repository.")
+        return commit
 
     def read(self, ctx):
         source = self.source(ctx)
         lay = self.target.layout
+        state = self.target.state_dir / "releases"
         script = (f"cd {q(lay.releases)} 2>/dev/null || exit 0\n"
-                  f"for d in *-{source['id']}; do [ -d \"$d\" ] || continue; "
-                  f"if [ -f \"$d/{MARKER_DIR}/installed\" ]; then echo \"ready=$d\"; "
-                  "else echo \"partial=$d\"; fi; done\n"
-                  f"echo \"current=$(readlink {q(lay.current)})\"\n")
+                  f"for d in {STAMP_GLOB}-{source['id']}; do "
+                  "[ -d \"$d\" ] && [ ! -L \"$d\" ] || continue; "
+                  f"if [ -f {q(state)}/\"$d\"/installed ]; then printf 'ready=%s\\0' \"$d\"; "
+                  "else printf 'partial=%s\\0' \"$d\"; fi; done\n")
         return self.facts(ctx, script)
 
     def plan(self, ctx, current):
         source = self.source(ctx)
         lay = self.target.layout
         if current.get("ready"):
-            ctx.facts["host_release_dir"] = str(lay.releases / current["ready"])
-            return Change(KEEP, f"release {current['ready']}")
+            ready = release_name(current["ready"])
+            ctx.facts["host_release_dir"] = str(lay.releases / ready)
+            return Change(KEEP, f"release {ready}")
         return Change(CREATE, f"release {source['id']}: {source['describe']}")
 
     def apply(self, ctx, current, change):
@@ -640,25 +733,40 @@ class Release(HostStep):
         conn = connection(ctx)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S")
         rel = lay.releases / f"{stamp}-{source['id']}"
+        # This tool's records of the release live outside it: the project's files cannot
+        # aim them anywhere.
+        state = target.release_state(rel.name)
         wheel_name, wheel = source["wheel"]
         staged_wheel = conn.stage(wheel)
+        user = q(lay.service_user)
         steps = ["set -e", "umask 022", "cd /"]
         if current.get("partial"):
-            steps.append(f"rm -rf {q(lay.releases / current['partial'])}")
-        steps.append(f"mkdir -p {q(rel)}/{MARKER_DIR}")
+            partial = release_name(current["partial"])
+            steps.append(f"rm -rf -- {q(lay.releases / partial)} "
+                         f"{q(target.release_state(partial))}")
+        steps += [f"mkdir -- {q(rel)}", f"install -d -m 0755 -- {q(state)}"]
         if "git" in source:
             url, commit = source["git"]
-            steps += [f"cd {q(rel)}", "git init -q .", f"git fetch -q --depth 1 {q(url)} "
-                      f"{q(commit)}", "git checkout -q FETCH_HEAD", "rm -rf .git"]
+            steps += [f"cd {q(rel)}", "git init -q .",
+                      f"git fetch -q --depth 1 -- {q(url)} {q(commit)}",
+                      "git checkout -q FETCH_HEAD", "rm -rf .git"]
         else:
             root, files = source["files"]
             staged = conn.stage(release_mod.archive(root, files))
             steps.append(f"tar -xzf {q(staged)} -C {q(rel)} --no-same-owner")
-        wheel_path = f"{rel}/{MARKER_DIR}/{wheel_name}"
-        steps += [f"install -m 0644 {q(staged_wheel)} {q(wheel_path)}",
-                  f"[ -e {q(rel)}/media ] || ln -s ../../shared/media {q(rel)}/media",
-                  f"cd {q(rel)}"]
-        extras = [wheel_path, *EXTRA_PACKAGES] + (["redis"] if target.broker == "redis" else [])
+        wheel_path = state / wheel_name
+        steps += [f"cd {q(rel)}",
+                  "for n in " + shlex.join(release_mod.RESERVED_NAMES) + "; do "
+                  "if [ -e \"$n\" ] || [ -L \"$n\" ]; then echo \"The project has its own "
+                  "top-level $n, which the deployment makes; remove it from the "
+                  "repository.\" >&2; exit 1; fi; done",
+                  f"install -m 0644 -T -- {q(staged_wheel)} {q(wheel_path)}",
+                  "ln -s ../../shared/media media",
+                  # The install runs the project's build code: as the service user, in a
+                  # release it owns for that time only.
+                  f"chown -R -h -- {user}:{user} {q(rel)}"]
+        extras = [str(wheel_path), *EXTRA_PACKAGES] + (
+            ["redis"] if target.broker == "redis" else [])
         venv = f"{rel}/.venv"
         if "git" in source:
             steps.append(f"if [ -f uv.lock ]; then {self.uv_commands(venv, extras)}; "
@@ -667,26 +775,37 @@ class Release(HostStep):
             steps.append(self.uv_commands(venv, extras))
         else:
             steps.append(self.pip_commands(venv, extras))
-        steps += [f"{q(venv)}/bin/python -m compileall -q -x '/\\.venv/' {q(rel)} >/dev/null",
-                  f"printf '%s\\n' {q(source['describe'])} > {MARKER_DIR}/source",
-                  f"touch {MARKER_DIR}/installed"]
+        steps += [f"{self.as_service_user()} {q(venv)}/bin/python -m compileall -q "
+                  f"-x '/\\.venv/' {q(rel)} >/dev/null",
+                  # Then the code is root's again: the app cannot change what it runs.
+                  f"chown -R -h -- root:root {q(rel)}",
+                  f"printf '%s\\n' {q(source['describe'])} > {q(state / 'source')}",
+                  f"touch -- {q(state / 'installed')}"]
         self.sh(ctx, "\n".join(steps), timeout=3600)
         ctx.facts["host_release_dir"] = str(rel)
 
+    def as_service_user(self):
+        """The start of a command that runs as the service user, at home."""
+        lay = self.target.layout
+        return f"runuser -u {q(lay.service_user)} -- env HOME={q(lay.root)}"
+
     def uv_commands(self, venv, extras):
-        env = (f"UV_PYTHON={recipes.PYTHON} UV_PYTHON_DOWNLOADS=never UV_NATIVE_TLS=1 "
-               f"UV_CACHE_DIR={UV_CACHE} UV_COMPILE_BYTECODE=1 UV_PROJECT_ENVIRONMENT={q(venv)}")
+        cache = q(self.target.cache_dir / "uv")
+        env = (f"{self.as_service_user()} UV_PYTHON={recipes.PYTHON} UV_PYTHON_DOWNLOADS=never "
+               f"UV_NATIVE_TLS=1 UV_CACHE_DIR={cache} UV_COMPILE_BYTECODE=1 "
+               f"UV_PROJECT_ENVIRONMENT={q(venv)}")
         uv = q(self.target.uv)
         return (f"{env} {uv} sync --frozen --no-dev --quiet && "
                 f"{env} {uv} pip install --quiet --python {q(venv)}/bin/python "
-                f"{shlex.join(extras)}")
+                f"-- {shlex.join(extras)}")
 
     def pip_commands(self, venv, extras):
-        pip = f"PIP_CERT={q(self.target.recipe.ca_bundle)} PIP_CACHE_DIR={PIP_CACHE} " \
-              f"{q(venv)}/bin/pip"
-        return (f"{recipes.PYTHON} -m venv {q(venv)} && "
+        user = self.as_service_user()
+        pip = f"{user} PIP_CERT={q(self.target.recipe.ca_bundle)} " \
+              f"PIP_CACHE_DIR={q(self.target.cache_dir / 'pip')} {q(venv)}/bin/pip"
+        return (f"{user} {recipes.PYTHON} -m venv {q(venv)} && "
                 f"{pip} install -q --disable-pip-version-check -r requirements.txt "
-                f"{shlex.join(extras)}")
+                f"-- {shlex.join(extras)}")
 
 
 class Migrate(HostStep):
@@ -702,11 +821,14 @@ class Migrate(HostStep):
 
     def read(self, ctx):
         rel = self.release_dir(ctx)
-        script = (f"echo \"db=$(runuser -u postgres -- psql -XAtq -d {Postgres.database} "
-                  f"-c {q(self.fingerprint_sql)} 2>/dev/null)\"\n")
+        script = fact("db", f"runuser -u postgres -- psql -XAtq -d {q(Postgres.database)} "
+                            f"-c {q(self.fingerprint_sql)} 2>/dev/null")
         if rel:
-            script += f"echo \"done=$(cat {q(rel / MARKER_DIR / 'migrated')} 2>/dev/null)\"\n"
+            script += fact("done", f"cat -- {q(self.marker(rel))} 2>/dev/null")
         return self.facts(ctx, script)
+
+    def marker(self, rel):
+        return self.target.release_state(rel.name) / "migrated"
 
     def plan(self, ctx, current):
         rel = self.release_dir(ctx)
@@ -725,7 +847,7 @@ class Migrate(HostStep):
         rel = self.release_dir(ctx)
         self.sh(ctx, self.manage(rel, "migrate", "--no-input"), timeout=1800)
         fingerprint = self.read(ctx)["db"]
-        self.sh(ctx, f"echo {q(fingerprint)} > {q(rel / MARKER_DIR / 'migrated')}")
+        self.sh(ctx, f"printf '%s\\n' {q(fingerprint)} > {q(self.marker(rel))}")
 
 
 class Switch(HostStep):
@@ -735,13 +857,28 @@ class Switch(HostStep):
 
     def read(self, ctx):
         lay = self.target.layout
-        return self.facts(ctx, f"echo \"current=$(readlink {q(lay.current)})\"\n")
+        return self.facts(ctx, fact("current", f"readlink -- {q(lay.current)}"))
 
     def wanted(self, ctx):
         release_dir = ctx.facts.get("host_release_dir")
         return f"releases/{PurePosixPath(release_dir).name}" if release_dir else None
 
+    @staticmethod
+    def serving(current):
+        """The name of the release ``current`` points at (checked), or None."""
+        link = current.get("current")
+        if not link:
+            return None
+        directory, _, name = link.partition("/")
+        if directory != "releases" or not RELEASE_NAME_RE.fullmatch(name):
+            raise HostError(f"The server's current link points at {link!r}, not at a "
+                            "release this tool made.",
+                            "Look at it on the server; remove it if it is not serving, or "
+                            "point it at releases/<release> by hand.")
+        return name
+
     def plan(self, ctx, current):
+        self.serving(current)
         wanted = self.wanted(ctx) or "the new release"
         if current.get("current") == wanted:
             return Change(KEEP, f"current -> {wanted}")
@@ -753,18 +890,25 @@ class Switch(HostStep):
         keep = int(self.target.options.get("keep_releases") or KEEP_RELEASES)
         wanted = self.wanted(ctx)
         new_link = f"{lay.current}.helios-aws-new"
+        serving = self.serving(current)
         # Newest first by name (names start with a UTC time stamp); the serving one and the
-        # previous one always stay.
+        # previous one always stay. Only names of the release form are listed, one per
+        # NUL-terminated record, then this tool's records of the releases removed.
+        state = self.target.state_dir / "releases"
         self.sh(ctx, "\n".join([
             "set -e",
-            f"ln -sfn {q(wanted)} {q(new_link)}",
-            f"mv -fT {q(new_link)} {q(lay.current)}",
+            f"ln -sfn -- {q(wanted)} {q(new_link)}",
+            f"mv -fT -- {q(new_link)} {q(lay.current)}",
             restart_running(),
             f"cd {q(lay.releases)}",
-            f"ls -1d */ | sed 's,/$,,' | sort -r | grep -vxF {q(PurePosixPath(wanted).name)} "
-            + (f"| grep -vxF {q(PurePosixPath(current['current']).name)} "
-               if current.get("current") else "")
-            + f"| tail -n +{max(keep - 1, 1)} | xargs -r rm -rf --",
+            f"for d in {RELEASE_GLOB}; do [ -d \"$d\" ] && [ ! -L \"$d\" ] && "
+            "printf '%s\\0' \"$d\"; done "
+            f"| sort -rz | grep -zvxF -- {q(PurePosixPath(wanted).name)} "
+            + (f"| grep -zvxF -- {q(serving)} " if serving else "")
+            + f"| tail -zn +{max(keep - 1, 1)} | xargs -0r rm -rf --",
+            f"cd {q(state)}",
+            f"for d in {RELEASE_GLOB}; do [ -d {q(lay.releases)}/\"$d\" ] || rm -rf -- \"$d\"; "
+            "done",
         ]))
 
 
@@ -853,7 +997,7 @@ class NginxSite(HostStep):
         lay = self.target.layout
         return self.facts(ctx, file_hashes_script([lay.nginx_site])
                           + unit_state_script(["nginx.service"])
-                          + f"[ -s {q(lay.certificate)} ] && echo cert=yes\n")
+                          + fact("cert", f"[ -s {q(lay.certificate)} ] && echo yes"))
 
     def plan(self, ctx, current):
         lay = self.target.layout
@@ -890,9 +1034,9 @@ class Certificate(HostStep):
 
     def read(self, ctx):
         lay = self.target.layout
-        return self.facts(ctx, f"[ -s {q(lay.certificate)} ] && echo cert=yes\n"
-                               f"echo \"server=$(sed -n 's/^server *= *//p' "
-                               f"{q(self.renewal_conf())} 2>/dev/null)\"\n")
+        return self.facts(ctx, fact("cert", f"[ -s {q(lay.certificate)} ] && echo yes")
+                          + fact("server", "sed -n 's/^server *= *//p' -- "
+                                           f"{q(self.renewal_conf())} 2>/dev/null"))
 
     def plan(self, ctx, current):
         domain = self.target.deployment.domain
@@ -910,11 +1054,12 @@ class Certificate(HostStep):
     def apply(self, ctx, current, change):
         target = self.target
         domain = target.deployment.domain
+        # Every value joined to its option: none can be read as an option of its own.
         args = ["certbot", "certonly", "--non-interactive", "--agree-tos", "--webroot",
-                "-w", str(target.layout.acme_root), "-d", domain, "--cert-name", domain,
-                "--email", target.deployment.email]
+                f"--webroot-path={target.layout.acme_root}", f"--domains={domain}",
+                f"--cert-name={domain}", f"--email={target.deployment.email}"]
         if target.server:
-            args += ["--server", target.server]
+            args.append(f"--server={target.server}")
         if change.action == UPDATE:
             args.append("--force-renewal")
         self.sh(ctx, f"cd / && {self.certbot_env()} {shlex.join(args)}", timeout=600)
@@ -933,13 +1078,13 @@ class Renewal(HostStep):
         """Prints the digest of what a dry run vouches for: certificate and renewal conf."""
         lay = self.target.layout
         conf = Certificate(self.target).renewal_conf()
-        return f"cat {q(lay.certificate)} {q(conf)} 2>/dev/null | sha256sum | cut -c1-64"
+        return f"cat -- {q(lay.certificate)} {q(conf)} 2>/dev/null | sha256sum | cut -c1-64"
 
     def read(self, ctx):
         distro = self.target.recipe.distro_renew_timer
         return self.facts(ctx, unit_state_script([RENEW_TIMER, distro])
-                          + f"echo \"proof=$({self.proof_script()})\"\n"
-                          + f"echo \"done=$(cat {self.marker()} 2>/dev/null)\"\n")
+                          + fact("proof", self.proof_script())
+                          + fact("done", f"cat -- {q(self.marker())} 2>/dev/null"))
 
     def plan(self, ctx, current):
         distro = self.target.recipe.distro_renew_timer
@@ -961,14 +1106,14 @@ class Renewal(HostStep):
         env = Certificate(self.target).certbot_env()
         domain = self.target.deployment.domain
         # A dry run goes to the default CA's staging server unless told otherwise.
-        server = f" --server {q(self.target.server)}" if self.target.server else ""
+        server = [f"--server={self.target.server}"] if self.target.server else []
         self.sh(ctx, "\n".join([
             "set -e", "cd /",
-            f"systemctl disable --now {distro} >/dev/null 2>&1 || true",
-            f"systemctl enable --now {RENEW_TIMER} >/dev/null 2>&1",
+            f"systemctl disable --now -- {q(distro)} >/dev/null 2>&1 || true",
+            f"systemctl enable --now -- {q(RENEW_TIMER)} >/dev/null 2>&1",
             f"{env} certbot renew --dry-run --non-interactive --no-random-sleep-on-renew "
-            f"--cert-name {q(domain)}{server}",
-            f"{self.proof_script()} > {self.marker()}",
+            + shlex.join([f"--cert-name={domain}", *server]),
+            f"{self.proof_script()} > {q(self.marker())}",
         ]), timeout=900)
 
 
@@ -986,7 +1131,8 @@ class Liveness(HostStep):
         # one certbot obtained, for this name, whatever CA issued it.
         return (f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 60 "
                 f"--cacert {q(target.layout.certificate)} "
-                f"--resolve {domain}:{port}:127.0.0.1 https://{domain}{suffix}{LIVENESS_PATH}")
+                f"--resolve {q(f'{domain}:{port}:127.0.0.1')} "
+                f"{q(f'https://{domain}{suffix}{LIVENESS_PATH}')}")
 
     def read(self, ctx):
         result = self.sh(ctx, self.probe(), check=False, timeout=90)
@@ -1010,9 +1156,25 @@ class Liveness(HostStep):
 # ------------------------------------------------------------------------- entry point
 
 
+def check_options(ctx):
+    """The host half's own options that reach commands on the server, checked before
+    anything runs there."""
+    options = ctx.options
+    if options.get("git_url"):
+        params.validate_git_url(options["git_url"])
+        params.validate_git_ref(options.get("git_ref") or "HEAD")
+    elif options.get("git_ref"):
+        raise ConfigError("--git-ref needs --git-url.",
+                          "Give the repository with --git-url, or leave --git-ref out to "
+                          "deploy the local files.")
+    if options.get("ssh_user"):
+        params.validate_service_user(ctx.deployment.service_user, options["ssh_user"])
+
+
 def steps(ctx, project=None):
     """The host steps for ``ctx.deployment``, in order (see the module docstring)."""
     target = Target(ctx, project)
+    check_options(ctx)
     if not target.options.get("git_url"):
         wanted = tuple(int(n) for n in target.project.python.split("."))
         if wanted > recipes.PYTHON_VERSION:
