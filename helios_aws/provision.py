@@ -21,6 +21,7 @@ from .configure import ENV_NAME, written_dirs
 from .engine import KEEP, Context, Output, Runner, summary
 from .errors import ConfigError
 from .files import exclusive, read_text
+from .host import rollback
 
 HOST_STEPS = "helios_aws.host.steps"
 LOGGED_PARAMS_LENGTH = 400
@@ -35,6 +36,10 @@ def run(deployment, out_dir, options, out, confirm):
         try:
             if options.get("destroy"):
                 return destroy(ctx, out, confirm)
+            if options.get("releases"):
+                return list_releases(ctx, out)
+            if options.get("rollback"):
+                return roll_back(ctx, out)
             if options.get("stop") or options.get("start"):
                 return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
             if options.get("plan"):
@@ -64,6 +69,14 @@ def check_options(deployment, options):
     if options.get("skip_aws") and options.get("skip_host"):
         raise ConfigError("--skip-aws and --skip-host together leave nothing to do.",
                           "Drop one of them.")
+    if options.get("rollback") and options.get("releases"):
+        raise ConfigError("--rollback and --releases are two actions.", "Give one of them.")
+    day_two = next((a for a in ("rollback", "releases") if options.get(a)), None)
+    aws_action = next((a for a in ("destroy", "stop", "start") if options.get(a)), None)
+    if day_two and (aws_action or options.get("skip_host")):
+        other = aws_action or "skip_host"
+        raise ConfigError(f"--{day_two} works on the server; --{other.replace('_', '-')} "
+                          "does not go with it.", f"Drop --{other.replace('_', '-')}.")
     if options.get("skip_aws") and any(options.get(a) for a in ("destroy", "stop", "start")):
         raise ConfigError("--destroy, --stop and --start act on AWS; --skip-aws forbids it.",
                           "Drop --skip-aws.")
@@ -244,6 +257,32 @@ def report_leftovers(ctx, out, remaining):
         cost = "free" if usd is None else f"${usd:.2f}/month"
         out.line(f"  - {text} ({cost})")
         ctx.log.info("left: %s", text)
+
+
+def list_releases(ctx, out):
+    """--releases: the releases on the server, newest first; changes nothing."""
+    facts_from_state(ctx)
+    connect, releases = rollback.steps(ctx, "releases")
+    Runner([connect], ctx, out).plan()
+    current = releases.read(ctx)
+    if not current["releases"]:
+        out.line("No release is on the server yet.")
+    for release in current["releases"]:
+        out.line("  " + rollback.describe(release, current["serving"]))
+    return current["releases"]
+
+
+def roll_back(ctx, out):
+    """--rollback: back to the previous installed release (with --plan, only say so)."""
+    facts_from_state(ctx)
+    chosen = rollback.steps(ctx, "rollback")
+    if ctx.options.get("plan"):
+        rows = Runner(chosen, ctx, out).plan()
+        out.line("Plan only: nothing was changed.", "SUCCESS")
+        return rows
+    results = Runner(chosen, ctx, out).apply()
+    finish(ctx, out, summary(results))
+    return results
 
 
 def stop_or_start(ctx, out, action):

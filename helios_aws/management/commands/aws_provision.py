@@ -29,6 +29,13 @@ class Command(BaseCommand):
                                  "snapshots the root volume first).")
         action.add_argument("--stop", action="store_true", help="Stop the instance.")
         action.add_argument("--start", action="store_true", help="Start the instance.")
+        parser.add_argument("--rollback", action="store_true",
+                            help="Switch the server back to the previous installed release and "
+                                 "restart the app (refused while the database has migrations "
+                                 "that release lacks); with --plan, only show it.")
+        parser.add_argument("--releases", action="store_true",
+                            help="List the releases on the server (id, installed when, "
+                                 "source, serving or not).")
         parser.add_argument("--skip-host", action="store_true",
                             help="Provision AWS only, not the server's software.")
         parser.add_argument("--skip-aws", action="store_true",

@@ -1,0 +1,130 @@
+"""Day-two release work on the server: list the installed releases, roll back to the
+previous one.
+
+A release stays on the server after the next one is switched to (``KEEP_RELEASES`` of
+them), code and virtualenv included, so going back is a switch of the ``current`` link
+and a restart: no upload, no install. What can make an older release unsafe is the
+database: migrations applied by the newer release that the older one does not have.
+The older code may then meet columns or tables it does not expect, so the rollback is
+refused, naming those migrations, until the operator reverses them.
+
+A migration is known to a release when its file is there: ``APP/migrations/NAME.py``
+anywhere in the release, its virtualenv included (Django's own apps), where APP, the
+directory's name, is the app's label as Django records it (true of Helios's apps and of
+Django's).
+"""
+
+import datetime
+
+from ..engine import KEEP, UPDATE, Change
+from ..errors import HostError
+from . import steps as host
+from .steps import HostStep, fact, q, release_name, restart_running
+
+MIGRATIONS = ("find . -type f -path '*/migrations/*.py' ! -name '__init__.py' 2>/dev/null "
+              "| sed -E 's,^.*/([^/]+)/migrations/([^/]+)[.]py$,\\1.\\2,' | sort -u")
+
+
+class Releases(HostStep):
+    """What is on the server: the releases, which one serves, the applied migrations."""
+
+    name = "host: releases"
+
+    def read(self, ctx):
+        lay, target = self.target.layout, self.target
+        records = target.state_dir / "releases"
+        script = (f"cd -- {q(lay.releases)} 2>/dev/null || exit 0\n"
+                  f"for d in {host.RELEASE_GLOB}; do\n"
+                  "  { [ -d \"$d\" ] && [ ! -L \"$d\" ]; } || continue\n"
+                  f"  r={q(records)}/\"$d\"\n"
+                  "  printf '%s=%s\\0' \"installed.$d\" "
+                  "\"$(stat -c %Y -- \"$r/installed\" 2>/dev/null)\"\n"
+                  "  printf '%s=%s\\0' \"source.$d\" \"$(head -n 1 -- \"$r/source\" "
+                  "2>/dev/null)\"\n"
+                  f"  printf '%s=%s\\0' \"migrations.$d\" \"$(cd -- \"$d\" && {MIGRATIONS})\"\n"
+                  "done\n"
+                  + fact("current", f"readlink -- {q(lay.current)}")
+                  + fact("applied", "runuser -u postgres -- psql -XAtq -d "
+                                    f"{q(host.Postgres.database)} -c "
+                                    f"{q(APPLIED_SQL)} 2>/dev/null"))
+        facts = self.facts(ctx, script)
+        releases = []
+        for key, value in facts.items():
+            if key.startswith("installed."):
+                name = release_name(key.split(".", 1)[1])
+                releases.append({
+                    "name": name,
+                    "installed": int(value) if value.isdigit() else None,
+                    "source": facts.get(f"source.{name}", ""),
+                    "migrations": set(facts.get(f"migrations.{name}", "").split()),
+                })
+        releases.sort(key=lambda r: r["name"], reverse=True)
+        serving = host.Switch.serving(facts)
+        return {"releases": releases, "serving": serving,
+                "applied": set(facts.get("applied", "").split())}
+
+    def plan(self, ctx, current):
+        return Change(KEEP, f"{len(current['releases'])} release(s), serving "
+                            f"{current['serving'] or 'none'}")
+
+
+APPLIED_SQL = "SELECT app || '.' || name FROM django_migrations ORDER BY 1"
+
+
+def describe(release, serving):
+    when = (datetime.datetime.fromtimestamp(release["installed"], datetime.timezone.utc)
+            .strftime("%Y-%m-%d %H:%M UTC") if release["installed"] else "not installed")
+    mark = "serving" if release["name"] == serving else "       "
+    return f"{release['name']}  {mark}  installed {when}  {release['source'] or '-'}"
+
+
+class Rollback(Releases):
+    """Switch ``current`` back to the newest installed release older than the serving one,
+    and restart the app; refused while the database holds migrations it lacks."""
+
+    name = "host: rollback"
+
+    def target_release(self, current):
+        serving = current["serving"]
+        if serving is None:
+            raise HostError("No release is serving on the server, so there is nothing to "
+                            "roll back from.", "Run aws_provision to deploy one.")
+        older = [r for r in current["releases"] if r["name"] < serving and r["installed"]]
+        if not older:
+            raise HostError(f"No installed release older than {serving} is left on the "
+                            "server.", "Deploy the version you want with aws_provision "
+                            "(an older commit, or --git-ref).")
+        return older[0]
+
+    def plan(self, ctx, current):
+        previous = self.target_release(current)
+        unknown = sorted(current["applied"] - previous["migrations"])
+        if unknown:
+            raise HostError(
+                f"The database has migrations that release {previous['name']} does not "
+                f"know: {', '.join(unknown)}. Its code could meet tables and columns it "
+                "does not expect.",
+                "Reverse them first from the serving release (as the service user: "
+                "manage.py migrate APP PREVIOUS_MIGRATION), then roll back; or fix "
+                "forward with a new release.")
+        return Change(UPDATE, f"current -> releases/{previous['name']} (was "
+                              f"releases/{current['serving']}), restart the app")
+
+    def apply(self, ctx, current, change):
+        lay = self.target.layout
+        previous = self.target_release(current)
+        new_link = f"{lay.current}.helios-aws-new"
+        self.sh(ctx, "\n".join([
+            "set -e",
+            f"ln -sfn -- {q('releases/' + previous['name'])} {q(new_link)}",
+            f"mv -fT -- {q(new_link)} {q(lay.current)}",
+            restart_running(),
+        ]))
+        ctx.notice(f"Rolled back to {previous['name']}. The next aws_provision deploys the "
+                   "checkout again: revert the change there first.")
+
+
+def steps(ctx, action):
+    """The host steps of ``--releases`` or ``--rollback``: log in, then the action."""
+    target = host.Target(ctx)
+    return [host.Connect(target), (Rollback if action == "rollback" else Releases)(target)]
