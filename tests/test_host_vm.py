@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import rig
 from fixtures import helios_env, make_fixture_project, run_manage
+from load import SteadyLoad
 
 import helios_aws
 from helios_aws import envfile
@@ -40,6 +41,7 @@ from vm import debian_vm  # noqa: F401  (a fixture)
 
 
 DOMAIN = "vote.helios-vm.test"
+LIVENESS = "/helios/elections/params"
 SETTINGS = "--settings=helios_aws.settings_overrides.production"
 FIRST_RUN_TIMEOUT = 3600
 # The first run provisions a bare guest under software emulation (9-15 min here): the
@@ -342,15 +344,101 @@ def test_a_second_run_changes_nothing(deployment):
     assert "Done: no changes." in again.stdout, output(again)
 
 
-def test_a_broken_release_leaves_the_previous_one_serving(deployment):
-    before = deployment.guest("readlink /srv/helios/current").stdout.strip()
+def serving(deployment):
+    return deployment.guest("readlink /srv/helios/current").stdout.strip()
+
+
+def test_a_new_release_is_switched_to_without_losing_a_request(deployment):
+    """While the new release migrates, is switched to and the app restarts, a steady
+    stream of requests (12 a second, to / and to the liveness page, through nginx on the
+    forwarded port) gets an answer to every request."""
+    root = deployment.pebble.issuing_root()
+    before = serving(deployment)
+    (deployment.project / "server_ui" / "media" / "release-note.txt").write_text("second\n")
+    log = deployment.project / "deploy" / "provision.log"
+    offset = log.stat().st_size
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", *deployment.provision_args(), SETTINGS],
+        cwd=deployment.project, env=deployment.env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 1800
+        while not any(line.startswith("host: release: ")
+                      for line in deployment.completions(offset)):
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "the release was not installed in 30 min"
+            time.sleep(0.5)
+        # The release is installed: from here on, migrate, switch and restart.
+        with SteadyLoad(deployment.vm.host, lambda path: https_get(
+                deployment.vm, path, root)[0], ["/", LIVENESS], rate=12) as load:
+            process.wait(timeout=900)
+            time.sleep(3)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = process.stdout.read()
+    print(f"zero-downtime switch: {load.summary()}")
+    assert process.returncode == 0, text[-6000:]
+    assert serving(deployment) != before
+    assert load.failures == [], [(a.path, a.status, a.error) for a in load.failures[:10]]
+    assert load.achieved_rate >= 10
+    status, _, body = https_get(deployment.vm, "/static/release-note.txt", root)
+    assert (status, body) == (200, b"second\n")
+    deployment.previous, deployment.newest = before, serving(deployment)
+
+
+def test_releases_are_listed_and_a_rollback_goes_back_to_the_previous_one(deployment):
+    listed = deployment.manage(*deployment.provision_args(), "--releases")
+    assert listed.returncode == 0, output(listed)
+    rows = [line.split() for line in listed.stdout.splitlines()
+            if line.startswith("  2")]
+    assert [row[0] for row in rows] == [deployment.newest.split("/")[1],
+                                        deployment.previous.split("/")[1]]
+    assert rows[0][1] == "serving" and rows[1][1] == "installed"
+
+    planned = deployment.manage(*deployment.provision_args(), "--rollback", "--plan")
+    assert planned.returncode == 0, output(planned)
+    assert f"current -> {deployment.previous}" in planned.stdout
+    assert serving(deployment) == deployment.newest
+
+    started = time.monotonic()
+    rolled = deployment.manage(*deployment.provision_args(), "--rollback")
+    print(f"--rollback: {time.monotonic() - started:.1f} s")
+    assert rolled.returncode == 0, output(rolled)
+    assert serving(deployment) == deployment.previous
+    root = deployment.pebble.issuing_root()
+    assert https_get(deployment.vm, LIVENESS, root)[0] == 200
+    assert https_get(deployment.vm, "/static/release-note.txt", root)[0] == 404
+
+
+def test_a_rollback_past_a_migration_is_refused_naming_it(deployment):
     migrations = deployment.project / "helios" / "migrations"
-    (migrations / "0002_broken.py").write_text(
+    (migrations / "0002_ballot_note.py").write_text(
+        "from django.db import migrations\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('helios', '0001_initial')]\n"
+        "    operations = [migrations.RunSQL('CREATE TABLE helios_ballot_note (id int)', "
+        "'DROP TABLE helios_ballot_note')]\n")
+    forward = deployment.provision(timeout=1800)
+    assert forward.returncode == 0, output(forward)
+    newest = serving(deployment)
+    refused = deployment.manage(*deployment.provision_args(), "--rollback")
+    assert refused.returncode != 0
+    assert "helios.0002_ballot_note" in refused.stderr, output(refused)
+    assert serving(deployment) == newest
+
+
+def test_a_broken_release_leaves_the_previous_one_serving(deployment):
+    before = serving(deployment)
+    installed = deployment.guest("ls /srv/helios/releases").stdout.split()
+    migrations = deployment.project / "helios" / "migrations"
+    latest = max(p.stem for p in migrations.glob("0*.py"))
+    (migrations / "0099_broken.py").write_text(
         "from django.db import migrations\n\n\n"
         "def fail(apps, schema_editor):\n"
         "    raise RuntimeError('this release is broken on purpose')\n\n\n"
         "class Migration(migrations.Migration):\n"
-        "    dependencies = [('helios', '0001_initial')]\n"
+        f"    dependencies = [('helios', {latest!r})]\n"
         "    operations = [migrations.RunPython(fail)]\n")
     broken = deployment.provision(timeout=1800)
     print(f"broken release run: {broken.seconds:.0f} s")
@@ -362,4 +450,5 @@ def test_a_broken_release_leaves_the_previous_one_serving(deployment):
                              deployment.pebble.issuing_root())
     assert status == 200
     releases = deployment.guest("ls /srv/helios/releases").stdout.split()
-    assert len(releases) == 2 and before.split("/")[1] in releases
+    # The broken release stays beside the others (the next good run prunes it).
+    assert len(releases) == len(installed) + 1 and set(installed) <= set(releases)
