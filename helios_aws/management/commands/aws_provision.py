@@ -63,8 +63,16 @@ class Command(BaseCommand):
         out_dir = cli.resolve_output(options)
         overrides = {"region": options["region"]} if options["region"] else None
         deployment = params.load(out_dir, overrides, cli.settings_layer())
-        out = Output(self.stdout.write, options["verbosity"], self.style)
+        out = Output(self.stdout.write, options["verbosity"], self.style,
+                     terminal=self._terminal() if self.stdout.isatty() else None)
         provision.run(deployment, out_dir, options, out, self._confirmer(options))
+
+    def _terminal(self):
+        def write(text):
+            self.stdout.write(text, ending="")
+            self.stdout.flush()
+
+        return write
 
     def _confirmer(self, options):
         def confirm(prompt, expected):
