@@ -13,10 +13,13 @@ ssh-keygen), as AWS would serve it.
 
 import datetime
 import json
+import os
+import pty
 import re
 import shutil
 import stat
 import subprocess
+import sys
 
 import boto3
 import moto.ec2.responses.general as moto_console
@@ -215,6 +218,10 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
         "EC2 instance": "created", "Elastic IP": "created", "DNS record": "created",
         "mail (SES)": "created", "SSH host key": "created"}
     assert "Done: 8 created, 2 unchanged." in first.stdout
+    # In a pipe each step's line appears when it starts, then with its outcome.
+    shown = first.stdout.splitlines()
+    ended, = [i for i, line in enumerate(shown) if line.startswith("[ 4/10] security group: ")]
+    assert shown.index("[ 4/10] security group ...") < ended
     assert inventory() == ONE_OF_EACH
     key_file = deploy / "ssh-key.pem"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -273,6 +280,47 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
     logged = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc)
     assert abs(datetime.datetime.now(datetime.timezone.utc) - logged).total_seconds() < 600
+
+
+def run_in_terminal(project, *flags):
+    """``aws_provision --skip-host FLAGS`` with its output on a pseudo-terminal; (exit
+    status, what the terminal received)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "aws_provision", SETTINGS, "--skip-host", *flags],
+        cwd=project, env=helios_env(), stdin=subprocess.DEVNULL, stdout=terminal,
+        stderr=subprocess.PIPE)
+    os.close(terminal)
+    received = b""
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # EIO: the command has ended and closed the terminal
+            break
+        if not data:
+            break
+        received += data
+    os.close(controller)
+    process.wait(timeout=120)
+    return process.returncode, received.decode()
+
+
+def test_on_a_terminal_each_step_line_is_rewritten_in_place(project):
+    create_zone()
+
+    status, received = run_in_terminal(project)
+
+    assert status == 0
+    for index, name in enumerate(["AWS account", "machine image", "key pair", "security group",
+                                  "mail permissions (IAM role)", "EC2 instance", "Elastic IP",
+                                  "DNS record", "mail (SES)", "SSH host key"], 1):
+        assert f"\r\x1b[K[{index:>2}/10] {name}: running, 0s" in received
+    # What stays on the screen: one line per step, with its outcome, no start lines.
+    screen = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r\x1b[K")[-1])
+              for line in received.split("\r\n")]
+    steps = [line for line in screen if line.startswith("[")]
+    assert len(steps) == 10 and all(STEP_LINE.match(line) for line in steps)
+    assert "Done: 8 created, 2 unchanged." in screen
 
 
 def test_a_lost_state_file_means_adopting_by_tag_not_creating(project):
@@ -434,6 +482,12 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
     assert list(left) == ["snapshots"] and len(left["snapshots"]) == 1
     assert f"snapshot {left['snapshots'][0]} of the root volume: completed" in destroyed.stdout
     assert f"snapshot {left['snapshots'][0]} (16 GiB), kept on purpose" in destroyed.stdout
+    # The long waits say when they start (and, past 30 s, that they are still going).
+    shown = destroyed.stdout.splitlines()
+    assert shown.index("snapshot of the root volume ...") < shown.index(
+        f"snapshot {left['snapshots'][0]} of the root volume: completed")
+    assert shown.index("deleting what deployment helios made ...") < shown.index(
+        "deleted key pair helios-helios")
     assert inventory() == dict(NOTHING, snapshots=1)
     assert (deploy / "ssh-key.pem").exists()
     assert "kept the private key" in destroyed.stdout
@@ -492,6 +546,7 @@ def test_stop_and_start(project):
 
     stopped = run(project, "--stop")
     assert instance_state() == "stopped"
+    assert stopped.stdout.startswith("stop EC2 instance ...\n")
     assert "the Elastic IP ($3.65/month) still do" in stopped.stdout
 
     run(project, "--start")

@@ -80,7 +80,8 @@ def _sha256(text):
 class KeyPairStep(AWSStep):
     """The EC2 key pair: the operator's public key imported, or a new ed25519 pair whose
     private key is saved (0600) in the output directory. An existing key file is never
-    overwritten."""
+    overwritten: when the pair is gone (after --destroy), the key file's public half is
+    imported as the new pair, so the operator keeps one key."""
 
     name = "key pair"
     state_key = "key_pair"

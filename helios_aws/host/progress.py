@@ -84,12 +84,12 @@ class ToolProgress:
         match = UV_COUNT.match(line)
         if match:
             return f"{match.group(1).lower()} {_packages(int(match.group(2)))}"
-        match = UV_ITEM.match(line)
-        if match:
-            return f"{match.group(1).lower()} {match.group(2)}"
         match = PIP_BUILDING.match(line)
         if match:
             return f"building {match.group(1)}"
+        match = UV_ITEM.match(line)
+        if match:
+            return f"{match.group(1).lower()} {match.group(2)}"
         match = PIP_COLLECTING.match(line)
         if match:
             self.collected += 1

@@ -48,7 +48,8 @@ class Command(BaseCommand):
                                "output directory).")
         host.add_argument("--trust-host-key", default=None, metavar="FINGERPRINT",
                           help="The server's SSH host key fingerprint (SHA256:...), when "
-                               "it cannot be read from the console output.")
+                               "it cannot be read from the console output (which is then "
+                               "not awaited).")
         host.add_argument("--server", default=None, metavar="URL",
                           help="ACME directory URL for the certificate (default: Let's "
                                "Encrypt).")
