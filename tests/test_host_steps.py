@@ -288,6 +288,9 @@ def test_packages_pass_on_what_apt_is_doing(ctx, project):
                                     "pmstatus:libpq5:5.0:Installing libpq5 (amd64)",
                                     "pmstatus:gcc:6.2:Unpacking gcc (amd64)"],
      "installing 2 packages"),
+    ("apt, a package with its architecture", ["pmstatus:libc6:i386:3.0:Unpacking libc6:i386",
+                                              "pmstatus:libc6:amd64:4.0:Unpacking libc6"],
+     "installing 2 packages"),
     ("apt, a status line glued to dpkg's", ["(Reading database ... 5%pmstatus:gcc:6.2:"
                                             "Unpacking gcc (amd64)"], "installing 1 package"),
     ("dnf 4 download", ["(3/80): libpq-15.6-1.amzn2023.0.1.x86_64.rpm  2.0 MB/s | 212 kB"
@@ -302,7 +305,12 @@ def test_packages_pass_on_what_apt_is_doing(ctx, project):
     ("uv resolving", ["Resolved 80 packages in 3ms"], "resolved 80 packages"),
     ("uv downloading", ["Resolved 80 packages in 3ms", "Downloading cryptography (4.2MiB)"],
      "downloading cryptography"),
+    ("uv creating the virtualenv", ["Using CPython 3.13.5 interpreter at: /usr/bin/python3.13",
+                                    "Creating virtual environment at: /srv/helios/releases/"
+                                    "20261202-ab12/.venv"], "creating the virtualenv"),
     ("uv building", ["   Building python-ldap==3.4.4"], "building python-ldap==3.4.4"),
+    ("uv built", ["   Building python-ldap==3.4.4", "      Built python-ldap==3.4.4"],
+     "built python-ldap==3.4.4"),
     ("uv installing", ["Prepared 78 packages in 41.02s", "Installed 80 packages in 212ms"],
      "installed 80 packages"),
     ("pip collecting", ["Collecting Django==5.2.1 (from -r requirements.txt (line 1))",

@@ -11,8 +11,8 @@ progress line, e.g. ``installing 12/80 packages``:
   the summary ``N upgraded, M newly installed, K reinstalled, ...`` for the total;
 * dnf 4 (``(3/80): NAME.rpm ...`` downloads, ``  Installing : NAME  12/80`` transaction
   lines) and dnf 5 (``[12/80] Installing NAME ...``);
-* uv (``Resolved 80 packages``, ``Downloading NAME``, ``Building NAME``, ``Prepared ...``,
-  ``Installed ...``);
+* uv (``Creating virtual environment at: ...``, ``Resolved 80 packages``, ``Downloading
+  NAME``, ``Building NAME``, ``Built NAME``, ``Prepared ...``, ``Installed ...``);
 * pip (``Collecting NAME``, ``Building wheel for NAME``, ``Installing collected packages:
   a, b, c``).
 
@@ -21,7 +21,8 @@ Anything else is ignored: progress is a courtesy, never a condition of success.
 
 import re
 
-APT_STATUS = re.compile(r"(dlstatus|pmstatus):([^:]*):([0-9.]+):(.*)$")
+# PACKAGE may carry its architecture (libc6:i386).
+APT_STATUS = re.compile(r"(dlstatus|pmstatus):(.*?):([0-9.]+):(.*)$")
 APT_SUMMARY = re.compile(r"(\d+) upgraded, (\d+) newly installed(?:, (\d+) reinstalled)?")
 APT_FILE = re.compile(r"(\d+) of (\d+)")
 # apt's package-manager messages: unpacking comes first, configuring second.
@@ -32,7 +33,8 @@ DNF4_ACTION = re.compile(r"^\s+(Installing|Upgrading|Reinstalling|Downgrading|Ve
 DNF5_ACTION = re.compile(r"^\[\s*(\d+)/(\d+)\]\s+(Installing|Upgrading|Reinstalling|"
                          r"Downgrading|Verifying|Removing)\b")
 UV_COUNT = re.compile(r"^(Resolved|Prepared|Installed|Audited|Uninstalled) (\d+) packages?\b")
-UV_ITEM = re.compile(r"^\s*(Downloading|Building) (\S+)")
+UV_ITEM = re.compile(r"^\s*(Downloading|Downloaded|Building|Built) (\S+)")
+UV_VENV = re.compile(r"^Creating virtual environment at: ")
 PIP_COLLECTING = re.compile(r"^Collecting (\S+)")
 PIP_BUILDING = re.compile(r"^\s*Building wheel for (\S+)")
 PIP_INSTALLING = re.compile(r"^Installing collected packages: (.+)$")
@@ -87,6 +89,8 @@ class ToolProgress:
         match = PIP_BUILDING.match(line)
         if match:
             return f"building {match.group(1)}"
+        if UV_VENV.match(line):
+            return "creating the virtualenv"
         match = UV_ITEM.match(line)
         if match:
             return f"{match.group(1).lower()} {match.group(2)}"
