@@ -473,6 +473,7 @@ class HostKeyStep(AWSStep):
     # output some minutes later.
     console_timeout = 900
     console_delay = 15
+    waiting_for = None  # the instance whose console output the run was told it waits for
     timeout_hint = (
         "AWS publishes the console output some minutes after boot: run the command again "
         "(the instance is kept and the next run reads the key), or add --skip-host to finish "
@@ -533,8 +534,8 @@ class HostKeyStep(AWSStep):
     def _waiting(self, ctx, iid):
         """Say once, at normal verbosity, what the run waits for and for how long at most;
         the step's heartbeat then says for how long so far."""
-        if ctx.facts.get("host_key_waiting") != iid:
-            ctx.facts["host_key_waiting"] = iid
+        if self.waiting_for != iid:
+            self.waiting_for = iid
             limit = duration(self.console_timeout)
             ctx.say(f"Waiting for the console output of {iid} to show its SSH host keys "
                     f"(AWS publishes it some minutes after boot; at most {limit}).")
