@@ -3,7 +3,10 @@
 A step reads the current state, says what would change, changes only that, and reports
 ``created`` / ``updated`` / ``unchanged`` (or ``failed``). The AWS half and the host half
 are both lists of steps run by the same :class:`Runner`, so ``--plan``, progress lines,
-the log and resumption behave the same for both.
+the log and resumption behave the same for both. A running step shows it is alive
+(:class:`Activity`): its line appears when it starts, counts the elapsed time on a
+terminal, and a "still running" line with what the step says it is doing
+(:meth:`Context.progress`) comes every 30 s in a pipe and in the log.
 
 State lives in ``state.json`` in the output directory, saved after every step, but for AWS
 the tags are the truth: a step finds its resource by tag first, so a lost state file or an
