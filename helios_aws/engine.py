@@ -3,7 +3,10 @@
 A step reads the current state, says what would change, changes only that, and reports
 ``created`` / ``updated`` / ``unchanged`` (or ``failed``). The AWS half and the host half
 are both lists of steps run by the same :class:`Runner`, so ``--plan``, progress lines,
-the log and resumption behave the same for both.
+the log and resumption behave the same for both. A running step shows it is alive
+(:class:`Activity`): its line appears when it starts, counts the elapsed time on a
+terminal, and a "still running" line with what the step says it is doing
+(:meth:`Context.progress`) comes every 30 s in a pipe and in the log.
 
 State lives in ``state.json`` in the output directory, saved after every step, but for AWS
 the tags are the truth: a step finds its resource by tag first, so a lost state file or an
@@ -12,6 +15,8 @@ interrupted run never leads to duplicates.
 
 import json
 import logging
+import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +30,12 @@ CREATE, UPDATE, KEEP, ADOPT = "create", "update", "keep", "adopt"
 CREATED, UPDATED, UNCHANGED, FAILED = "created", "updated", "unchanged", "failed"
 # An existing resource taken into the state file (found by its tag): nothing changed in it.
 ADOPTED = "adopted"
+# Left for the next run, which does it (e.g. a host key AWS has not published yet).
+DEFERRED = "deferred"
+# How often a running step shows it is alive: a "still running" line in a pipe or the log,
+# and a rewrite of its line with the elapsed time on a terminal.
+HEARTBEAT = 30
+TICK = 1
 
 
 class Change:
@@ -135,6 +146,7 @@ class Context:
         self.redactor = Redactor()
         self.log = _file_logger(self.out_dir / LOG_NAME, self.redactor)
         self.out = out
+        self.activity = None
 
     def secret(self, value):
         """Register a value that must never appear in output or the log; returns it."""
@@ -142,12 +154,24 @@ class Context:
         return value
 
     def notice(self, message):
-        """A line always shown (the operator should know, e.g. why the run waits), and
-        logged."""
+        """A warning always shown (the operator should know), and logged."""
         message = self.redactor.redact(message)
         self.log.warning(message)
         if self.out is not None:
             self.out.line(message, "WARNING")
+
+    def say(self, message):
+        """A line shown at normal verbosity (e.g. what the run waits for), and logged."""
+        message = self.redactor.redact(message)
+        self.log.info(message)
+        if self.out is not None and self.out.verbosity >= 1:
+            self.out.line(message)
+
+    def progress(self, text):
+        """What the running step is doing now (``installing 12/80 packages``): shown with
+        its elapsed time on a terminal, in its heartbeat lines, and in the log."""
+        if self.activity is not None:
+            self.activity.progress(self.redactor.redact(text))
 
     def detail(self, message):
         """A line shown at --verbosity 2, and always logged."""
@@ -178,21 +202,112 @@ def _file_logger(path, redactor):
 
 
 class Output:
-    """Progress for the user: one line per step, details at verbosity 2."""
+    """Progress for the user: one line per step, details at verbosity 2.
 
-    def __init__(self, write, verbosity=1, style=None):
+    ``write`` writes one line. ``terminal``, when the output is a terminal, writes text as
+    it is (no line end): the running step's line is then rewritten in place with its
+    elapsed time every ``tick`` seconds, and removed before any other line is written.
+    Elsewhere (a pipe, a CI log) a running step says it is alive every ``heartbeat``
+    seconds with a line of its own.
+    """
+
+    def __init__(self, write, verbosity=1, style=None, terminal=None, heartbeat=HEARTBEAT,
+                 tick=TICK):
         self.write = write
         self.verbosity = verbosity
         self.style = style
+        self.terminal = terminal
+        self.heartbeat = heartbeat
+        self.tick = tick
+        self._lock = threading.RLock()
+        self._status = None
 
     def line(self, text, kind=None):
         if self.style is not None and kind:
             text = getattr(self.style, kind)(text)
-        self.write(text)
+        with self._lock:
+            shown = self._status
+            self.status(None)
+            self.write(text)
+            self.status(shown)
 
     def detail(self, text):
         if self.verbosity >= 2:
-            self.write("      " + text)
+            self.line("      " + text)
+
+    def status(self, text):
+        """On a terminal, show ``text`` as the line rewritten in place (None removes it);
+        nothing elsewhere, or at verbosity 0."""
+        if self.terminal is None or self.verbosity < 1:
+            return
+        with self._lock:
+            if text is None and self._status is None:
+                return
+            width = max(shutil.get_terminal_size().columns - 1, 20)
+            self.terminal("\r\x1b[K" + (text or "")[:width])
+            self._status = text
+
+
+def duration(seconds):
+    """``45s``, ``2m05s``: short enough for a line rewritten every second."""
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Activity:
+    """A running step, visibly alive: its line appears when it starts; a thread rewrites
+    it with the elapsed time on a terminal, and writes a "still running" line to a pipe
+    and to the log every heartbeat, with what the step last said it was doing."""
+
+    def __init__(self, out, ctx, label):
+        self.out = out
+        self.ctx = ctx
+        self.log = ctx.log
+        self.label = label
+        self.doing = ""
+        self.started = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"helios-aws {label}")
+
+    def __enter__(self):
+        self.ctx.activity = self
+        self.log.info("%s: started", self.label)
+        if self.out.terminal is not None:
+            self.out.status(self.running())
+        elif self.out.verbosity >= 1:
+            self.out.line(f"{self.label} ...")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stopped.set()
+        self._thread.join()
+        self.out.status(None)
+        self.ctx.activity = None
+
+    def progress(self, text):
+        self.doing = text
+
+    def running(self):
+        text = f"{self.label}: running, {duration(time.monotonic() - self.started)}"
+        return f"{text}; {self.doing}" if self.doing else text
+
+    def _beat(self):
+        live = self.out.terminal is not None
+        next_beat = self.started + self.out.heartbeat
+        while not self._stopped.wait(min(self.out.tick, self.out.heartbeat) if live
+                                     else max(next_beat - time.monotonic(), 0)):
+            if live:
+                self.out.status(self.running())
+            if time.monotonic() >= next_beat:
+                next_beat += self.out.heartbeat
+                text = (f"{self.label}: still running after "
+                        f"{duration(time.monotonic() - self.started)}")
+                text += f"; {self.doing}" if self.doing else ""
+                self.log.info(text)
+                if not live and self.out.verbosity >= 1:
+                    self.out.line(text)
 
 
 class StepFailed(HeliosAWSError):
@@ -233,15 +348,16 @@ class Runner:
             started = time.monotonic()
             label = self._label(index, step)
             try:
-                current = step.read(self.ctx)
-                change = step.plan(self.ctx, current)
-                for detail in change.details:
-                    self.ctx.detail(detail)
-                if change.action == KEEP:
-                    outcome = UNCHANGED
-                else:
-                    outcome = step.apply(self.ctx, current, change) or (
-                        CREATED if change.action == CREATE else UPDATED)
+                with Activity(self.out, self.ctx, label):
+                    current = step.read(self.ctx)
+                    change = step.plan(self.ctx, current)
+                    for detail in change.details:
+                        self.ctx.detail(detail)
+                    if change.action == KEEP:
+                        outcome = UNCHANGED
+                    else:
+                        outcome = step.apply(self.ctx, current, change) or (
+                            CREATED if change.action == CREATE else UPDATED)
             except KeyboardInterrupt:
                 self.ctx.state.save()
                 self.ctx.log.warning("interrupted during %s", step.name)
@@ -257,7 +373,7 @@ class Runner:
                                  exc.hint) from exc
             self.ctx.state.save()
             elapsed = time.monotonic() - started
-            kind = {CREATED: "SUCCESS", UPDATED: "WARNING"}.get(outcome)
+            kind = {CREATED: "SUCCESS", UPDATED: "WARNING", DEFERRED: "WARNING"}.get(outcome)
             self.out.line(f"{label}: {outcome} ({elapsed:.1f}s)", kind)
             self.ctx.log.info("%s: %s in %.1fs", step.name, outcome, elapsed)
             results.append((step, outcome, elapsed))

@@ -18,7 +18,7 @@ from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME, written_dirs
-from .engine import KEEP, Context, Output, Runner, summary
+from .engine import KEEP, Activity, Context, Output, Runner, summary
 from .errors import ConfigError
 from .files import exclusive, read_text
 from .host import rollback
@@ -235,13 +235,15 @@ def destroy(ctx, out, confirm):
             return []
         ctx.log.info("destroy confirmed: %s", doomed)
         if snapshot:
-            snapshot_id = instance_step.snapshot(ctx, instance)
+            with Activity(out, ctx, "snapshot of the root volume"):
+                snapshot_id = instance_step.snapshot(ctx, instance)
             out.line(f"snapshot {snapshot_id} of the root volume: completed", "SUCCESS")
-        for step, state in reversed(current):
-            for line in step.destroy(ctx, state):
-                out.line(line)
-                ctx.log.info("destroy: %s", line)
-            ctx.state.save()
+        with Activity(out, ctx, f"deleting what deployment {d.name} made"):
+            for step, state in reversed(current):
+                for line in step.destroy(ctx, state):
+                    out.line(line)
+                    ctx.log.info("destroy: %s", line)
+                ctx.state.save()
     remaining = inventory.leftovers(ctx)
     report_leftovers(ctx, out, remaining)
     return remaining
@@ -288,7 +290,8 @@ def roll_back(ctx, out):
 def stop_or_start(ctx, out, action):
     """--stop / --start: the guide's advice for servers used now and then."""
     step = InstanceStep()
-    message = getattr(step, action)(ctx, step.read(ctx))
+    with Activity(out, ctx, f"{action} {step.name}"):
+        message = getattr(step, action)(ctx, step.read(ctx))
     out.line(message, "SUCCESS")
     if action == "stop":
         d = ctx.deployment

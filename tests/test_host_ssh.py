@@ -164,6 +164,23 @@ def test_output_without_a_final_newline_and_on_both_streams(conn):
     assert (result.stdout, result.stderr) == ("a\nb", "warn")
 
 
+def test_output_lines_reach_the_caller_while_the_command_runs(conn):
+    seen = []
+
+    def on_line(text):
+        seen.append((time.monotonic(), text))
+
+    started = time.monotonic()
+    result = conn.run("echo one; sleep 0.6; printf 'two\\rthree\\n' >&2; sleep 0.6; "
+                      "printf 'four'", on_line=on_line)
+    ended = time.monotonic()
+
+    # The last line counts even without its newline; the shell's end marker never shows.
+    assert [text for _, text in seen] == ["one", "two", "three", "four"]
+    assert seen[0][0] - started < 0.5 and ended - seen[1][0] > 0.4
+    assert (result.stdout, result.stderr) == ("one\nfour", "two\rthree\n")
+
+
 def test_exit_and_syntax_errors_end_only_the_command(conn):
     assert conn.run("exit 4", check=False).status == 4
     assert conn.run("if then fi", check=False).status == 2

@@ -21,6 +21,7 @@ from django.conf import settings
 from helios_aws import configure, engine, params
 from helios_aws.errors import ConfigError, HostError
 from helios_aws.host import recipes, release, steps as host
+from helios_aws.host.progress import ToolProgress
 from helios_aws.host.ssh import Result
 from helios_aws.project import Project, StaticAlias
 
@@ -52,13 +53,16 @@ class FakeConnection:
     def reply(self, needle, stdout, status=0):
         self.replies = {needle: (stdout, status), **self.replies}
 
-    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None):
+    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None,
+            on_line=None):
         self.commands.append(command)
         stdout, status = "", 0
         for needle, answer in self.replies.items():
             if needle in command:
                 stdout, status = answer if isinstance(answer, tuple) else (answer, 0)
                 break
+        for line in stdout.splitlines() if on_line else ():
+            on_line(line)
         if check and status:
             raise HostError(f"`{command}` failed with exit status {status}.")
         return Result(command, status, stdout, "")
@@ -246,6 +250,89 @@ def test_packages_installs_only_what_is_missing(ctx, project):
     assert "dpkg --configure -a" in install and "DPkg::Lock::Timeout" in install
     assert "python3.13-venv" in install and "rabbitmq-server" in install
     assert " nginx" not in install and " gcc" not in install
+    assert "-o APT::Status-Fd=1 " in install
+
+
+# What apt prints with -o APT::Status-Fd=1 (the status lines as apt 2.6 writes them),
+# interleaved with its and dpkg's own output.
+APT_OUTPUT = """Reading package lists...
+The following NEW packages will be installed:
+  nginx nginx-common
+0 upgraded, 2 newly installed, 0 to remove and 0 not upgraded.
+dlstatus:1:0.0000:Retrieving file 1 of 2
+dlstatus:2:67.0924:Retrieving file 2 of 2
+pmstatus:dpkg-exec:0.0000:Running dpkg
+pmstatus:nginx-common:0.0000:Preparing nginx-common (all)
+Selecting previously unselected package nginx-common.
+pmstatus:nginx-common:11.1111:Unpacking nginx-common (all)
+pmstatus:nginx:33.3333:Unpacking nginx (amd64)
+pmstatus:nginx-common:50.0000:Configuring nginx-common (all)
+Setting up nginx-common (1.26.3-3) ...
+pmstatus:nginx-common:60.0000:Installed nginx-common (all)
+"""
+
+
+def test_packages_pass_on_what_apt_is_doing(ctx, project):
+    ctx.ssh.reply("dpkg-query", "")
+    ctx.ssh.reply("apt-get", APT_OUTPUT)
+    seen = []
+    ctx.progress = seen.append
+
+    run_step(host.Packages(target(ctx, project)), ctx)
+
+    assert seen == ["downloading 1/2 packages", "downloading 2/2 packages",
+                    "installing 1/2 packages", "installing 2/2 packages",
+                    "configuring 1/2 packages"]
+
+
+@pytest.mark.parametrize("tool, lines, expected", [
+    ("apt, total not printed yet", ["pmstatus:libpq5:4.1:Unpacking libpq5 (amd64)",
+                                    "pmstatus:libpq5:5.0:Installing libpq5 (amd64)",
+                                    "pmstatus:gcc:6.2:Unpacking gcc (amd64)"],
+     "installing 2 packages"),
+    ("apt, a package with its architecture", ["pmstatus:libc6:i386:3.0:Unpacking libc6:i386",
+                                              "pmstatus:libc6:amd64:4.0:Unpacking libc6"],
+     "installing 2 packages"),
+    ("apt, a status line glued to dpkg's", ["(Reading database ... 5%pmstatus:gcc:6.2:"
+                                            "Unpacking gcc (amd64)"], "installing 1 package"),
+    ("dnf 4 download", ["(3/80): libpq-15.6-1.amzn2023.0.1.x86_64.rpm  2.0 MB/s | 212 kB"
+                        "     00:00"], "downloading 3/80 packages"),
+    ("dnf 4 transaction", ["  Preparing        :                                   1/1",
+                           "  Installing       : libpq-15.6-1.amzn2023.0.1.x86_64   12/80"],
+     "installing 12/80 packages"),
+    ("dnf 4 verification", ["  Verifying        : nginx-1:1.24.0-1.amzn2023.x86_64   79/80"],
+     "verifying 79/80 packages"),
+    ("dnf 5", ["[12/80] Installing libpq-0:15.6-1.x86_64  100% | 10.0 MiB/s |  1.2 MiB"],
+     "installing 12/80 packages"),
+    ("uv resolving", ["Resolved 80 packages in 3ms"], "resolved 80 packages"),
+    ("uv downloading", ["Resolved 80 packages in 3ms", "Downloading cryptography (4.2MiB)"],
+     "downloading cryptography"),
+    ("uv creating the virtualenv", ["Using CPython 3.13.5 interpreter at: /usr/bin/python3.13",
+                                    "Creating virtual environment at: /srv/helios/releases/"
+                                    "20261202-ab12/.venv"], "creating the virtualenv"),
+    ("uv building", ["   Building python-ldap==3.4.4"], "building python-ldap==3.4.4"),
+    ("uv built", ["   Building python-ldap==3.4.4", "      Built python-ldap==3.4.4"],
+     "built python-ldap==3.4.4"),
+    ("uv installing", ["Prepared 78 packages in 41.02s", "Installed 80 packages in 212ms"],
+     "installed 80 packages"),
+    ("pip collecting", ["Collecting Django==5.2.1 (from -r requirements.txt (line 1))",
+                        "  Downloading django-5.2.1-py3-none-any.whl.metadata (4.1 kB)",
+                        "Collecting celery==5.4.0 (from -r requirements.txt (line 2))"],
+     "collecting 2 packages"),
+    ("pip building", ["Building wheels for collected packages: python-ldap",
+                      "  Building wheel for python-ldap (pyproject.toml): started"],
+     "building python-ldap"),
+    ("pip installing", ["Installing collected packages: pytz, kombu, celery, Django"],
+     "installing 4 packages"),
+    ("anything else", ["Get:1 http://deb.debian.org/debian trixie/main amd64 gcc", ""], None),
+])
+def test_progress_is_read_from_each_tool(tool, lines, expected):
+    said = []
+    reader = ToolProgress(said.append)
+    for line in lines:
+        reader.feed(line)
+
+    assert (said[-1] if said else None) == expected
 
 
 def test_packages_all_present_is_a_no_op(ctx, project):
@@ -260,7 +347,8 @@ def test_al2023_packages_use_dnf_and_redis6(tmp_path, project):
     ctx.ssh.reply("rpm -q", "nginx\n")
     run_step(host.Packages(target(ctx, project)), ctx)
     install = ctx.ssh.commands[-1]
-    assert install.startswith("dnf install -y -q ")
+    # Not quiet: dnf's transaction lines are the step's progress.
+    assert install.startswith("dnf install -y ") and " -q " not in install
     for name in ("python3.13-devel", "openldap-devel", "cyrus-sasl-devel",
                  "postgresql15-server", "redis6", "certbot", "python3-certbot-nginx"):
         assert name in install.split()
@@ -535,7 +623,7 @@ def test_new_release_is_uploaded_and_installed_with_uv(ctx, project):
     assert "UV_PYTHON=/usr/bin/python3.13" in script
     assert "UV_CACHE_DIR=/var/cache/helios-aws/uv" in script
     assert "/srv/helios/tools/uv/bin/uv sync --frozen --no-dev" in script
-    assert re.search(r"uv pip install --quiet --python \S+/.venv/bin/python -- "
+    assert re.search(r"uv pip install --python \S+/.venv/bin/python -- "
                      rf"{state}/helios_aws-[\w.]+-py3-none-any.whl gunicorn django-environ\n",
                      script)
     assert "\nln -s ../../shared/media media\n" in script
@@ -569,7 +657,7 @@ def test_release_with_requirements_uses_pip(tmp_path, project):
     script = ctx.ssh.commands[-1]
     assert "runuser -u helios -- env HOME=/srv/helios /usr/bin/python3.13 -m venv " in script
     assert re.search(r"runuser -u helios -- env HOME=/srv/helios PIP_CERT=\S+ "
-                     r"PIP_CACHE_DIR=/var/cache/helios-aws/pip \S+/.venv/bin/pip install -q "
+                     r"PIP_CACHE_DIR=/var/cache/helios-aws/pip \S+/.venv/bin/pip install "
                      r"--disable-pip-version-check -r requirements.txt -- ", script)
     assert "uv sync" not in script
 
@@ -1077,7 +1165,8 @@ class RecordingShell(FakeConnection):
         super().__init__()
         self.cwd, self.ref, self.phase, self.peer_reads = cwd, ref, "read", 0
 
-    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None):
+    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None,
+            on_line=None):
         self.commands.append(command)
         if "git ls-remote" in command:
             return Result(command, 0, f"{'c' * 40}\trefs/heads/{self.ref}\n", "")

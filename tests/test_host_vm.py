@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -240,6 +241,12 @@ def test_first_run_provisions_every_step(deployment):
     assert "host: certificate renewal: updated" in text
     assert "certbot renew --dry-run" in text
     assert "-> 200" in text or "host: liveness: unchanged" in text
+    # The minutes-long steps said they were alive, the packages with apt's own counts (the
+    # log keeps the killed runs' lines too).
+    log = (deployment.project / "deploy" / "provision.log").read_text()
+    assert re.search(r"host: packages: still running after \S+; (downloading|installing|"
+                     r"configuring) \d+/\d+ packages", log)
+    assert "host: release: still running after " in log
 
 
 def test_runs_killed_mid_way_leave_nothing_duplicated_half_written_or_rotated(deployment):

@@ -13,10 +13,13 @@ ssh-keygen), as AWS would serve it.
 
 import datetime
 import json
+import os
+import pty
 import re
 import shutil
 import stat
 import subprocess
+import sys
 
 import boto3
 import moto.ec2.responses.general as moto_console
@@ -29,8 +32,9 @@ from helios_aws import envfile, params, provision
 from helios_aws.aws.compute import HostKeyStep
 from helios_aws.aws.mail import MailStep
 from helios_aws.aws.steps import steps as aws_steps
-from helios_aws.engine import CREATE, Change, Output, Step
-from helios_aws.errors import ConfigError, StepTimeout
+from helios_aws.engine import Output, Runner, Step, StepFailed
+from helios_aws.errors import ConfigError
+from helios_aws.host import steps as host_steps
 
 NAME = "helios"
 DOMAIN = "vote.example.org"
@@ -196,6 +200,12 @@ def assert_no_secret(deploy, texts, extra=()):
             assert secret not in text
 
 
+def ssh_keygen_public(path):
+    """The public half of a private key, as OpenSSH derives it."""
+    return subprocess.run(["ssh-keygen", "-y", "-f", str(path)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project, host_keys):
     create_zone()
     deploy = project / "deploy"
@@ -208,6 +218,10 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
         "EC2 instance": "created", "Elastic IP": "created", "DNS record": "created",
         "mail (SES)": "created", "SSH host key": "created"}
     assert "Done: 8 created, 2 unchanged." in first.stdout
+    # In a pipe each step's line appears when it starts, then with its outcome.
+    shown = first.stdout.splitlines()
+    ended, = [i for i, line in enumerate(shown) if line.startswith("[ 4/10] security group: ")]
+    assert shown.index("[ 4/10] security group ...") < ended
     assert inventory() == ONE_OF_EACH
     key_file = deploy / "ssh-key.pem"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -266,6 +280,47 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
     logged = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc)
     assert abs(datetime.datetime.now(datetime.timezone.utc) - logged).total_seconds() < 600
+
+
+def run_in_terminal(project, *flags):
+    """``aws_provision --skip-host FLAGS`` with its output on a pseudo-terminal; (exit
+    status, what the terminal received)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "aws_provision", SETTINGS, "--skip-host", *flags],
+        cwd=project, env=helios_env(), stdin=subprocess.DEVNULL, stdout=terminal,
+        stderr=subprocess.PIPE)
+    os.close(terminal)
+    received = b""
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # EIO: the command has ended and closed the terminal
+            break
+        if not data:
+            break
+        received += data
+    os.close(controller)
+    process.wait(timeout=120)
+    return process.returncode, received.decode()
+
+
+def test_on_a_terminal_each_step_line_is_rewritten_in_place(project):
+    create_zone()
+
+    status, received = run_in_terminal(project)
+
+    assert status == 0
+    for index, name in enumerate(["AWS account", "machine image", "key pair", "security group",
+                                  "mail permissions (IAM role)", "EC2 instance", "Elastic IP",
+                                  "DNS record", "mail (SES)", "SSH host key"], 1):
+        assert f"\r\x1b[K[{index:>2}/10] {name}: running, 0s" in received
+    # What stays on the screen: one line per step, with its outcome, no start lines.
+    screen = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r\x1b[K")[-1])
+              for line in received.split("\r\n")]
+    steps = [line for line in screen if line.startswith("[")]
+    assert len(steps) == 10 and all(STEP_LINE.match(line) for line in steps)
+    assert "Done: 8 created, 2 unchanged." in screen
 
 
 def test_a_lost_state_file_means_adopting_by_tag_not_creating(project):
@@ -342,7 +397,8 @@ def _set_record(deploy, **values):
     ("no credentials", "No AWS credentials were found"),
     ("no hosted zone", "No Route 53 hosted zone holds vote.example.org"),
     ("invalid CIDR", "--ssh-cidr '203.0.113.300/32' is not an IP network"),
-    ("key file that would be overwritten", "exists, but no key pair of this deployment does"),
+    ("key file that is no key and would be overwritten", "exists, but is not an SSH private "
+                                                         "key"),
 ])
 def test_bad_input_fails_clearly_before_anything_is_created(project, case, expected):
     if case != "no hosted zone":
@@ -359,7 +415,7 @@ def test_bad_input_fails_clearly_before_anything_is_created(project, case, expec
         env = _no_credentials()
     elif case == "invalid CIDR":
         _set_record(deploy, ssh_cidr="203.0.113.300/32")
-    elif case == "key file that would be overwritten":
+    elif case == "key file that is no key and would be overwritten":
         (deploy / "ssh-key.pem").write_text("the only key to an older server\n")
 
     result = run(project, *flags, env=env, check=False)
@@ -370,7 +426,7 @@ def test_bad_input_fails_clearly_before_anything_is_created(project, case, expec
     assert "Hint: " in result.stderr
     assert "Traceback" not in result.stderr
     assert inventory() == NOTHING
-    if case == "key file that would be overwritten":
+    if case == "key file that is no key and would be overwritten":
         assert (deploy / "ssh-key.pem").read_text() == "the only key to an older server\n"
     if case == "no hosted zone":
         assert "aws route53 create-hosted-zone --name example.org" in result.stderr
@@ -426,9 +482,43 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
     assert list(left) == ["snapshots"] and len(left["snapshots"]) == 1
     assert f"snapshot {left['snapshots'][0]} of the root volume: completed" in destroyed.stdout
     assert f"snapshot {left['snapshots'][0]} (16 GiB), kept on purpose" in destroyed.stdout
+    # The long waits say when they start (and, past 30 s, that they are still going).
+    shown = destroyed.stdout.splitlines()
+    assert shown.index("snapshot of the root volume ...") < shown.index(
+        f"snapshot {left['snapshots'][0]} of the root volume: completed")
+    assert shown.index("deleting what deployment helios made ...") < shown.index(
+        "deleted key pair helios-helios")
     assert inventory() == dict(NOTHING, snapshots=1)
     assert (deploy / "ssh-key.pem").exists()
     assert "kept the private key" in destroyed.stdout
+
+
+def test_provisioning_again_after_destroy_imports_the_saved_key(project):
+    create_zone()
+    deploy = project / "deploy"
+    key_file = deploy / "ssh-key.pem"
+    ec2 = boto3.client("ec2")
+    run(project)
+    saved = key_file.read_bytes()
+    before, = ec2.describe_key_pairs(Filters=TAGGED)["KeyPairs"]
+    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot")
+    assert (f"kept the private key {key_file} (provisioning this deployment again imports "
+            "its public half as the new key pair)") in destroyed.stdout
+
+    again = run(project, "--verbosity", "2")
+
+    assert outcomes(again.stdout)["key pair"] == "created"
+    assert inventory() == ONE_OF_EACH
+    after, = ec2.describe_key_pairs(Filters=TAGGED, IncludePublicKey=True)["KeyPairs"]
+    assert after["KeyPairId"] != before["KeyPairId"]
+    assert after["KeyFingerprint"] == before["KeyFingerprint"]
+    assert after["PublicKey"].split()[:2] == ssh_keygen_public(key_file).split()[:2]
+    assert (f"Note: Key pair helios-{NAME} was imported from the public half of the saved "
+            f"private key {key_file}") in again.stdout
+    assert key_file.read_bytes() == saved
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert_no_secret(deploy, [again.stdout, again.stderr, (deploy / "provision.log").read_text()])
+    assert "Done: no changes." in run(project).stdout
 
 
 def test_destroy_without_snapshot_leaves_nothing_tagged(project):
@@ -456,6 +546,7 @@ def test_stop_and_start(project):
 
     stopped = run(project, "--stop")
     assert instance_state() == "stopped"
+    assert stopped.stdout.startswith("stop EC2 instance ...\n")
     assert "the Elastic IP ($3.65/month) still do" in stopped.stdout
 
     run(project, "--start")
@@ -466,14 +557,17 @@ def test_stop_and_start(project):
 # ------------------------------------------------------------------------ in-process
 
 
-def in_process(tmp_path, **fields):
-    """A recorded deployment and a context to run the library with, as the command does."""
+
+def in_process(tmp_path, options=None, **fields):
+    """A recorded deployment and a context to run the library with, as the command does
+    (with --skip-host unless ``options`` say otherwise)."""
     out_dir = tmp_path / "deploy"
     deployment = params.build([{"domain": DOMAIN, "email": EMAIL, "ssh_cidr": CIDR, **fields}])
     params.write_record(out_dir, deployment)
     lines = []
     out = Output(lines.append, verbosity=2)
-    return provision.make_context(deployment, out_dir, {"skip_host": True}, out), out, lines
+    options = {"skip_host": True} if options is None else options
+    return provision.make_context(deployment, out_dir, options, out), out, lines
 
 
 class Crash(Exception):
@@ -608,20 +702,105 @@ def test_ses_sandbox_status_is_unknown_when_aws_cannot_say(tmp_path):
     assert "GetAccount answered HTTP 404" in unknown
 
 
-def test_waiting_for_the_host_key_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", EARLY_BOOT_CONSOLE)
-    ctx, _, _ = in_process(tmp_path)
-    ec2 = boto3.client("ec2")
+@pytest.mark.parametrize("kind, keygen, refused", [
+    ("ed25519 (OpenSSH format)", ["-t", "ed25519"], None),
+    ("RSA (PEM format, as EC2 made them)", ["-t", "rsa", "-b", "2048", "-m", "PEM"], None),
+    ("ECDSA", ["-t", "ecdsa"], "is not an ed25519 or RSA key, the only kinds EC2 imports"),
+    ("with a passphrase", ["-t", "ed25519", "-N", "a passphrase"], "is protected by a "
+                                                                  "passphrase"),
+])
+def test_a_saved_key_becomes_the_key_pair_or_is_refused_before_anything_is_made(
+        tmp_path, kind, keygen, refused):
+    create_zone()
+    ctx, out, _ = in_process(tmp_path)
+    key_file = ctx.out_dir / "ssh-key.pem"
+    subprocess.run(["ssh-keygen", "-q", "-N", "", *keygen, "-f", str(key_file)], check=True)
+    key_file.with_suffix(".pem.pub").unlink()
+    saved = key_file.read_bytes()
+
+    if refused:
+        with pytest.raises(ConfigError) as raised:
+            provision.provision(ctx, out)
+        assert refused in raised.value.message and str(key_file) in raised.value.message
+        assert f"ssh-keygen -y -f {key_file}" in raised.value.hint
+        assert inventory() == NOTHING
+    else:
+        provision.provision(ctx, out)
+        pair, = boto3.client("ec2").describe_key_pairs(
+            Filters=TAGGED, IncludePublicKey=True)["KeyPairs"]
+        assert pair["PublicKey"].split()[:2] == ssh_keygen_public(key_file).split()[:2]
+    assert key_file.read_bytes() == saved
+
+
+def new_instance(tmp_path, options):
+    """A context whose instance was just launched, and the HostKeyStep with short waits."""
+    ctx, _, _ = in_process(tmp_path, options=options)
     image = boto3.client("ssm").get_parameters(Names=[
         "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"])
-    ctx.facts["instance_id"] = ec2.run_instances(
+    ctx.facts["instance_id"] = boto3.client("ec2").run_instances(
         ImageId=image["Parameters"][0]["Value"], MinCount=1, MaxCount=1,
         InstanceType="t3.small")["Instances"][0]["InstanceId"]
+    ctx.facts["instance_created"] = True
     step = HostKeyStep()
-    step.console_timeout, step.console_delay = 0.2, 0.1
+    step.console_timeout, step.console_delay = 1, 0.1
+    return ctx, step
 
-    with pytest.raises(StepTimeout) as raised:
-        step.apply(ctx, None, Change(CREATE))
 
-    assert "Timed out after 0.2s waiting to read the SSH host key" in raised.value.message
-    assert "--trust-host-key" in raised.value.hint
+def test_waiting_for_the_host_key_says_what_it_waits_for_and_is_bounded(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", EARLY_BOOT_CONSOLE)
+    ctx, step = new_instance(tmp_path, {})
+    iid = ctx.facts["instance_id"]
+    lines = []
+    ctx.out = Output(lines.append, heartbeat=0.2)
+
+    with pytest.raises(StepFailed) as raised:
+        Runner([step], ctx, ctx.out).apply()
+
+    assert (f"Waiting for the console output of {iid} to show its SSH host keys (AWS "
+            "publishes it some minutes after boot; at most 1s).") in lines
+    assert any(re.fullmatch(rf"\[1/1\] SSH host key: still running after \d+s; waiting for "
+                            rf"the console output of {iid} \(at most 1s\)", line)
+               for line in lines)
+    assert "Timed out after 1s waiting to read the SSH host key" in raised.value.message
+    assert "--trust-host-key, which skips this wait" in raised.value.hint
+    assert "--skip-host" in raised.value.hint
+
+
+def test_with_trust_host_key_the_console_is_not_awaited(tmp_path, monkeypatch, host_keys):
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", EARLY_BOOT_CONSOLE)
+    trusted = rig.ssh_keygen_fingerprint(host_keys["ED25519"])[1]
+    ctx, step = new_instance(tmp_path, {"trust_host_key": trusted})
+    lines = []
+    ctx.out = Output(lines.append, verbosity=2)
+
+    (result,) = Runner([step], ctx, ctx.out).apply()
+
+    assert result[1] == "unchanged" and result[2] < 0.5
+    assert ("      the host key is the one --trust-host-key names: the console output is "
+            "not awaited") in lines
+    assert "GetConsoleOutput" not in (ctx.out_dir / "provision.log").read_text()
+    assert host_steps.pinned_fingerprints(ctx) == [trusted]
+
+
+def test_with_skip_host_a_host_key_not_yet_published_is_left_for_the_next_run(
+        project, monkeypatch, host_keys):
+    create_zone()
+    deploy = project / "deploy"
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT", EARLY_BOOT_CONSOLE)
+
+    first = run(project)
+
+    assert outcomes(first.stdout)["SSH host key"] == "deferred"
+    assert "is not in its console output yet" in first.stdout
+    assert "the next run reads it before it connects to the server" in first.stdout
+    assert "Done: 7 created, 1 deferred, 2 unchanged." in first.stdout
+    assert "host_key" not in state(deploy)
+
+    monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT",
+                        rig.cloud_init_console(list(host_keys.values())))
+    second = run(project)
+
+    assert outcomes(second.stdout)["SSH host key"] == "adopted"
+    assert state(deploy)["host_key"]["fingerprints"] == {
+        kind: rig.ssh_keygen_fingerprint(public)[1] for kind, public in host_keys.items()}

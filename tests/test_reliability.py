@@ -169,6 +169,12 @@ def _occupy_key_file(project):
     (project / "deploy" / "ssh-key.pem").write_text("an older server's only key\n")
 
 
+def _lock_key_file(project):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f",
+                    str(project / "deploy" / "ssh-key.pem")], check=True)
+    (project / "deploy" / "ssh-key.pem.pub").unlink()
+
+
 def _drop_record(project):
     (project / "deploy" / "deployment.json").unlink()
 
@@ -194,6 +200,7 @@ BAD_INPUTS = [
     ("aws_provision", [], None, lambda p: _edit_record(p, domain="vote.nozone.example"),
      "hosted zone"),
     ("aws_provision", [], None, _occupy_key_file, "ssh-key.pem exists"),
+    ("aws_provision", [], None, _lock_key_file, "ssh-key.pem is protected by a passphrase"),
     ("aws_provision", ["--trust-host-key", "MD5:ab:cd"], None, None,
      "is not an OpenSSH SHA256 fingerprint"),
     ("aws_provision", ["--ssh-port", "70000"], None, None, "is not a TCP port"),

@@ -29,7 +29,8 @@ class LocalShell:
     def __init__(self):
         self.commands = []
 
-    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None):
+    def run(self, command, sudo=False, check=True, input=None, timeout=None, step=None,
+            on_line=None):
         self.commands.append(command)
         done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
                               timeout=60)

@@ -8,8 +8,12 @@ import uuid
 from pathlib import Path
 
 import botocore.exceptions
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from ..engine import ADOPT, ADOPTED, CREATE, CREATED, KEEP, UPDATE, UPDATED, Change
+from ..engine import (ADOPT, ADOPTED, CREATE, CREATED, DEFERRED, KEEP, UPDATE, UPDATED, Change,
+                      duration)
 from ..errors import ConfigError
 from . import pricing
 from .base import AWSStep, ec2_name, note, pick, poll, tag_filter, tag_spec
@@ -39,6 +43,36 @@ def read_public_key(path):
     return " ".join(text.split()[:2])
 
 
+def saved_public_key(path):
+    """The public half (``TYPE BASE64``) of the private key a provision saved, so a new key
+    pair can be imported from it: the operator keeps one key across a --destroy."""
+    hint = ("Move the file away (it may be the only key to an older server), or give the "
+            f"key's public half: `ssh-keygen -y -f {path} > {path}.pub` and aws_configure "
+            f"--ssh-public-key {path}.pub.")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the saved private key {path}: {exc.strerror}.", hint)
+    key = None
+    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
+        try:
+            key = load(data, password=None)
+            break
+        except TypeError:
+            raise ConfigError(f"{path} is protected by a passphrase: its public half, which "
+                              "would become the key pair, cannot be read.", hint)
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+    if key is None:
+        raise ConfigError(f"{path} exists, but is not an SSH private key: no key pair can "
+                          "be made from it, and a new one would overwrite it.", hint)
+    if not isinstance(key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
+        raise ConfigError(f"{path} is not an ed25519 or RSA key, the only kinds EC2 imports.",
+                          hint)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()
+
+
 def _sha256(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -46,7 +80,8 @@ def _sha256(text):
 class KeyPairStep(AWSStep):
     """The EC2 key pair: the operator's public key imported, or a new ed25519 pair whose
     private key is saved (0600) in the output directory. An existing key file is never
-    overwritten."""
+    overwritten: when the pair is gone (after --destroy), the key file's public half is
+    imported as the new pair, so the operator keeps one key."""
 
     name = "key pair"
     state_key = "key_pair"
@@ -67,36 +102,39 @@ class KeyPairStep(AWSStep):
         pair = current["pair"]
         public_path = ctx.deployment.ssh_public_key
         recorded = self.record(ctx)
+        if pair is None:
+            wanted = self._public_key(ctx)
+            if wanted is None:
+                return Change(CREATE, f"new ed25519 key pair {ec2_name(ctx)}; private key "
+                                      f"saved to {key_file(ctx)} (0600)")
+            return Change(CREATE, f"import {wanted[1]} as key pair {ec2_name(ctx)}")
         if public_path:
             public = read_public_key(public_path)
-            if pair is None:
-                return Change(CREATE, f"import {public_path} as key pair {ec2_name(ctx)}")
             imported = recorded.get("public_key_sha256")
             if imported and imported != _sha256(public):
                 return Change(UPDATE, f"re-import {public_path} (it changed; only new "
                                         "instances get the new key)")
-        elif pair is None:
-            path = key_file(ctx)
-            if path.exists():
-                raise ConfigError(
-                    f"{path} exists, but no key pair of this deployment does: a new key "
-                    "pair would overwrite that private key.",
-                    "Move the file away (it may be the only key to an older server), or "
-                    f"import its public key: `ssh-keygen -y -f {path} > {path}.pub` and "
-                    f"aws_configure --ssh-public-key {path}.pub.",
-                )
-            return Change(CREATE, f"new ed25519 key pair {ec2_name(ctx)}; private key "
-                                  f"saved to {path} (0600)")
         elif not key_file(ctx).exists():
             note(ctx, f"The private key of key pair {pair['KeyName']} is not in "
                       f"{key_file(ctx)}: give SSH the key by --ssh-key.")
         return self.kept_or_adopted(recorded.get("id") == pair["KeyPairId"],
                                     f"{pair['KeyName']} ({pair['KeyPairId']})")
 
+    def _public_key(self, ctx):
+        """(public key, where it comes from) to import, or None when EC2 must make a new
+        pair: the operator's --ssh-public-key, else the public half of the private key an
+        earlier provision saved (a destroyed deployment comes back with the same key)."""
+        public_path = ctx.deployment.ssh_public_key
+        if public_path:
+            return read_public_key(public_path), str(public_path)
+        if key_file(ctx).exists():
+            return (saved_public_key(key_file(ctx)),
+                    f"the public half of the saved private key {key_file(ctx)}")
+        return None
+
     def apply(self, ctx, current, change):
         ec2 = ctx.aws.client("ec2")
         pair = current["pair"]
-        public_path = ctx.deployment.ssh_public_key
         record = {"id": pair["KeyPairId"]} if pair else {}
         if change.action == ADOPT:
             return self.adopt(ctx, **record)
@@ -105,14 +143,18 @@ class KeyPairStep(AWSStep):
         hints = {"InvalidKeyPair.Duplicate": f"A key pair named {name} exists without "
                  "this deployment's tag: delete it (aws ec2 delete-key-pair --key-name "
                  f"{name}) and run the command again."}
-        if public_path:
-            public = read_public_key(public_path)
+        wanted = self._public_key(ctx)
+        if wanted:
+            public, source = wanted
             if pair:
                 call("delete the old key pair", ec2.delete_key_pair, KeyName=pair["KeyName"])
             made = call("import the key pair", ec2.import_key_pair, hints=hints,
                         KeyName=name, PublicKeyMaterial=public.encode(),
                         TagSpecifications=tag_spec(ctx, "key-pair"))
             self.save_record(ctx, id=made["KeyPairId"], public_key_sha256=_sha256(public))
+            if not ctx.deployment.ssh_public_key:
+                note(ctx, f"Key pair {name} was imported from {source}: the server takes "
+                          "the same key as before, and the file was left as it was.")
         else:
             made = call("create the key pair", ec2.create_key_pair, hints=hints,
                         KeyName=name, KeyType="ed25519",
@@ -149,8 +191,8 @@ class KeyPairStep(AWSStep):
         ctx.state.set(self.state_key, None)
         done = [f"deleted key pair {pair['KeyName']}"]
         if key_file(ctx).exists():
-            done.append(f"kept the private key {key_file(ctx)} (move it away before "
-                        "provisioning this deployment again)")
+            done.append(f"kept the private key {key_file(ctx)} (provisioning this "
+                        "deployment again imports its public half as the new key pair)")
         return done
 
 
@@ -431,6 +473,13 @@ class HostKeyStep(AWSStep):
     # output some minutes later.
     console_timeout = 900
     console_delay = 15
+    waiting_for = None  # the instance whose console output the run was told it waits for
+    timeout_hint = (
+        "AWS publishes the console output some minutes after boot: run the command again "
+        "(the instance is kept and the next run reads the key), or add --skip-host to finish "
+        "the AWS half now and read the key next time. Or read the fingerprint in the EC2 "
+        "console (Actions, Monitor and troubleshoot, Get system log) and pass it with "
+        "--trust-host-key, which skips this wait.")
 
     def read(self, ctx):
         record = self.record(ctx)
@@ -444,32 +493,54 @@ class HostKeyStep(AWSStep):
         if current:
             return Change(KEEP, *(f"{kind} {fp}" for kind, fp in
                                   sorted(current["fingerprints"].items())))
+        if ctx.options.get("trust_host_key"):
+            return Change(KEEP, "the host key is the one --trust-host-key names: the console "
+                                "output is not awaited")
         source = "read the fingerprints from the instance's console output"
+        if ctx.options.get("skip_host"):
+            source += " if AWS has published it (--skip-host: no waiting)"
         if ctx.facts.get("instance_id") and not ctx.facts.get("instance_created"):
             return Change(ADOPT, source)
         return Change(CREATE, source)
 
     def apply(self, ctx, current, change):
         iid = ctx.facts["instance_id"]
-        ec2 = ctx.aws.client("ec2")
-
-        def check():
-            output = call(f"read the console output of {iid}", ec2.get_console_output,
-                          InstanceId=iid).get("Output")
-            fingerprints, keys = parse_host_keys(output)
-            return (fingerprints, keys) if fingerprints else None
-
-        fingerprints, keys = poll(
-            check, f"read the SSH host key of {iid} from its console output",
-            self.console_timeout, self.console_delay,
-            "AWS publishes the console output some minutes after boot: run the command "
-            "again. Or read the fingerprint in the EC2 console (Actions, Monitor and "
-            "troubleshoot, Get system log) and pass it with --trust-host-key.")
+        if ctx.options.get("skip_host"):
+            found = self._read_console(ctx, iid)
+            if not found:
+                note(ctx, f"The SSH host key of {iid} is not in its console output yet (AWS "
+                          "publishes it some minutes after boot): the next run reads it "
+                          "before it connects to the server.")
+                return DEFERRED
+        else:
+            found = poll(lambda: self._read_console(ctx, iid) or self._waiting(ctx, iid),
+                         f"read the SSH host key of {iid} from its console output",
+                         self.console_timeout, self.console_delay, self.timeout_hint)
+        fingerprints, keys = found
         self.save_record(ctx, instance_id=iid, fingerprints=fingerprints, keys=keys)
         publish_host_key(ctx, self.record(ctx))
         for kind, fp in sorted(fingerprints.items()):
             ctx.detail(f"{kind} {fp}")
         return ADOPTED if change.action == ADOPT else CREATED
+
+    def _read_console(self, ctx, iid):
+        """(fingerprints, public keys) from the console output, or None when no complete
+        fingerprint block is there yet."""
+        output = call(f"read the console output of {iid}",
+                      ctx.aws.client("ec2").get_console_output, InstanceId=iid).get("Output")
+        fingerprints, keys = parse_host_keys(output)
+        return (fingerprints, keys) if fingerprints else None
+
+    def _waiting(self, ctx, iid):
+        """Say once, at normal verbosity, what the run waits for and for how long at most;
+        the step's heartbeat then says for how long so far."""
+        if self.waiting_for != iid:
+            self.waiting_for = iid
+            limit = duration(self.console_timeout)
+            ctx.say(f"Waiting for the console output of {iid} to show its SSH host keys "
+                    f"(AWS publishes it some minutes after boot; at most {limit}).")
+            ctx.progress(f"waiting for the console output of {iid} (at most {limit})")
+        return None
 
     def destroy(self, ctx, current):
         ctx.state.set(self.state_key, None)

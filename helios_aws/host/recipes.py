@@ -13,6 +13,9 @@ from ..params import AL2_END_OF_SUPPORT
 PYTHON_VERSION = (3, 13)
 PYTHON = "/usr/bin/python3.13"
 NOLOGIN = "/usr/sbin/nologin"
+# apt's machine-readable progress ("pmstatus:PACKAGE:PERCENT:Unpacking ...") on stdout,
+# read by helios_aws.host.progress while the install runs.
+PROGRESS_APT = "-o APT::Status-Fd=1"
 
 # RabbitMQ for the local Celery worker only: AMQP, Erlang distribution and epmd (Erlang's
 # port mapper, socket-activated by systemd on Debian) on loopback. The node is named
@@ -129,7 +132,7 @@ class Debian13(Recipe):
                 f"apt-get {wait} install -f -y -q -o Dpkg::Options::=--force-confold; fi && "
                 f"retry apt-get {wait} update -q && "
                 f"apt-get {wait} install -y -q --no-install-recommends "
-                f"-o Dpkg::Options::=--force-confold {shlex.join(names)}")
+                f"-o Dpkg::Options::=--force-confold {PROGRESS_APT} {shlex.join(names)}")
 
     def redis_conf(self):
         return "/etc/redis/redis.conf"
@@ -157,7 +160,8 @@ class AmazonLinux2023(Recipe):
                 "| grep -v ' ' || true")
 
     def install_packages(self, names):
-        return f"dnf install -y -q {shlex.join(names)}"
+        # Not -q: the transaction's "Installing : NAME 12/80" lines are its progress.
+        return f"dnf install -y {shlex.join(names)}"
 
     def postgres_init(self):
         return ("[ -f /var/lib/pgsql/data/PG_VERSION ] || "

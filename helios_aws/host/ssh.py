@@ -218,9 +218,10 @@ class _Shell:
         outcome = self._read(out, err, greeted, timeout)
         return outcome is True, err.decode(errors="replace")
 
-    def run(self, command, input=None, timeout=DEFAULT_TIMEOUT):
+    def run(self, command, input=None, timeout=DEFAULT_TIMEOUT, on_line=None):
         """(status, stdout bytes, stderr bytes); status None when the shell went away,
-        "timeout" when the command ran out of time."""
+        "timeout" when the command ran out of time. ``on_line(text)`` is called with each
+        line of stdout and stderr as it arrives (a carriage return ends a line too)."""
         marker = secrets.token_hex(16)
         tail = (f"; printf '\\n{marker} %d\\n' $?; printf '\\n{marker}\\n' >&2\n")
         if input is None:
@@ -236,7 +237,11 @@ class _Shell:
         out_end = f"\n{marker} ".encode()
         err_end = f"\n{marker}\n".encode()
 
+        relay = _LineRelay(on_line, marker) if on_line else None
+
         def ended(out, err):
+            if relay:
+                relay.feed(out, err)
             end = out.find(out_end)
             if end >= 0 and out.endswith(b"\n", end + len(out_end)) and err.endswith(err_end):
                 return int(out[end + len(out_end):].strip()), end
@@ -250,6 +255,27 @@ class _Shell:
             return "timeout", bytes(out), bytes(err)
         status, end = outcome
         return status, bytes(out[:end]), bytes(err[:-len(err_end)])
+
+
+class _LineRelay:
+    """Passes on the complete lines that have arrived since the last call, stdout's and
+    stderr's, never the shell's end marker."""
+
+    def __init__(self, on_line, marker):
+        self.on_line = on_line
+        self.marker = marker.encode()
+        self.done = [0, 0]
+
+    def feed(self, *streams):
+        for index, data in enumerate(streams):
+            end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            if end <= self.done[index]:
+                continue
+            chunk = bytes(data[self.done[index]:end])
+            self.done[index] = end
+            for line in chunk.replace(b"\r", b"\n").split(b"\n"):
+                if line.strip() and self.marker not in line:
+                    self.on_line(line.decode(errors="replace"))
 
 
 class Connection:
@@ -519,16 +545,17 @@ class Connection:
                         "logs.")
 
     def run(self, command, sudo=False, check=True, input=None, timeout=DEFAULT_TIMEOUT,
-            step=None):
+            step=None, on_line=None):
         """Run ``command`` (a shell command line) and return a :class:`Result`.
 
-        ``sudo`` runs it as root; ``input`` (str or bytes) is its stdin. With ``check``, a
+        ``sudo`` runs it as root; ``input`` (str or bytes) is its stdin; ``on_line``, if
+        given, receives each line of output while the command runs. With ``check``, a
         non-zero exit status raises HostError naming ``step``, the command, the status
         and the last lines of output.
         """
         started = time.monotonic()
         shell = self._shell(sudo)
-        status, out, err = shell.run(command, input=input, timeout=timeout)
+        status, out, err = shell.run(command, input=input, timeout=timeout, on_line=on_line)
         self.commands_run += 1
         stdout = out.decode(errors="replace")
         stderr = err.decode(errors="replace")

@@ -42,6 +42,7 @@ from .. import configure, layout as layout_mod, params, project as project_mod
 from ..engine import CREATE, KEEP, UNCHANGED, UPDATE, Change, Step
 from ..errors import ConfigError, HostError
 from . import recipes, release as release_mod
+from .progress import ToolProgress
 from .ssh import Connection, normalise_fingerprint
 
 KEEP_RELEASES = 3
@@ -225,6 +226,11 @@ class HostStep(Step):
     def sh(self, ctx, command, sudo=True, check=True, **kwargs):
         return connection(ctx).run(command, sudo=sudo, check=check, step=self.name, **kwargs)
 
+    def sh_with_progress(self, ctx, command, **kwargs):
+        """:meth:`sh` for a long install: what apt, dnf, uv or pip says it is doing is
+        passed on, as it runs, to the step's progress line."""
+        return self.sh(ctx, command, on_line=ToolProgress(ctx.progress).feed, **kwargs)
+
     def facts(self, ctx, script):
         """Run a read script as root and parse its ``key=value`` output."""
         return parse_facts(self.sh(ctx, "cd /\n" + script + "\nexit 0").stdout)
@@ -330,7 +336,7 @@ class Packages(HostStep):
 
     def apply(self, ctx, current, change):
         missing = [p for p in self.wanted() if p not in current]
-        self.sh(ctx, self.target.recipe.install_packages(missing), timeout=3600)
+        self.sh_with_progress(ctx, self.target.recipe.install_packages(missing), timeout=3600)
 
 
 class UvTool(HostStep):
@@ -781,7 +787,7 @@ class Release(HostStep):
                   f"chown -R -h -- root:root {q(rel)}",
                   f"printf '%s\\n' {q(source['describe'])} > {q(state / 'source')}",
                   f"touch -- {q(state / 'installed')}"]
-        self.sh(ctx, "\n".join(steps), timeout=3600)
+        self.sh_with_progress(ctx, "\n".join(steps), timeout=3600)
         ctx.facts["host_release_dir"] = str(rel)
 
     def as_service_user(self):
@@ -795,8 +801,8 @@ class Release(HostStep):
                f"UV_NATIVE_TLS=1 UV_CACHE_DIR={cache} UV_COMPILE_BYTECODE=1 "
                f"UV_PROJECT_ENVIRONMENT={q(venv)}")
         uv = q(self.target.uv)
-        return (f"{env} {uv} sync --frozen --no-dev --quiet && "
-                f"{env} {uv} pip install --quiet --python {q(venv)}/bin/python "
+        return (f"{env} {uv} sync --frozen --no-dev && "
+                f"{env} {uv} pip install --python {q(venv)}/bin/python "
                 f"-- {shlex.join(extras)}")
 
     def pip_commands(self, venv, extras):
@@ -804,7 +810,7 @@ class Release(HostStep):
         pip = f"{user} PIP_CERT={q(self.target.recipe.ca_bundle)} " \
               f"PIP_CACHE_DIR={q(self.target.cache_dir / 'pip')} {q(venv)}/bin/pip"
         return (f"{user} {recipes.PYTHON} -m venv {q(venv)} && "
-                f"{pip} install -q --disable-pip-version-check -r requirements.txt "
+                f"{pip} install --disable-pip-version-check -r requirements.txt "
                 f"-- {shlex.join(extras)}")
 
 

@@ -55,7 +55,8 @@ class Command(BaseCommand):
                                "output directory).")
         host.add_argument("--trust-host-key", default=None, metavar="FINGERPRINT",
                           help="The server's SSH host key fingerprint (SHA256:...), when "
-                               "it cannot be read from the console output.")
+                               "it cannot be read from the console output (which is then "
+                               "not awaited).")
         host.add_argument("--server", default=None, metavar="URL",
                           help="ACME directory URL for the certificate (default: Let's "
                                "Encrypt).")
@@ -70,8 +71,16 @@ class Command(BaseCommand):
         out_dir = cli.resolve_output(options)
         overrides = {"region": options["region"]} if options["region"] else None
         deployment = params.load(out_dir, overrides, cli.settings_layer())
-        out = Output(self.stdout.write, options["verbosity"], self.style)
+        out = Output(self.stdout.write, options["verbosity"], self.style,
+                     terminal=self._terminal() if self.stdout.isatty() else None)
         provision.run(deployment, out_dir, options, out, self._confirmer(options))
+
+    def _terminal(self):
+        def write(text):
+            self.stdout.write(text, ending="")
+            self.stdout.flush()
+
+        return write
 
     def _confirmer(self, options):
         def confirm(prompt, expected):
