@@ -167,16 +167,32 @@ def test_unknown_host_key_skips_every_host_probe(deployed, sshd, tmp_path):
     assert all("--trust-host-key" in r.hint for r in results.values())
 
 
+def aws_check_over_ssh(deployed, sshd, *args):
+    return run_manage(deployed.project, "aws_check", SETTINGS, "--only", "host.E002,host.E003",
+                      "--host", sshd.host, "--ssh-port", str(sshd.port), "--ssh-key",
+                      str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+                      "--no-color", *args,
+                      env=helios_env(HELIOS_ENV_FILE=str(deployed.env_file)))
+
+
 def test_aws_check_reaches_the_host_with_the_ssh_options(deployed, sshd):
     """The command's own SSH flags, end to end. The recorded service user (helios) does
     not exist here, so only probes that do not run Django are asked for."""
-    result = run_manage(deployed.project, "aws_check", SETTINGS, "--only", "host.E002,host.E003",
-                        "--host", sshd.host, "--ssh-port", str(sshd.port), "--ssh-key",
-                        str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
-                        "--no-color", env=helios_env(HELIOS_ENV_FILE=str(deployed.env_file)))
+    result = aws_check_over_ssh(deployed, sshd)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"pass  host\.E002  nginx -t accepts .*/etc/nginx/nginx\.conf",
                      result.stdout)
+
+
+def test_aws_check_logs_in_as_the_ssh_user_it_is_given(deployed, sshd):
+    result = aws_check_over_ssh(deployed, sshd, "--ssh-user", "nobody-here")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"skip  host\.E002  .*nobody-here", result.stdout), result.stdout
+    result = aws_check_over_ssh(deployed, sshd, "--ssh-user", sshd.user)
+    assert "pass  host.E002" in result.stdout, result.stdout
+    result = aws_check_over_ssh(deployed, sshd, "--ssh-user", "Bad User")
+    assert result.returncode == 1
+    assert "--ssh-user 'Bad User' is not a valid user name" in result.stderr
 
 
 @contextlib.contextmanager

@@ -79,11 +79,11 @@ class Pool:
             self._idle.clear()
 
 
-def connector(deployment, state, host="", port=None, key_file=None, known_hosts=(),
+def connector(deployment, state, host="", port=None, user="", key_file=None, known_hosts=(),
               trust_host_key=(), timeout=15):
     """A function opening a verified Connection to the deployment's host, from the
     state file (the Elastic IP, the host key fingerprints the AWS half pinned) and the
-    command's SSH options, giving up after ``timeout`` seconds; ``None`` when there is no
+    command's SSH options (``user`` instead of the deployment's login), giving up after ``timeout`` seconds; ``None`` when there is no
     host to connect to."""
     host = host or (state.get("elastic_ip") or {}).get("public_ip")
     if not host:
@@ -93,7 +93,7 @@ def connector(deployment, state, host="", port=None, key_file=None, known_hosts=
 
     def connect():
         return Connection(
-            host, user=deployment.ssh_user or None,
+            host, user=user or deployment.ssh_user or None,
             default_user=deployment.os_profile["ssh_user"], port=port,
             key_filename=str(key_file) if key_file else None, pinned=pinned,
             known_hosts=list(known_hosts), connect_timeout=timeout,
