@@ -60,7 +60,10 @@ class Host:
         live.mkdir(parents=True)
         (live / "fullchain.pem").write_bytes(cert.fullchain.read_bytes())
         (live / "privkey.pem").write_bytes(cert.key.read_bytes())
-        self.site = self.project / "deploy/nginx/helios-https.conf"
+        # The rendered site, installed where the layout puts it.
+        self.site = self.prefix / "etc/nginx/conf.d/helios.conf"
+        self.site.parent.mkdir(parents=True)
+        self.site.write_text((self.project / "deploy/nginx/helios-https.conf").read_text())
         # The main nginx.conf where the layout puts it, including the rendered site.
         self.nginx = rig.Nginx(self.prefix / "etc/nginx", self.site)
         self.worker = None
@@ -296,3 +299,42 @@ def test_a_service_that_never_answers_fails_with_a_hint_to_reach_it(
             assert "timed out" in result.message or "no answer within" in result.message
         else:
             assert result.status == "pass", result
+
+
+XFF_RE = re.compile(r"proxy_set_header\s+X-Forwarded-For\s+[^;]+;")
+PEER_ONLY = "proxy_set_header X-Forwarded-For $remote_addr;"
+# (case, how the peer-only site is changed, what host.E008 must say)
+FORWARDING = [
+    ("peer-only", lambda site: site, None),
+    ("appended", lambda site: site.replace(
+        PEER_ONLY, "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"),
+     "X-Forwarded-For is sent as '$proxy_add_x_forwarded_for'"),
+    ("copied", lambda site: site.replace(
+        PEER_ONLY, 'proxy_set_header X-Forwarded-For "$http_x_forwarded_for";'),
+     "X-Forwarded-For is sent as '$http_x_forwarded_for'"),
+    ("other-header", lambda site: site.replace(
+        PEER_ONLY, PEER_ONLY + " proxy_set_header X-Real-IP $http_x_real_ip;"),
+     "X-Real-IP is sent as '$http_x_real_ip'"),
+    ("not-set", lambda site: site.replace(PEER_ONLY, ""),
+     "proxy_pass without proxy_set_header X-Forwarded-For"),
+    ("real-ip-module", lambda site: site.replace(
+        PEER_ONLY, PEER_ONLY + " real_ip_header X-Forwarded-For;"),
+     "real_ip_header X-Forwarded-For makes $remote_addr the client's own header"),
+]
+
+
+@pytest.mark.parametrize("case,change,message", FORWARDING, ids=[row[0] for row in FORWARDING])
+def test_the_installed_site_must_send_the_peer_address_alone(deployed, sshd, case, change,
+                                                             message):
+    rendered = deployed.site.read_text()
+    try:
+        deployed.site.write_text(change(XFF_RE.sub(lambda m: PEER_ONLY, rendered)))
+        result = run_host_probes(deployed, sshd, only=["host.E008"])["host.E008"]
+    finally:
+        deployed.site.write_text(rendered)
+    if message is None:
+        assert result.status == "pass", result
+    else:
+        assert result.status == "fail"
+        assert message in result.message
+        assert str(deployed.site) in result.message

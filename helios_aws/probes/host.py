@@ -17,7 +17,7 @@ from .. import layout as layout_mod
 from ..host import recipes
 from ..host.ssh import Connection
 from ..host.steps import APP_UNITS, RENEW_TIMER, q
-from . import django_side as django_side_mod
+from . import django_side as django_side_mod, forwarding
 from .base import TIMEOUT_HINTS, Skip, failed, passed, probe, warned
 
 MAX_CONNECTIONS = 4
@@ -277,3 +277,22 @@ def database_login(ctx):
         return failed(f"{service_user} cannot log in: {problem.message}", problem.hint)
     return passed(f"{service_user} logs in to database {answer['database']} as role "
                   f"{answer['role']}.")
+
+
+@probe("host.E008", "The site sends Helios the peer's address alone (X-Forwarded-For)",
+       "Install the site aws_provision renders (X-Forwarded-For $remote_addr): Helios "
+       "records the first X-Forwarded-For entry with every vote, so nginx must never pass "
+       "on or append to what the client sent.")
+def forwarded_address(ctx):
+    site = _layout(ctx).nginx_site
+    result = ctx.ssh().run(f"cat {q(site)}", timeout=ctx.timeout)
+    if result.status != 0:
+        return failed(f"Cannot read the site {site}: {_tail(result)}")
+    try:
+        found = forwarding.problems(result.stdout)
+    except ValueError as exc:
+        return failed(f"Cannot parse the site {site}: {exc}.")
+    if found:
+        return failed(f"A client can choose the address Helios records, in {site}: "
+                      + " ".join(found))
+    return passed(f"{site} sends the peer's address alone.")
