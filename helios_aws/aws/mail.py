@@ -130,6 +130,15 @@ def dkim_records(domain, tokens):
             for token in tokens]
 
 
+def mail_records(domain, tokens):
+    """The records this step writes for ``domain``: its DKIM CNAMEs (for the identity's
+    ``tokens``), SPF and DMARC, as {name, type, value, kind}."""
+    return [{"name": name, "type": "CNAME", "value": target, "kind": "dkim"}
+            for name, target in dkim_records(domain, tokens or ())] + [
+        {"name": fqdn(domain), "type": "TXT", "value": SPF, "kind": "spf"},
+        {"name": fqdn(f"_dmarc.{domain}"), "type": "TXT", "value": DMARC, "kind": "dmarc"}]
+
+
 class MailStep(AWSStep):
     name = "mail (SES)"
     state_key = "ses"
@@ -166,35 +175,32 @@ class MailStep(AWSStep):
         """[(description, Route 53 change, what was written)] the zone still needs."""
         domain, rrsets = current["domain"], current["rrsets"]
         changes = []
-        for name, target in dkim_records(domain, tokens or ()):
-            existing = [v.rstrip(".").lower() for v in values(find_record(rrsets, name, "CNAME"))]
-            if existing != [target]:
-                changes.append((f"DKIM CNAME {name} -> {target}",
-                                {"Name": name, "Type": "CNAME", "TTL": DKIM_TTL,
-                                 "ResourceRecords": [{"Value": target}]},
-                                {"name": name, "type": "CNAME", "value": target,
-                                 "kind": "dkim"}))
-        txt = find_record(rrsets, domain, "TXT")
-        spf = [txt_text(v) for v in values(txt) if txt_text(v).startswith("v=spf1")]
-        if not spf:
-            kept = [{"Value": v} for v in values(txt)]
-            changes.append((f"SPF TXT {fqdn(domain)} \"{SPF}\"",
-                            {"Name": fqdn(domain), "Type": "TXT",
-                             "TTL": (txt or {}).get("TTL", TXT_TTL),
-                             "ResourceRecords": kept + [{"Value": f'"{SPF}"'}]},
-                            {"name": fqdn(domain), "type": "TXT", "value": SPF,
-                             "kind": "spf"}))
-        elif not any("include:amazonses.com" in s for s in spf):
-            note(ctx, f"{domain} has its own SPF record without include:amazonses.com; it "
-                      "was left as it is. SES mail passes DMARC through DKIM; add the "
-                      "include if you later set a custom MAIL FROM domain.")
-        dmarc_name = fqdn(f"_dmarc.{domain}")
-        if find_record(rrsets, dmarc_name, "TXT") is None:
-            changes.append((f"DMARC TXT {dmarc_name} \"{DMARC}\"",
-                            {"Name": dmarc_name, "Type": "TXT", "TTL": TXT_TTL,
-                             "ResourceRecords": [{"Value": f'"{DMARC}"'}]},
-                            {"name": dmarc_name, "type": "TXT", "value": DMARC,
-                             "kind": "dmarc"}))
+        for item in mail_records(domain, tokens):
+            name, value = item["name"], item["value"]
+            rrset = find_record(rrsets, name, item["type"])
+            if item["kind"] == "dkim":
+                if [v.rstrip(".").lower() for v in values(rrset)] != [value]:
+                    changes.append((f"DKIM CNAME {name} -> {value}",
+                                    {"Name": name, "Type": "CNAME", "TTL": DKIM_TTL,
+                                     "ResourceRecords": [{"Value": value}]}, item))
+            elif item["kind"] == "spf":
+                spf = [txt_text(v) for v in values(rrset) if txt_text(v).startswith("v=spf1")]
+                if not spf:
+                    kept = [{"Value": v} for v in values(rrset)]
+                    changes.append((f"SPF TXT {name} \"{value}\"",
+                                    {"Name": name, "Type": "TXT",
+                                     "TTL": (rrset or {}).get("TTL", TXT_TTL),
+                                     "ResourceRecords": kept + [{"Value": f'"{value}"'}]},
+                                    item))
+                elif not any("include:amazonses.com" in s for s in spf):
+                    note(ctx, f"{domain} has its own SPF record without "
+                              "include:amazonses.com; it was left as it is. SES mail passes "
+                              "DMARC through DKIM; add the include if you later set a custom "
+                              "MAIL FROM domain.")
+            elif rrset is None:
+                changes.append((f"DMARC TXT {name} \"{value}\"",
+                                {"Name": name, "Type": "TXT", "TTL": TXT_TTL,
+                                 "ResourceRecords": [{"Value": f'"{value}"'}]}, item))
         return changes
 
     def _status_notes(self, ctx, current):
@@ -304,16 +310,6 @@ class MailStep(AWSStep):
                            kinds if identity == current["domain"] else set()))
         return claims
 
-    def _written(self, current, kinds):
-        """The records of ``kinds`` (dkim, spf, dmarc) this step writes for the domain."""
-        domain = current["domain"]
-        wanted = [{"name": name, "type": "CNAME", "value": target, "kind": "dkim"}
-                  for name, target in dkim_records(domain, current["tokens"] or ())]
-        wanted += [{"name": fqdn(domain), "type": "TXT", "value": SPF, "kind": "spf"},
-                   {"name": fqdn(f"_dmarc.{domain}"), "type": "TXT", "value": DMARC,
-                    "kind": "dmarc"}]
-        return [w for w in wanted if w["kind"] in kinds]
-
     def _removals(self, current, written):
         """[(description, Route 53 change)] taking the ``written`` records out."""
         rrsets, removals = current["rrsets"], []
@@ -348,8 +344,9 @@ class MailStep(AWSStep):
                               f"identity{records} stay: deployment {', '.join(others)} uses "
                               "it)", None, []))
                 continue
-            removals = self._removals(current, self._written(current, kinds)) \
-                if current["zone"] else []
+            written = [r for r in mail_records(current["domain"], current["tokens"])
+                       if r["kind"] in kinds]
+            removals = self._removals(current, written) if current["zone"] else []
             if created:
                 fates.append((f"SES identity {identity}", identity, removals))
             else:
