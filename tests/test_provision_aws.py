@@ -693,3 +693,19 @@ def test_destroying_one_of_two_deployments_keeps_what_the_other_uses(tmp_path, o
     assert inventory() == NOTHING
     assert f"deleted SES identity {ZONE}" in output
     assert "stay: deployment" not in output
+
+
+def test_an_identity_that_was_there_before_is_never_deleted(tmp_path):
+    create_zone()
+    boto3.client("ses").verify_domain_identity(Domain=ZONE)
+    ctx, out, _ = shared_ctx(tmp_path, "vote")
+    provision.provision(ctx, out)
+    assert mail_of("vote")["dkim"] == 3
+
+    remaining, output = destroy_shared(tmp_path, "vote", lose_state=True)
+
+    assert remaining == []
+    assert (f"deployment vote's claim on SES identity {ZONE} (the identity stays: it was "
+            "there before helios-aws)") in output
+    assert mail_of("vote") == {"domain identity": True, "sender": False, "A": False,
+                               "dkim": 0, "spf": 0, "dmarc": 0}
