@@ -32,5 +32,9 @@ class HostError(HeliosAWSError):
     """The SSH host cannot be reached, cannot be trusted, or a command on it failed."""
 
 
+class HostTimeout(HostError):
+    """A command on the host did not finish within its deadline."""
+
+
 class StepTimeout(HeliosAWSError):
     """A bounded wait ran out."""

@@ -75,6 +75,18 @@ def test_local_on_the_deployment_env_passes(project):
     assert {c["area"] for c in report["checks"]} == {"config"}
 
 
+def test_fail_level_warning_passes_when_the_project_silences_its_own_warnings(project):
+    # The fixture's URLconf raises urls.W002, which its settings silence as Helios does:
+    # the documented CI recipe must pass on a clean deployment.
+    status, report, stderr = aws_check(project, "--local", "--fail-level", "warning",
+                                       env_file=project / "deploy/.env")
+    assert status == 0, stderr
+    assert report["verdict"] == "pass"
+    assert by_id(report)["urls.W002"]["status"] == "skip"
+    assert by_id(report)["urls.W002"]["message"] == (
+        "1 message(s) silenced by SILENCED_SYSTEM_CHECKS.")
+
+
 def test_full_run_checks_the_deployments_env_not_its_own(project):
     # This process runs on Helios's defaults (DEBUG on...): the config area must still
     # report the deployment's .env, read by a child started with it.

@@ -7,10 +7,14 @@ The service user is root here: this machine's Python lives under /root, out of r
 any other account, so the deployment is built without the validation that refuses root.
 """
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import sys
+import threading
+import time
 
 import pytest
 
@@ -56,7 +60,10 @@ class Host:
         live.mkdir(parents=True)
         (live / "fullchain.pem").write_bytes(cert.fullchain.read_bytes())
         (live / "privkey.pem").write_bytes(cert.key.read_bytes())
-        self.site = self.project / "deploy/nginx/helios-https.conf"
+        # The rendered site, installed where the layout puts it.
+        self.site = self.prefix / "etc/nginx/conf.d/helios.conf"
+        self.site.parent.mkdir(parents=True)
+        self.site.write_text((self.project / "deploy/nginx/helios-https.conf").read_text())
         # The main nginx.conf where the layout puts it, including the rendered site.
         self.nginx = rig.Nginx(self.prefix / "etc/nginx", self.site)
         self.worker = None
@@ -87,7 +94,7 @@ def deployed(tmp_path_factory, postgres, local_ca, rabbitmq_url):
     served.stop()
 
 
-def run_host_probes(deployed, sshd, known_hosts=None, only=(), **deployment):
+def run_host_probes(deployed, sshd, known_hosts=None, only=(), timeout=30, **deployment):
     values = dict(domain=DOMAIN, email="elections@example.org", ssh_user=sshd.user,
                   service_user="root", broker="rabbitmq", host_prefix=str(deployed.prefix))
     values.update(deployment)
@@ -95,7 +102,7 @@ def run_host_probes(deployed, sshd, known_hosts=None, only=(), **deployment):
     connect = host.connector(target, {}, host=sshd.host, port=sshd.port,
                              key_file=sshd.client_key,
                              known_hosts=[known_hosts or sshd.known_hosts])
-    ctx = base.Context(target, celery_app="helios", timeout=30,
+    ctx = base.Context(target, celery_app="helios", timeout=timeout,
                        ssh=lambda: host.Pool(connect).open_first())
     try:
         probes = [p for p in HOST_PROBES if not only or p.id in only]
@@ -163,13 +170,171 @@ def test_unknown_host_key_skips_every_host_probe(deployed, sshd, tmp_path):
     assert all("--trust-host-key" in r.hint for r in results.values())
 
 
+def aws_check_over_ssh(deployed, sshd, *args):
+    return run_manage(deployed.project, "aws_check", SETTINGS, "--only", "host.E002,host.E003",
+                      "--host", sshd.host, "--ssh-port", str(sshd.port), "--ssh-key",
+                      str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
+                      "--no-color", *args,
+                      env=helios_env(HELIOS_ENV_FILE=str(deployed.env_file)))
+
+
 def test_aws_check_reaches_the_host_with_the_ssh_options(deployed, sshd):
     """The command's own SSH flags, end to end. The recorded service user (helios) does
     not exist here, so only probes that do not run Django are asked for."""
-    result = run_manage(deployed.project, "aws_check", SETTINGS, "--only", "host.E002,host.E003",
-                        "--host", sshd.host, "--ssh-port", str(sshd.port), "--ssh-key",
-                        str(sshd.client_key), "--known-hosts", str(sshd.known_hosts),
-                        "--no-color", env=helios_env(HELIOS_ENV_FILE=str(deployed.env_file)))
+    result = aws_check_over_ssh(deployed, sshd)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"pass  host\.E002  nginx -t accepts .*/etc/nginx/nginx\.conf",
                      result.stdout)
+
+
+def test_aws_check_logs_in_as_the_ssh_user_it_is_given(deployed, sshd):
+    result = aws_check_over_ssh(deployed, sshd, "--ssh-user", "nobody-here")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"skip  host\.E002  .*nobody-here", result.stdout), result.stdout
+    result = aws_check_over_ssh(deployed, sshd, "--ssh-user", sshd.user)
+    assert "pass  host.E002" in result.stdout, result.stdout
+    result = aws_check_over_ssh(deployed, sshd, "--ssh-user", "Bad User")
+    assert result.returncode == 1
+    assert "--ssh-user 'Bad User' is not a valid user name" in result.stderr
+
+
+@contextlib.contextmanager
+def env_set(deployed, name, value):
+    """The host's .env with ``name=value`` (replaced or added), for the duration."""
+    good = deployed.env_file.read_text()
+    kept = [line for line in good.splitlines() if not line.startswith(f"{name}=")]
+    deployed.env_file.write_text("\n".join(kept + [f"{name}={value}"]) + "\n")
+    try:
+        yield
+    finally:
+        deployed.env_file.write_text(good)
+
+
+def make_healthy(deployed):
+    """Migrated, with a worker running (as the first test leaves it)."""
+    migrated = deployed.manage("migrate", "--no-input")
+    assert migrated.returncode == 0, migrated.stderr
+    if deployed.worker is None:
+        deployed.start_worker()
+
+
+DJANGO_SIDE = ("host.E005", "host.E006", "host.E007")
+
+
+def test_a_slow_starting_helios_passes_within_the_default_deadline(deployed, sshd):
+    """Each start of Django takes 16 s (the real Helios took 12-15 s on an emulated small
+    server), more than the 15 s default deadline: the Django-side probes share one start
+    and get the time it needs."""
+    make_healthy(deployed)
+    with env_set(deployed, "FIXTURE_STARTUP_DELAY", "16"):
+        started = time.monotonic()
+        results = run_host_probes(deployed, sshd, only=DJANGO_SIDE,
+                                  timeout=base.DEFAULT_TIMEOUT)
+        seconds = time.monotonic() - started
+    for probe_id in DJANGO_SIDE:
+        assert results[probe_id].status == "pass", results[probe_id]
+    assert 16 <= seconds < 32  # one start, not three one after the other
+
+
+@pytest.fixture
+def silent_listener():
+    """HOST:PORT of a listener that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def test_a_hung_worker_fails_the_ping(deployed, sshd):
+    """The worker is there but stopped (SIGSTOP): no reply is a fail, never a pass or a
+    skip."""
+    make_healthy(deployed)
+    os.kill(deployed.worker.pid, signal.SIGSTOP)
+    try:
+        result = run_host_probes(deployed, sshd, only=["host.E006"])["host.E006"]
+    finally:
+        os.kill(deployed.worker.pid, signal.SIGCONT)
+    assert result.status == "fail"
+    assert result.message == "No worker answered a ping within 5 s."
+
+
+# (what is silent, the .env variable that points at it, its URL, the probes that fail)
+SILENT_SERVICES = [
+    ("broker", "CELERY_BROKER_URL", "amqp://guest:guest@{}//", ["host.E006"]),
+    ("database", "DATABASE_URL", "postgres://postgres@{}/helios_host",
+     ["host.E005", "host.E007"]),
+]
+
+
+@pytest.mark.parametrize("service,name,url,failing", SILENT_SERVICES,
+                         ids=[row[0] for row in SILENT_SERVICES])
+def test_a_service_that_never_answers_fails_with_a_hint_to_reach_it(
+        deployed, sshd, silent_listener, service, name, url, failing):
+    """A broker or a database that accepts the connection and never answers: its probes
+    fail (never skip, never pass) saying it did not answer in time; the other checks of the
+    same Django process still answer."""
+    make_healthy(deployed)
+    with env_set(deployed, name, url.format(silent_listener)):
+        results = run_host_probes(deployed, sshd, only=DJANGO_SIDE,
+                                  timeout=base.DEFAULT_TIMEOUT)
+    for probe_id in DJANGO_SIDE:
+        result = results[probe_id]
+        if probe_id in failing:
+            assert result.status == "fail", result
+            assert result.hint == base.TIMEOUT_HINTS["host"]
+            assert "timed out" in result.message or "no answer within" in result.message
+        else:
+            assert result.status == "pass", result
+
+
+XFF_RE = re.compile(r"proxy_set_header\s+X-Forwarded-For\s+[^;]+;")
+PEER_ONLY = "proxy_set_header X-Forwarded-For $remote_addr;"
+# (case, how the peer-only site is changed, what host.E008 must say)
+FORWARDING = [
+    ("peer-only", lambda site: site, None),
+    ("appended", lambda site: site.replace(
+        PEER_ONLY, "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"),
+     "X-Forwarded-For is sent as '$proxy_add_x_forwarded_for'"),
+    ("copied", lambda site: site.replace(
+        PEER_ONLY, 'proxy_set_header X-Forwarded-For "$http_x_forwarded_for";'),
+     "X-Forwarded-For is sent as '$http_x_forwarded_for'"),
+    ("other-header", lambda site: site.replace(
+        PEER_ONLY, PEER_ONLY + " proxy_set_header X-Real-IP $http_x_real_ip;"),
+     "X-Real-IP is sent as '$http_x_real_ip'"),
+    ("not-set", lambda site: site.replace(PEER_ONLY, ""),
+     "proxy_pass without proxy_set_header X-Forwarded-For"),
+    ("real-ip-module", lambda site: site.replace(
+        PEER_ONLY, PEER_ONLY + " real_ip_header X-Forwarded-For;"),
+     "real_ip_header X-Forwarded-For makes $remote_addr the client's own header"),
+]
+
+
+@pytest.mark.parametrize("case,change,message", FORWARDING, ids=[row[0] for row in FORWARDING])
+def test_the_installed_site_must_send_the_peer_address_alone(deployed, sshd, case, change,
+                                                             message):
+    rendered = deployed.site.read_text()
+    try:
+        deployed.site.write_text(change(XFF_RE.sub(lambda m: PEER_ONLY, rendered)))
+        result = run_host_probes(deployed, sshd, only=["host.E008"])["host.E008"]
+    finally:
+        deployed.site.write_text(rendered)
+    if message is None:
+        assert result.status == "pass", result
+    else:
+        assert result.status == "fail"
+        assert message in result.message
+        assert str(deployed.site) in result.message

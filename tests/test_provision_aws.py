@@ -804,3 +804,87 @@ def test_with_skip_host_a_host_key_not_yet_published_is_left_for_the_next_run(
     assert outcomes(second.stdout)["SSH host key"] == "adopted"
     assert state(deploy)["host_key"]["fingerprints"] == {
         kind: rig.ssh_keygen_fingerprint(public)[1] for kind, public in host_keys.items()}
+
+
+# ------------------------------------------------------------------------ a shared account
+
+# Two elections in one account, both mailing from example.org: the domain identity and its
+# DKIM/SPF/DMARC records are shared; each has its own A record and sender address.
+SHARING = {"vote": ("vote.example.org", "elections@example.org"),
+           "board": ("board.example.org", "board@example.org")}
+LOST_STATE = ("none", "first", "second", "both")
+
+
+def shared_ctx(tmp_path, name):
+    domain, email = SHARING[name]
+    ctx, out, lines = in_process(tmp_path / name, name=name, domain=domain, email=email)
+    ctx.options["no_snapshot"] = True
+    return ctx, out, lines
+
+
+def destroy_shared(tmp_path, name, lose_state):
+    if lose_state:
+        (tmp_path / name / "deploy/state.json").unlink()
+    ctx, out, lines = shared_ctx(tmp_path, name)
+    remaining = provision.destroy(ctx, out, lambda prompt, expected: True)
+    return remaining, "\n".join(lines)
+
+
+def mail_of(name):
+    """What deployment ``name`` needs to mail and be reached, as it stands in moto."""
+    domain, email = SHARING[name]
+    counts = inventory()
+    a_records = [r["Name"] for zone in boto3.client("route53").list_hosted_zones()["HostedZones"]
+                 for r in boto3.client("route53").list_resource_record_sets(
+                     HostedZoneId=zone["Id"])["ResourceRecordSets"] if r["Type"] == "A"]
+    identities = boto3.client("ses").list_identities()["Identities"]
+    return {"domain identity": ZONE in identities, "sender": email in identities,
+            "A": f"{domain}." in a_records, "dkim": counts["dkim_cnames"],
+            "spf": counts["spf"], "dmarc": counts["dmarc"]}
+
+
+@pytest.mark.parametrize("order", [("vote", "board"), ("board", "vote")],
+                         ids=["vote-first", "board-first"])
+@pytest.mark.parametrize("lost", LOST_STATE)
+def test_destroying_one_of_two_deployments_keeps_what_the_other_uses(tmp_path, order, lost):
+    create_zone()
+    for name in SHARING:
+        ctx, out, _ = shared_ctx(tmp_path, name)
+        provision.provision(ctx, out)
+    first, second = order
+    whole = {"domain identity": True, "sender": True, "A": True, "dkim": 3, "spf": 1,
+             "dmarc": 1}
+    assert mail_of(first) == mail_of(second) == whole
+
+    remaining, output = destroy_shared(tmp_path, first, lost in ("first", "both"))
+
+    assert remaining == []
+    assert mail_of(second) == whole
+    gone = mail_of(first)
+    assert (gone["sender"], gone["A"]) == (False, False)
+    assert (f"deployment {first}'s claim on SES identity {ZONE} (the identity and its mail "
+            f"records stay: deployment {second} uses it)") in output
+    assert f"Nothing tagged helios-aws:deployment={first} remains" in output
+
+    remaining, output = destroy_shared(tmp_path, second, lost in ("second", "both"))
+
+    assert remaining == []
+    assert inventory() == NOTHING
+    assert f"deleted SES identity {ZONE}" in output
+    assert "stay: deployment" not in output
+
+
+def test_an_identity_that_was_there_before_is_never_deleted(tmp_path):
+    create_zone()
+    boto3.client("ses").verify_domain_identity(Domain=ZONE)
+    ctx, out, _ = shared_ctx(tmp_path, "vote")
+    provision.provision(ctx, out)
+    assert mail_of("vote")["dkim"] == 3
+
+    remaining, output = destroy_shared(tmp_path, "vote", lose_state=True)
+
+    assert remaining == []
+    assert (f"deployment vote's claim on SES identity {ZONE} (the identity stays: it was "
+            "there before helios-aws)") in output
+    assert mail_of("vote") == {"domain identity": True, "sender": False, "A": False,
+                               "dkim": 0, "spf": 0, "dmarc": 0}

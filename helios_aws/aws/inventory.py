@@ -1,9 +1,12 @@
 """What is still there after ``--destroy``: everything tagged for the deployment that
-exists or costs money, looked up afresh (not from the state file)."""
+exists or costs money, and the SES identities that still name it as a user, looked up
+afresh (not from the state file)."""
 
 from . import pricing
 from .base import iam_name, tag_filter
 from .compute import LIVE_STATES
+from .identity import mail_identities
+from .mail import identity_tags, users
 from .session import call
 
 
@@ -35,6 +38,14 @@ def leftovers(ctx):
         found.append((f"security group {group['GroupId']}", None))
     for pair in call("list key pairs", ec2.describe_key_pairs, Filters=tagged)["KeyPairs"]:
         found.append((f"key pair {pair['KeyName']}", None))
+    identities = mail_identities(ctx.deployment)
+    existing = call("list the SES identities", ctx.aws.client("ses").
+                    get_identity_verification_attributes,
+                    Identities=identities)["VerificationAttributes"]
+    for identity in identities:
+        if identity in existing and ctx.deployment.name in users(identity_tags(ctx, identity)):
+            found.append((f"SES identity {identity}, which still names this deployment as a "
+                          "user", None))
     name = iam_name(ctx)
     for what, operation, key in (("IAM role", iam.get_role, "RoleName"),
                                  ("IAM instance profile", iam.get_instance_profile,

@@ -5,6 +5,23 @@ identity, and the account's sandbox status and quota with what to do about them.
 Records the domain already has are respected: an SPF record of its own is never
 rewritten (one name may hold only one SPF policy) and an existing DMARC policy is kept.
 Only what this tool wrote is removed by ``--destroy``.
+
+Several deployments of one account may send from one mail domain (``vote.example.org``
+and ``board.example.org`` both mailing from ``example.org``), so the identities and their
+records are shared, and who uses them is recorded in AWS, not in one deployment's state
+file (which may be lost): each SES identity carries tags (sesv2 ``TagResource``)
+
+* ``helios-aws:user:NAME``, one per deployment that sends as it;
+* ``helios-aws:origin = created`` when helios-aws made it (an identity that was there
+  before is never deleted);
+* ``helios-aws:records``, on the domain identity: which of its DKIM, SPF and DMARC
+  records helios-aws wrote.
+
+Route 53 records carry no tags, but every record this step writes exists for the domain
+identity, so the identity's tags are their ownership too: one place, read with the
+identity, found again from AWS alone. ``--destroy`` takes away its own user tag, and
+deletes an identity and the records helios-aws wrote only when no other deployment uses
+it; it says what it keeps and for whom.
 """
 
 import botocore.exceptions
@@ -22,6 +39,10 @@ SPF = "v=spf1 include:amazonses.com ~all"
 # Monitoring only: a stricter policy could reject mail that other services send for
 # the domain; the owner tightens it once reports show all mail is signed.
 DMARC = "v=DMARC1; p=none;"
+USER_TAG = "helios-aws:user:"
+ORIGIN_TAG = "helios-aws:origin"
+RECORDS_TAG = "helios-aws:records"
+CREATED = "created"
 
 
 def sending_account(ctx):
@@ -68,9 +89,54 @@ def account_report(ctx, account):
     return f"SES sandbox in {region}: {limits}"
 
 
+def identity_arn(ctx, identity):
+    return (f"arn:{ctx.facts['partition']}:ses:{ctx.aws.region}:{ctx.facts['account']}"
+            f":identity/{identity}")
+
+
+def identity_tags(ctx, identity):
+    """The tags of an SES identity, read once a run ({} when it has none)."""
+    sesv2 = ctx.aws.client("sesv2")
+    answer = ctx.aws.cached(("ses_tags", identity), lambda: call(
+        f"read the tags of the SES identity {identity}", sesv2.list_tags_for_resource,
+        missing=("NotFoundException",), ResourceArn=identity_arn(ctx, identity)))
+    return {tag["Key"]: tag["Value"] for tag in (answer or {}).get("Tags", [])}
+
+
+def tag_identity(ctx, identity, tags):
+    call(f"record the users of the SES identity {identity}",
+         ctx.aws.client("sesv2").tag_resource, ResourceArn=identity_arn(ctx, identity),
+         Tags=[{"Key": key, "Value": value} for key, value in tags.items()])
+    ctx.aws.forget(("ses_tags", identity))
+
+
+def untag_identity(ctx, identity, keys):
+    call(f"remove {ctx.deployment.name} from the users of the SES identity {identity}",
+         ctx.aws.client("sesv2").untag_resource, ResourceArn=identity_arn(ctx, identity),
+         TagKeys=list(keys))
+    ctx.aws.forget(("ses_tags", identity))
+
+
+def users(tags):
+    return sorted(key[len(USER_TAG):] for key in tags if key.startswith(USER_TAG))
+
+
+def record_kinds(tags):
+    return set((tags.get(RECORDS_TAG) or "").split())
+
+
 def dkim_records(domain, tokens):
     return [(fqdn(f"{token}._domainkey.{domain}"), f"{token}.dkim.amazonses.com")
             for token in tokens]
+
+
+def mail_records(domain, tokens):
+    """The records this step writes for ``domain``: its DKIM CNAMEs (for the identity's
+    ``tokens``), SPF and DMARC, as {name, type, value, kind}."""
+    return [{"name": name, "type": "CNAME", "value": target, "kind": "dkim"}
+            for name, target in dkim_records(domain, tokens or ())] + [
+        {"name": fqdn(domain), "type": "TXT", "value": SPF, "kind": "spf"},
+        {"name": fqdn(f"_dmarc.{domain}"), "type": "TXT", "value": DMARC, "kind": "dmarc"}]
 
 
 class MailStep(AWSStep):
@@ -97,6 +163,8 @@ class MailStep(AWSStep):
             "domain": domain,
             "email": email,
             "verification": verification,
+            "tags": {identity: identity_tags(ctx, identity) for identity in (domain, email)
+                     if identity in verification},
             "tokens": tokens,
             "zone": zone,
             "rrsets": record_sets(ctx, zone["Id"]) if zone else [],
@@ -107,32 +175,32 @@ class MailStep(AWSStep):
         """[(description, Route 53 change, what was written)] the zone still needs."""
         domain, rrsets = current["domain"], current["rrsets"]
         changes = []
-        for name, target in dkim_records(domain, tokens or ()):
-            existing = [v.rstrip(".").lower() for v in values(find_record(rrsets, name, "CNAME"))]
-            if existing != [target]:
-                changes.append((f"DKIM CNAME {name} -> {target}",
-                                {"Name": name, "Type": "CNAME", "TTL": DKIM_TTL,
-                                 "ResourceRecords": [{"Value": target}]},
-                                {"name": name, "type": "CNAME", "value": target}))
-        txt = find_record(rrsets, domain, "TXT")
-        spf = [txt_text(v) for v in values(txt) if txt_text(v).startswith("v=spf1")]
-        if not spf:
-            kept = [{"Value": v} for v in values(txt)]
-            changes.append((f"SPF TXT {fqdn(domain)} \"{SPF}\"",
-                            {"Name": fqdn(domain), "Type": "TXT",
-                             "TTL": (txt or {}).get("TTL", TXT_TTL),
-                             "ResourceRecords": kept + [{"Value": f'"{SPF}"'}]},
-                            {"name": fqdn(domain), "type": "TXT", "value": SPF}))
-        elif not any("include:amazonses.com" in s for s in spf):
-            note(ctx, f"{domain} has its own SPF record without include:amazonses.com; it "
-                      "was left as it is. SES mail passes DMARC through DKIM; add the "
-                      "include if you later set a custom MAIL FROM domain.")
-        dmarc_name = fqdn(f"_dmarc.{domain}")
-        if find_record(rrsets, dmarc_name, "TXT") is None:
-            changes.append((f"DMARC TXT {dmarc_name} \"{DMARC}\"",
-                            {"Name": dmarc_name, "Type": "TXT", "TTL": TXT_TTL,
-                             "ResourceRecords": [{"Value": f'"{DMARC}"'}]},
-                            {"name": dmarc_name, "type": "TXT", "value": DMARC}))
+        for item in mail_records(domain, tokens):
+            name, value = item["name"], item["value"]
+            rrset = find_record(rrsets, name, item["type"])
+            if item["kind"] == "dkim":
+                if [v.rstrip(".").lower() for v in values(rrset)] != [value]:
+                    changes.append((f"DKIM CNAME {name} -> {value}",
+                                    {"Name": name, "Type": "CNAME", "TTL": DKIM_TTL,
+                                     "ResourceRecords": [{"Value": value}]}, item))
+            elif item["kind"] == "spf":
+                spf = [txt_text(v) for v in values(rrset) if txt_text(v).startswith("v=spf1")]
+                if not spf:
+                    kept = [{"Value": v} for v in values(rrset)]
+                    changes.append((f"SPF TXT {name} \"{value}\"",
+                                    {"Name": name, "Type": "TXT",
+                                     "TTL": (rrset or {}).get("TTL", TXT_TTL),
+                                     "ResourceRecords": kept + [{"Value": f'"{value}"'}]},
+                                    item))
+                elif not any("include:amazonses.com" in s for s in spf):
+                    note(ctx, f"{domain} has its own SPF record without "
+                              "include:amazonses.com; it was left as it is. SES mail passes "
+                              "DMARC through DKIM; add the include if you later set a custom "
+                              "MAIL FROM domain.")
+            elif rrset is None:
+                changes.append((f"DMARC TXT {name} \"{value}\"",
+                                {"Name": name, "Type": "TXT", "TTL": TXT_TTL,
+                                 "ResourceRecords": [{"Value": f'"{value}"'}]}, item))
         return changes
 
     def _status_notes(self, ctx, current):
@@ -154,6 +222,8 @@ class MailStep(AWSStep):
             details.append(f"SES domain identity {domain} with Easy DKIM")
         if email not in verification:
             details.append(f"SES sender address {email} (AWS mails it a confirmation link)")
+        details.extend(f"deployment {ctx.deployment.name} recorded as a user of the SES "
+                       f"identity {identity}" for identity in self._untagged(ctx, current))
         if current["zone"] is None:
             note(ctx, f"No Route 53 zone holds {domain}: add its three DKIM CNAME records "
                       "(SES console, Identities) at your DNS provider, or mail will not be "
@@ -171,6 +241,11 @@ class MailStep(AWSStep):
         return self.kept_or_adopted(self.record(ctx).get("domain") == domain,
                                     f"{domain} (DKIM) and {email} verified in SES", report)
 
+    def _untagged(self, ctx, current):
+        """The deployment's existing identities that do not name it as a user yet."""
+        return [identity for identity, tags in current["tags"].items()
+                if ctx.deployment.name not in users(tags)]
+
     def apply(self, ctx, current, change):
         domain, email, verification = current["domain"], current["email"], current["verification"]
         record = dict(self.record(ctx))
@@ -182,9 +257,14 @@ class MailStep(AWSStep):
             return self.adopt(ctx, **record)
         ses = ctx.aws.client("ses")
         ctx.aws.forget("ses_verification")
+        me = {USER_TAG + ctx.deployment.name: ctx.deployment.domain}
+        for identity in self._untagged(ctx, current):
+            tag_identity(ctx, identity, me)
         if domain not in verification:
             call(f"add the SES domain identity {domain}", ses.verify_domain_identity,
                  Domain=domain)
+            # A deleted identity's tags may outlive it: the new one gets its own afresh.
+            tag_identity(ctx, domain, {**me, ORIGIN_TAG: CREATED, RECORDS_TAG: ""})
             record["created_identities"].append(domain)
         if domain not in verification or not tokens:
             tokens = call(f"turn on Easy DKIM for {domain}", ses.verify_domain_dkim,
@@ -194,6 +274,7 @@ class MailStep(AWSStep):
         if email not in verification:
             call(f"add the SES sender address {email}", ses.verify_email_identity,
                  EmailAddress=email)
+            tag_identity(ctx, email, {**me, ORIGIN_TAG: CREATED})
             record["created_identities"].append(email)
             self.save_record(ctx, **record)
         if current["zone"] is not None:
@@ -204,26 +285,47 @@ class MailStep(AWSStep):
                                 for _, rrset, _ in changes],
                                f"write the mail records of {domain}")
                 written = [w for _, _, w in changes]
+                kinds = record_kinds(identity_tags(ctx, domain)) | {w["kind"] for w in written}
+                tag_identity(ctx, domain, {RECORDS_TAG: " ".join(sorted(kinds))})
                 record["records"] = [r for r in record["records"] if r not in written] + written
                 self.save_record(ctx, **record)
         return CREATED if change.action == CREATE else UPDATED
 
-    def _removals(self, ctx, current):
-        """[(description, Route 53 change)] taking out the records this tool wrote."""
+    def _claims(self, ctx, current):
+        """[(identity, the other deployments that use it, whether helios-aws made it, the
+        kinds of mail records helios-aws wrote for it)] of the identities this deployment
+        uses, from their tags (and, for a state file written before the tags, from it)."""
+        record = self.record(ctx)
+        mine = record if record.get("domain") == current["domain"] else {}
+        created = mine.get("created_identities", [])
+        legacy_kinds = {_kind(w) for w in mine.get("records", [])}
+        name, claims = ctx.deployment.name, []
+        for identity, tags in current["tags"].items():
+            legacy = legacy_kinds if identity == current["domain"] else set()
+            if name not in users(tags) and identity not in created and not legacy:
+                continue
+            kinds = record_kinds(tags) | legacy
+            claims.append((identity, [u for u in users(tags) if u != name],
+                           tags.get(ORIGIN_TAG) == CREATED or identity in created,
+                           kinds if identity == current["domain"] else set()))
+        return claims
+
+    def _removals(self, current, written):
+        """[(description, Route 53 change)] taking the ``written`` records out."""
         rrsets, removals = current["rrsets"], []
-        for written in self.record(ctx).get("records", []):
-            rrset = find_record(rrsets, written["name"], written["type"])
+        for item in written:
+            rrset = find_record(rrsets, item["name"], item["type"])
             if rrset is None:
                 continue
-            if written["type"] == "CNAME":
-                mine = [v.rstrip(".").lower() for v in values(rrset)] == [written["value"]]
+            if item["type"] == "CNAME":
+                mine = [v.rstrip(".").lower() for v in values(rrset)] == [item["value"]]
                 rest = []
             else:
-                mine = any(txt_text(v) == written["value"] for v in values(rrset))
-                rest = [v for v in values(rrset) if txt_text(v) != written["value"]]
+                mine = any(txt_text(v) == item["value"] for v in values(rrset))
+                rest = [v for v in values(rrset) if txt_text(v) != item["value"]]
             if not mine:
                 continue
-            text = f"{written['type']} {written['name']} \"{written['value']}\""
+            text = f"{item['type']} {item['name']} \"{item['value']}\""
             if rest:
                 kept = dict(rrset, ResourceRecords=[{"Value": v} for v in rest])
                 removals.append((text, {"Action": "UPSERT", "ResourceRecordSet": kept}))
@@ -231,25 +333,58 @@ class MailStep(AWSStep):
                 removals.append((text, {"Action": "DELETE", "ResourceRecordSet": rrset}))
         return removals
 
+    def _fates(self, ctx, current):
+        """[(line, identity to delete or None, record removals)] of what --destroy does
+        with each identity the deployment uses."""
+        fates, name = [], ctx.deployment.name
+        for identity, others, created, kinds in self._claims(ctx, current):
+            records = "" if identity != current["domain"] else " and its mail records"
+            if others:
+                fates.append((f"deployment {name}'s claim on SES identity {identity} (the "
+                              f"identity{records} stay: deployment {', '.join(others)} uses "
+                              "it)", None, []))
+                continue
+            written = [r for r in mail_records(current["domain"], current["tokens"])
+                       if r["kind"] in kinds]
+            removals = self._removals(current, written) if current["zone"] else []
+            if created:
+                fates.append((f"SES identity {identity}", identity, removals))
+            else:
+                fates.append((f"deployment {name}'s claim on SES identity {identity} (the "
+                              "identity stays: it was there before helios-aws)", None, removals))
+        return fates
+
     def teardown(self, ctx, current):
-        lines = [f"DNS record {text}" for text, _ in self._removals(ctx, current)]
-        lines += [f"SES identity {identity}"
-                  for identity in self.record(ctx).get("created_identities", [])
-                  if identity in current["verification"]]
+        lines = []
+        for line, _, removals in self._fates(ctx, current):
+            lines += [f"DNS record {text}" for text, _ in removals] + [line]
         return lines
 
     def destroy(self, ctx, current):
-        done = []
-        removals = self._removals(ctx, current)
-        if removals:
-            change_records(ctx, current["zone"]["Id"], [change for _, change in removals],
-                           f"delete the mail records of {current['domain']}")
-            done += [f"deleted {text}" for text, _ in removals]
+        done, name = [], ctx.deployment.name
         ses = ctx.aws.client("ses")
-        for identity in self.record(ctx).get("created_identities", []):
-            if identity in current["verification"]:
+        deleted = set()
+        for line, identity, removals in self._fates(ctx, current):
+            if removals:
+                change_records(ctx, current["zone"]["Id"], [change for _, change in removals],
+                               f"delete the mail records of {current['domain']}")
+                done += [f"deleted {text}" for text, _ in removals]
+            if identity:
                 call(f"delete the SES identity {identity}", ses.delete_identity,
                      Identity=identity)
                 done.append(f"deleted SES identity {identity}")
+                deleted.add(identity)
+            else:
+                done.append(f"removed {line}")
+        for identity, tags in current["tags"].items():
+            if name in users(tags) and identity not in deleted:
+                untag_identity(ctx, identity, [USER_TAG + name])
         ctx.state.set(self.state_key, None)
         return done
+
+
+def _kind(written):
+    """dkim, spf or dmarc: what a record written by an older version was for."""
+    if written["type"] == "CNAME":
+        return "dkim"
+    return "dmarc" if written["name"].startswith("_dmarc.") else "spf"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import paramiko
 
-from ..errors import HostError
+from ..errors import HostError, HostTimeout
 
 DEFAULT_TIMEOUT = 1800
 ENDED, TIMED_OUT = "ended", "timed out"  # how reading a remote shell can stop
@@ -574,7 +574,7 @@ class Connection:
                 "Run the command again; if it keeps failing, look at the server's logs.")
         if status == "timeout":
             self._shells.pop(sudo, None)
-            raise HostError(
+            raise HostTimeout(
                 f"`{shown}`{where} did not finish within {timeout} s on {self.host}."
                 + _tail(self.redact(stdout + stderr)),
                 "The server may be overloaded or waiting for input; run the command again.")

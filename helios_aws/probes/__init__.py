@@ -43,6 +43,7 @@ class Options:
     test_email: str = ""
     host: str = ""
     ssh_port: int = None
+    ssh_user: str = ""
     ssh_key: str = ""
     known_hosts: str = ""
     trust_host_key: tuple = ()
@@ -111,6 +112,9 @@ def check(options):
     """Run the selected checks; return a :class:`Report`."""
     validate_selection(options.only)
     validate_selection(options.skip)
+    if options.ssh_user and not params.POSIX_USER_RE.match(options.ssh_user):
+        raise ConfigError(f"--ssh-user {options.ssh_user!r} is not a valid user name.",
+                          "Use lowercase letters, digits, '_' and '-'.")
     started = time.monotonic()
     timeout = options.timeout or None
     if options.local:
@@ -184,7 +188,8 @@ def _ssh(deployment, state, out_dir, options):
     """A factory of the SSH connection pool, or None when there is no host."""
     key = options.ssh_key or (out_dir / KEY_FILE if (out_dir / KEY_FILE).is_file() else None)
     connect = host.connector(
-        deployment, state, host=options.host, port=options.ssh_port, key_file=key,
+        deployment, state, host=options.host, port=options.ssh_port, user=options.ssh_user,
+        key_file=key,
         known_hosts=[options.known_hosts] if options.known_hosts else [],
         trust_host_key=options.trust_host_key, timeout=options.timeout or DEFAULT_TIMEOUT)
     if connect is None:

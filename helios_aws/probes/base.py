@@ -7,7 +7,8 @@ its area and whose letter is its level: ``site.E002`` is an error-level probe of
 expires in two weeks), or raises :class:`Skip` when it cannot run: skipped is never passed.
 
 The runner starts every selected probe at once in a thread pool and bounds each one by
-its timeout; a probe that has not answered by then is reported as failed.
+its timeout; a probe that has not answered by then, or whose target ran out of time, is
+reported as failed (never skipped), with a hint about reaching the target.
 """
 
 import concurrent.futures
@@ -16,7 +17,7 @@ import re
 import threading
 import time
 
-from ..errors import HeliosAWSError
+from ..errors import HeliosAWSError, HostTimeout, StepTimeout
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -31,6 +32,20 @@ REGISTRY = {}
 
 NETWORK_HINT = ("Check that the service runs and that the address, the port and the "
                 "security group (aws.E005) let this machine in.")
+# What to look at when a probe's target did not answer in time (not the probe's remedy,
+# which is about the thing checked, not about reaching it).
+TIMEOUT_HINTS = {
+    "config": "Django did not finish starting with the deployment's settings: run "
+              "`manage.py check --deploy` with HELIOS_ENV_FILE set to see where it hangs.",
+    "site": NETWORK_HINT + " Or allow more time with --timeout.",
+    "aws": "Check this machine's connection to the AWS endpoints (or AWS_ENDPOINT_URL), "
+           "or allow more time with --timeout.",
+    "host": "The host or a service on it did not answer in time: check that it runs and "
+            "is not overloaded (`uptime`, `free -m` over SSH), that the database and the "
+            "broker answer, or allow more time with --timeout.",
+    "mail": "Check this machine's connection to the SES endpoint, or allow more time "
+            "with --timeout.",
+}
 
 
 class Skip(Exception):
@@ -70,6 +85,7 @@ class Probe:
     hint: str
     func: object
     timeout: float = DEFAULT_TIMEOUT
+    needs: float = 0.0  # what --timeout never cuts it below (a cold start of Helios)
 
     @property
     def area(self):
@@ -79,16 +95,21 @@ class Probe:
     def level(self):
         return LEVEL_LETTERS[PROBE_ID_RE.match(self.id).group(2)]
 
+    def limit(self, timeout=None):
+        """Its deadline: ``timeout`` (--timeout) or its own, never under what it needs."""
+        return max(timeout or self.timeout, self.needs)
 
-def probe(probe_id, title, hint, timeout=DEFAULT_TIMEOUT):
-    """Register the decorated function as the probe ``probe_id``."""
+
+def probe(probe_id, title, hint, timeout=DEFAULT_TIMEOUT, needs=0.0):
+    """Register the decorated function as the probe ``probe_id``, bounded by ``timeout``
+    seconds, and never by fewer than ``needs`` whatever --timeout says."""
     if not PROBE_ID_RE.match(probe_id):
         raise ValueError(f"bad probe id {probe_id!r}")
 
     def register(func):
         if probe_id in REGISTRY:
             raise ValueError(f"probe id {probe_id} registered twice")
-        REGISTRY[probe_id] = Probe(probe_id, title, hint, func, timeout)
+        REGISTRY[probe_id] = Probe(probe_id, title, hint, func, timeout, needs)
         return func
 
     return register
@@ -168,6 +189,9 @@ def run_one(item, ctx):
     except Skip as exc:
         return Result(item.id, item.area, item.level, SKIP, str(exc), exc.hint,
                       time.monotonic() - started)
+    except (HostTimeout, StepTimeout) as exc:  # it ran, and its target did not answer
+        return _finding_to_result(item, failed(exc.message, TIMEOUT_HINTS[item.area]),
+                                  time.monotonic() - started)
     except HeliosAWSError as exc:
         # AWS or the host refused in a way the probe did not expect: it could not run.
         return Result(item.id, item.area, item.level, SKIP, f"Could not run: {exc.message}",
@@ -201,13 +225,14 @@ def run(probes, ctx, tasks=(), timeout=None):
         probe_futures = [(item, pool.submit(run_one, item, ctx)) for item in probes]
         results = []
         for item, future in probe_futures:
-            limit = timeout or item.timeout
+            limit = item.limit(timeout)
             remaining = max(0.0, started + limit - time.monotonic())
             try:
                 results.append(future.result(timeout=remaining))
             except concurrent.futures.TimeoutError:
                 results.append(_finding_to_result(
-                    item, failed(f"No answer within {limit:g} s."), limit))
+                    item, failed(f"No answer within {limit:g} s.", TIMEOUT_HINTS[item.area]),
+                    limit))
         for future in task_futures:
             results.extend(future.result())
         return results

@@ -3,12 +3,13 @@
 A :class:`~helios_aws.host.ssh.Connection` runs one command at a time (it keeps a
 persistent remote shell), so concurrent probes borrow connections from a small
 :class:`Pool`; each one verifies the host key like the first. Django commands run as the
-host half runs them: from the ``current`` release, as the service user, with the .env.
+host half runs them: from the ``current`` release, as the service user, with the .env;
+the probes that need Django share one such process (:mod:`.django_side`).
 Probes that need systemd are skipped on a host without it.
 """
 
 import contextlib
-import re
+import json
 import shlex
 import threading
 
@@ -16,17 +17,20 @@ from .. import layout as layout_mod
 from ..host import recipes
 from ..host.ssh import Connection
 from ..host.steps import APP_UNITS, RENEW_TIMER, q
-from .base import Skip, failed, passed, probe, warned
+from . import django_side as django_side_mod, forwarding
+from .base import TIMEOUT_HINTS, Skip, failed, passed, probe, warned
 
 MAX_CONNECTIONS = 4
 DISK_WARNING = 80
 DISK_ERROR = 90
-CELERY_PING_SECONDS = 5
 NGINX_UNIT = "nginx.service"
-# The line that says why a ping failed: "Error: No nodes replied ..." or the broker's
-# exception, e.g. "kombu.exceptions.OperationalError: [Errno 111] Connection refused"
-# (never celery 5.6.1's RecursionError start-up noise).
-CELERY_ERROR_RE = re.compile(r"^\s*(Error: |[\w.]*(Error|Exception): )")
+# One cold start of the real Helios (12-15 s seen on an emulated small server, so several
+# times that on a loaded one) plus the Django-side checks' own deadline.
+DJANGO_SECONDS = 90 + django_side_mod.CHECK_SECONDS
+DJANGO_PROBE_SECONDS = DJANGO_SECONDS + 15  # and the SSH connection
+DJANGO_START_HINT = ("Helios cannot start Django on the host: read the error above "
+                     "(`journalctl -u gunicorn` shows the same).")
+TIMEOUT_HINT = TIMEOUT_HINTS["host"]
 
 
 class Pool:
@@ -75,11 +79,11 @@ class Pool:
             self._idle.clear()
 
 
-def connector(deployment, state, host="", port=None, key_file=None, known_hosts=(),
+def connector(deployment, state, host="", port=None, user="", key_file=None, known_hosts=(),
               trust_host_key=(), timeout=15):
     """A function opening a verified Connection to the deployment's host, from the
     state file (the Elastic IP, the host key fingerprints the AWS half pinned) and the
-    command's SSH options, giving up after ``timeout`` seconds; ``None`` when there is no
+    command's SSH options (``user`` instead of the deployment's login), giving up after ``timeout`` seconds; ``None`` when there is no
     host to connect to."""
     host = host or (state.get("elastic_ip") or {}).get("public_ip")
     if not host:
@@ -89,7 +93,7 @@ def connector(deployment, state, host="", port=None, key_file=None, known_hosts=
 
     def connect():
         return Connection(
-            host, user=deployment.ssh_user or None,
+            host, user=user or deployment.ssh_user or None,
             default_user=deployment.os_profile["ssh_user"], port=port,
             key_filename=str(key_file) if key_file else None, pinned=pinned,
             known_hosts=list(known_hosts), connect_timeout=timeout,
@@ -199,54 +203,96 @@ def renewal_timer(ctx):
     return failed(f"{RENEW_TIMER} is {enabled} and {active}.")
 
 
+def django_side(ctx):
+    """The Django-side checks' answers ({"migrations": ..., "database": ..., "celery":
+    ...}), from one ``manage.py aws_host_checks`` on the host shared by the probes."""
+    return ctx.once("host-django", lambda: _django_side(ctx))
+
+
+def _django_side(ctx):
+    args = ["aws_host_checks"] + (["--celery-app", ctx.celery_app] if ctx.celery_app else [])
+    result = ctx.ssh().run(manage(ctx, *args), timeout=max(ctx.timeout, DJANGO_SECONDS))
+    lines = result.stdout.strip().splitlines()
+    try:
+        answers = json.loads(lines[-1]) if result.status == 0 and lines else None
+    except ValueError:
+        answers = None
+    if not isinstance(answers, dict):
+        return {"started": False, "error": _tail(result)}
+    return dict(answers, started=True)
+
+
+def _answer(ctx, key):
+    """The check ``key``'s answer; a failed finding's message when Django did not start
+    or the check failed in it."""
+    answers = django_side(ctx)
+    if not answers["started"]:
+        return None, failed(f"Django did not start on the host: {answers['error']}",
+                            DJANGO_START_HINT)
+    answer = answers.get(key) or {"status": "fail", "error": "no answer"}
+    if answer["status"] != "pass":
+        return answer, failed(answer.get("error", ""),
+                              TIMEOUT_HINT if answer.get("timeout") else "")
+    return answer, None
+
+
 @probe("host.E005", "Every migration is applied", "Run aws_provision, which migrates from "
-       "the new release before switching to it, or `manage.py migrate` on the host.")
+       "the new release before switching to it, or `manage.py migrate` on the host.",
+       timeout=DJANGO_PROBE_SECONDS, needs=DJANGO_PROBE_SECONDS)
 def migrations_applied(ctx):
-    result = ctx.ssh().run(manage(ctx, "showmigrations", "--plan"), timeout=ctx.timeout)
-    if result.status != 0:
-        return failed(f"showmigrations failed: {_tail(result)}",
-                      "Helios cannot start Django on the host: read the error above "
-                      "(`journalctl -u gunicorn` shows the same).")
-    pending = re.findall(r"^\[ \]\s+(\S+)", result.stdout, re.M)
+    answer, problem = _answer(ctx, "migrations")
+    if problem:
+        return failed(f"Cannot read the migrations: {problem.message}", problem.hint)
+    pending = answer["pending"]
     if pending:
         shown = ", ".join(pending[:5]) + (" ..." if len(pending) > 5 else "")
         return failed(f"{len(pending)} migration(s) not applied: {shown}.")
-    applied = len(re.findall(r"^\[X\]", result.stdout, re.M))
-    return passed(f"All {applied} migrations are applied.")
+    return passed(f"All {answer['applied']} migrations are applied.")
 
 
 @probe("host.E006", "The Celery worker answers a ping",
        "See `sudo journalctl -u helios-celery -e` on the host (ignore the burst of "
        "RecursionError lines celery 5.6.1 logs at start-up) and that the broker runs.",
-       timeout=30)
+       timeout=DJANGO_PROBE_SECONDS, needs=DJANGO_PROBE_SECONDS)
 def celery_ping(ctx):
     if not ctx.celery_app:
         raise Skip("The project's Celery app is not known (the project could not be read).")
-    # The unit names no --hostname, so the worker is celery@HOST; naming it as the
-    # destination lets the ping return on the first reply instead of at the timeout.
-    command = as_service(ctx, "celery", "--app", ctx.celery_app, "inspect", "ping",
-                         "--timeout", str(CELERY_PING_SECONDS)) \
-        + ' --destination "celery@$(hostname)"'
-    result = ctx.ssh().run(command, timeout=ctx.timeout)
-    # Only the reply counts: celery 5.6.1 logs RecursionError noise on stderr (#10042).
-    nodes = re.findall(r"->\s+(\S+): OK", result.stdout)
-    if result.status == 0 and nodes and "pong" in result.stdout:
-        return passed(f"pong from {', '.join(nodes)}.")
-    errors = [line.strip() for line in (result.stdout + "\n" + result.stderr).splitlines()
-              if CELERY_ERROR_RE.search(line) and "RecursionError" not in line]
-    return failed("No worker answered: " + (errors[-1] if errors else _tail(result)))
+    answer, problem = _answer(ctx, "celery")
+    if problem:
+        return failed(f"No worker answered: {problem.message}", problem.hint)
+    if not answer["nodes"]:
+        return failed(f"No worker answered a ping within "
+                      f"{django_side_mod.CELERY_PING_SECONDS:g} s.")
+    return passed(f"pong from {', '.join(answer['nodes'])}.")
 
 
 @probe("host.E007", "PostgreSQL accepts the service user as Helios connects",
        "Check that PostgreSQL runs and that the service user's role may log in (peer "
-       "authentication over the unix socket); aws_provision sets both up.")
+       "authentication over the unix socket); aws_provision sets both up.",
+       timeout=DJANGO_PROBE_SECONDS, needs=DJANGO_PROBE_SECONDS)
 def database_login(ctx):
-    lay = _layout(ctx)
-    result = ctx.ssh().run(manage(ctx, "dbshell", "--", "-XAtq", "-c",
-                                   "SELECT current_user || ' ' || current_database()"),
-                            timeout=ctx.timeout)
-    if result.status == 0 and result.stdout.strip():
-        role, database = (result.stdout.split() + ["?"])[:2]
-        return passed(f"{lay.service_user} logs in to database {database} as role {role}.")
-    return failed(f"{lay.service_user} cannot log in: {_tail(result)}")
+    service_user = _layout(ctx).service_user
+    answer, problem = _answer(ctx, "database")
+    if problem:
+        return failed(f"{service_user} cannot log in: {problem.message}", problem.hint)
+    return passed(f"{service_user} logs in to database {answer['database']} as role "
+                  f"{answer['role']}.")
 
+
+@probe("host.E008", "The site sends Helios the peer's address alone (X-Forwarded-For)",
+       "Install the site aws_provision renders (X-Forwarded-For $remote_addr): Helios "
+       "records the first X-Forwarded-For entry with every vote, so nginx must never pass "
+       "on or append to what the client sent.")
+def forwarded_address(ctx):
+    site = _layout(ctx).nginx_site
+    result = ctx.ssh().run(f"cat {q(site)}", timeout=ctx.timeout)
+    if result.status != 0:
+        return failed(f"Cannot read the site {site}: {_tail(result)}")
+    try:
+        found = forwarding.problems(result.stdout)
+    except ValueError as exc:
+        return failed(f"Cannot parse the site {site}: {exc}.")
+    if found:
+        return failed(f"A client can choose the address Helios records, in {site}: "
+                      + " ".join(found))
+    return passed(f"{site} sends the peer's address alone.")

@@ -20,9 +20,10 @@ meet them without a Helios checkout:
   project's own middleware, so ``check --deploy`` keeps reporting
   security.W003 and security.W004 on a well configured server;
 * ``DATABASE_URL``, when set, always requires SSL;
-* the login systems default to ``ldap,password,google,facebook`` (``devlogin`` too while
-  DEBUG is on), whether or not their credentials are set, and the ldap login is
-  hard-wired to a public test directory (not read from the environment);
+* the URLconf has patterns starting with '/' (urls.W002), silenced by
+  ``SILENCED_SYSTEM_CHECKS`` as Helios silences its own;
+* ``FIXTURE_STARTUP_DELAY`` (seconds) makes every start of the project that
+  slow, as the real Helios's imports are on a small server;
 * logging goes to stderr from the start, so a Celery 5.6.1 worker logs a burst
   of RecursionError lines from its Django fix-up while starting, and works.
 """
@@ -35,6 +36,16 @@ import ldap
 from django_auth_ldap.config import LDAPSearch
 
 TESTING = 'test' in sys.argv
+
+# Helios's own URLconf has dozens of patterns starting with '/'.
+SILENCED_SYSTEM_CHECKS = ['urls.W002']
+
+# A slow start, as the real Helios's imports make every manage.py process on a small
+# server (see helios_aws's host probes, which must budget for it).
+if os.environ.get('FIXTURE_STARTUP_DELAY'):
+    import time
+
+    time.sleep(float(os.environ['FIXTURE_STARTUP_DELAY']))
 
 
 def get_from_env(var, default):

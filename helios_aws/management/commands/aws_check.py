@@ -45,12 +45,15 @@ class Command(BaseCommand):
                                  "or staging CA).")
         parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                             help="Bound every probe to this many seconds (default: each "
-                                 "probe's own, 15 s for most).")
+                                 "probe's own, 15 s for most; the probes that start Django "
+                                 "on the host always get the time a cold start needs).")
         parser.add_argument("--profile", default="", help="AWS profile to use.")
         parser.add_argument("--host", default="",
                             help="SSH host (default: the Elastic IP in state.json); may be "
                                  "an alias of ~/.ssh/config.")
         parser.add_argument("--ssh-port", type=int, default=None, help="SSH port.")
+        parser.add_argument("--ssh-user", default="",
+                            help="SSH login user (default: the deployment's, e.g. ec2-user).")
         parser.add_argument("--ssh-key", default="",
                             help="Private key to log in with (default: the key "
                                  "aws_provision saved, ~/.ssh/config, the agent).")
@@ -80,6 +83,7 @@ class Command(BaseCommand):
             test_email=options["send_test_email"],
             host=options["host"],
             ssh_port=options["ssh_port"],
+            ssh_user=options["ssh_user"],
             ssh_key=options["ssh_key"],
             known_hosts=options["known_hosts"],
             trust_host_key=_tokens(options["trust_host_key"]),
