@@ -27,6 +27,7 @@ from helios_aws.probes import base, host
 DOMAIN = "vote.example.org"
 SETTINGS = "--settings=helios_aws.settings_overrides.production"
 HOST_PROBES = [p for p in base.REGISTRY.values() if p.area == "host"]
+RELEASE = "20261202090000-0123456789abcdef"
 
 
 class Host:
@@ -44,7 +45,15 @@ class Host:
         (self.project / ".venv").symlink_to(sys.prefix)
         app = self.prefix / "srv/helios"
         (app / "shared").mkdir(parents=True)
-        (app / "current").symlink_to(self.project)
+        # The project serves as the one installed release, through the links the host
+        # half makes, with this tool's records of it.
+        (app / "releases").mkdir()
+        (app / "releases" / RELEASE).symlink_to(self.project)
+        (app / "current").symlink_to(f"releases/{RELEASE}")
+        self.records = self.prefix / "var/lib/helios-aws/releases" / RELEASE
+        self.records.mkdir(parents=True)
+        (self.records / "source").write_text(f"42 files from {self.project}\n")
+        (self.records / "installed").touch()
         # A database of its own, reached over the unix socket by DATABASE_URL (which
         # Helios opens with sslmode=require: libpq ignores that on a socket).
         rig.run([rig.PG_BIN / "createdb", "helios_host"], env=dict(os.environ, **postgres.env))
@@ -121,6 +130,10 @@ def test_host_probes_before_and_after_the_deploy_finished(deployed, sshd):
     assert "No worker answered" in results["host.E006"].message
     assert results["host.E007"].status == "pass"
     assert "database helios_host as role postgres" in results["host.E007"].message
+    assert results["host.E009"].status == "pass"
+    assert re.fullmatch(rf"Serving release {RELEASE}, installed \d{{4}}-\d\d-\d\d \d\d:\d\d: "
+                        rf"42 files from {re.escape(str(deployed.project))}\.",
+                        results["host.E009"].message)
     assert results["host.E002"].status == "pass"
     assert results["host.E003"].status in ("pass", "warn")
     assert re.match(r"/ \d+% used \(\d+ GiB free\)", results["host.E003"].message)
@@ -159,6 +172,18 @@ def test_what_is_broken_on_the_host_fails_its_probe(deployed, sshd, probe_id, fi
         path.write_text(good)
     assert result.status == "fail"
     assert message in result.message
+
+
+def test_a_serving_release_never_completely_installed_fails_host_E009(deployed, sshd):
+    installed = deployed.records / "installed"
+    installed.unlink()
+    try:
+        result = run_host_probes(deployed, sshd, only=["host.E009"])["host.E009"]
+    finally:
+        installed.touch()
+    assert result.status == "fail"
+    assert result.message == (f"Release {RELEASE} is serving, but it was never completely "
+                              "installed.")
 
 
 def test_unknown_host_key_skips_every_host_probe(deployed, sshd, tmp_path):

@@ -16,7 +16,7 @@ import threading
 from .. import layout as layout_mod
 from ..host import recipes
 from ..host.ssh import Connection
-from ..host.steps import APP_UNITS, RENEW_TIMER, q
+from ..host.steps import APP_UNITS, RELEASE_NAME_RE, RENEW_TIMER, STATE_DIR, q
 from . import django_side as django_side_mod, forwarding
 from .base import TIMEOUT_HINTS, Skip, failed, passed, probe, warned
 
@@ -296,3 +296,23 @@ def forwarded_address(ctx):
         return failed(f"A client can choose the address Helios records, in {site}: "
                       + " ".join(found))
     return passed(f"{site} sends the peer's address alone.")
+
+
+@probe("host.E009", "An installed release is serving",
+       "Run aws_provision to deploy one; `aws_provision --releases` lists what the server "
+       "has.")
+def serving_release(ctx):
+    lay = _layout(ctx)
+    result = ctx.ssh().run(f"readlink -- {q(lay.current)}", timeout=ctx.timeout)
+    link = result.stdout.strip()
+    directory, _, name = link.partition("/")
+    if result.status != 0 or directory != "releases" or not RELEASE_NAME_RE.fullmatch(name):
+        return failed(f"{lay.current} does not point at a release "
+                      f"({link or _tail(result)}).")
+    records = f"{lay.prefix}{STATE_DIR}/releases/{name}"
+    result = ctx.ssh().run(f"stat -c %y -- {q(records + '/installed')} && "
+                           f"head -n 1 -- {q(records + '/source')}", timeout=ctx.timeout)
+    if result.status != 0:
+        return failed(f"Release {name} is serving, but it was never completely installed.")
+    installed, _, source = result.stdout.partition("\n")
+    return passed(f"Serving release {name}, installed {installed[:16]}: {source.strip()}.")
