@@ -189,8 +189,9 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
     env_path = out_dir / ENV_NAME
     existing_env = read_text(env_path)
     desired = desired_env(deployment, secrets)
-    merge = envfile.merge(existing_env, desired, manifest["env"], forced=set(secrets))
-    old_env = envfile.parse(existing_env)
+    merge = envfile.merge(existing_env, desired, manifest["env"], forced=set(secrets),
+                          name=str(env_path))
+    old_env = envfile.parse(existing_env, str(env_path))
     if "URL_HOST" in merge.changed:
         warnings.append(
             f"URL_HOST changes from {old_env['URL_HOST']} to {desired['URL_HOST']}: links in "

@@ -10,6 +10,7 @@ the tags are the truth: a step finds its resource by tag first, so a lost state 
 interrupted run never leads to duplicates.
 """
 
+import contextlib
 import json
 import logging
 import time
@@ -25,6 +26,22 @@ CREATE, UPDATE, KEEP, ADOPT = "create", "update", "keep", "adopt"
 CREATED, UPDATED, UNCHANGED, FAILED = "created", "updated", "unchanged", "failed"
 # An existing resource taken into the state file (found by its tag): nothing changed in it.
 ADOPTED = "adopted"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the sentence that says what it interrupted and how to go on."""
+
+
+@contextlib.contextmanager
+def phase(what, then):
+    """Name what the command does inside this block (``what``) and how to go on if Ctrl-C
+    interrupts it (``then``); the innermost phase names the interruption."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"Interrupted during {what}. {then}") from None
 
 
 class Change:
@@ -245,9 +262,9 @@ class Runner:
             except KeyboardInterrupt:
                 self.ctx.state.save()
                 self.ctx.log.warning("interrupted during %s", step.name)
-                raise StepFailed(f"Interrupted during step {index} ({step.name}).",
-                                 "Run the same command again: it resumes where it stopped "
-                                 "and creates nothing twice.")
+                raise Interrupted(f"Interrupted during step {index} ({step.name}). Run the "
+                                  "same command again: it resumes where it stopped and "
+                                  "creates nothing twice.") from None
             except HeliosAWSError as exc:
                 self.ctx.state.save()
                 elapsed = time.monotonic() - started

@@ -18,9 +18,10 @@ from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME, written_dirs
-from .engine import KEEP, Context, Output, Runner, summary
+from .engine import KEEP, Context, Output, Runner, phase, summary
 from .errors import ConfigError
-from .files import exclusive, read_text
+from .host import release as release_mod
+from .files import exclusive
 
 HOST_STEPS = "helios_aws.host.steps"
 LOGGED_PARAMS_LENGTH = 400
@@ -36,9 +37,12 @@ def run(deployment, out_dir, options, out, confirm):
             if options.get("destroy"):
                 return destroy(ctx, out, confirm)
             if options.get("stop") or options.get("start"):
-                return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
+                action = "stop" if options.get("stop") else "start"
+                with phase(f"--{action}", f"Run aws_provision --{action} again."):
+                    return stop_or_start(ctx, out, action)
             if options.get("plan"):
-                return show_plan(ctx, out)
+                with phase("the plan (--plan)", "Nothing was changed."):
+                    return show_plan(ctx, out)
             return provision(ctx, out)
         finally:
             # The host half opens the run's SSH connection on first use.
@@ -74,9 +78,11 @@ def make_context(deployment, out_dir, options, out):
     in ``deployment``) and --profile, the state file, and a log with secrets redacted."""
     ctx = Context(deployment, out_dir, aws=AWS(deployment.region, options.get("profile")),
                   options=options, out=out)
-    env = envfile.parse(read_text(ctx.out_dir / ENV_NAME))
+    env = envfile.read(ctx.out_dir / ENV_NAME)
     for key in envfile.SECRET_KEYS:
         ctx.secret(env.get(key))
+    for secret in release_mod.url_secrets(options.get("git_url")):
+        ctx.secret(secret)
 
     def log_call(service, operation, call_params):
         text = repr(call_params)
@@ -135,7 +141,9 @@ def preflight(ctx, steps, out):
     follow do not ask AWS twice."""
     warn_world_ssh(ctx, out)
     out.detail("Checking the deployment against AWS before changing anything...")
-    return Runner(steps, ctx, Output(lambda text: None)).plan()
+    with phase("the check of the deployment against AWS, before any change",
+               "Nothing was changed; run the same command again."):
+        return Runner(steps, ctx, Output(lambda text: None)).plan()
 
 
 def warn_world_ssh(ctx, out):
@@ -201,8 +209,17 @@ def destroy(ctx, out, confirm):
     deployment made in reverse order, then list whatever tagged for it remains."""
     d = ctx.deployment
     steps = aws_steps(d)
-    current = [(step, step.read(ctx)) for step in steps]
-    doomed = [line for step, state in current for line in step.teardown(ctx, state)]
+    with phase("the reading of what the deployment has in AWS",
+               "Nothing was deleted; run --destroy again."):
+        current = [(step, step.read(ctx)) for step in steps]
+        doomed = [line for step, state in current for line in step.teardown(ctx, state)]
+    with phase("the teardown (--destroy)", "Some resources may be deleted already: run "
+               "--destroy again to delete the rest (it lists what remains)."):
+        return _teardown(ctx, out, confirm, current, doomed)
+
+
+def _teardown(ctx, out, confirm, current, doomed):
+    d = ctx.deployment
     if not doomed:
         out.line(f"Nothing of deployment {d.name} exists in AWS ({ctx.aws.region}).")
     else:
@@ -217,7 +234,9 @@ def destroy(ctx, out, confirm):
         elif instance["instance"] is not None:
             out.line("No snapshot (--no-snapshot): the server's data is lost for good.",
                      "WARNING")
-        if not confirm(f"Type the deployment name ({d.name}) to destroy it", d.name):
+        with phase("the --destroy confirmation", "Nothing was destroyed."):
+            confirmed = confirm(f"Type the deployment name ({d.name}) to destroy it", d.name)
+        if not confirmed:
             out.line("Cancelled: nothing was destroyed.", "WARNING")
             return []
         ctx.log.info("destroy confirmed: %s", doomed)

@@ -17,7 +17,7 @@ from .console import parse_host_keys
 from .session import call, error_code, translate, wait
 
 KEY_FILE = "ssh-key.pem"
-PUBLIC_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/]+={0,2}(\s.*)?$")
+PUBLIC_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/]+={0,2}(\s.*)?\Z")
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 

@@ -591,7 +591,9 @@ class Release(HostStep):
         wheel_name, wheel = release_mod.wheel()
         install = [target.broker, target.recipe.os]
         if target.options.get("git_url"):
-            url, ref = target.options["git_url"], target.options.get("git_ref") or "HEAD"
+            url, git_config = release_mod.split_credentials(target.options["git_url"])
+            ref = target.options.get("git_ref") or "HEAD"
+            ctx.facts["git_config"] = git_config
             commit = self.remote_commit(ctx, url, ref)
             ident = release_mod.release_id("git", url, commit, sha256(wheel), install)
             source = {"id": ident, "describe": f"{url} {ref} ({commit[:12]})", "git": (url, commit),
@@ -610,11 +612,18 @@ class Release(HostStep):
     def remote_commit(self, ctx, url, ref):
         if re.fullmatch(r"[0-9a-f]{40}", ref):
             return ref
-        out = self.sh(ctx, f"cd / && git ls-remote {q(url)} {q(ref)}", sudo=False,
+        out = self.sh(ctx, f"cd / && {self.git(ctx)} ls-remote {q(url)} {q(ref)}", sudo=False,
                       timeout=120).stdout.split()
         if not out:
             raise HostError(f"{url} has no ref {ref!r}.", "Check --git-url and --git-ref.")
         return out[0]
+
+    def git(self, ctx):
+        """``git``, reading --git-url's credentials (if any) from a private staged file."""
+        config = ctx.facts.get("git_config")
+        if not config:
+            return "git"
+        return f"GIT_CONFIG_GLOBAL={q(connection(ctx).stage(config.encode()))} git"
 
     def read(self, ctx):
         source = self.source(ctx)
@@ -648,7 +657,7 @@ class Release(HostStep):
         steps.append(f"mkdir -p {q(rel)}/{MARKER_DIR}")
         if "git" in source:
             url, commit = source["git"]
-            steps += [f"cd {q(rel)}", "git init -q .", f"git fetch -q --depth 1 {q(url)} "
+            steps += [f"cd {q(rel)}", "git init -q .", f"{self.git(ctx)} fetch -q --depth 1 {q(url)} "
                       f"{q(commit)}", "git checkout -q FETCH_HEAD", "rm -rf .git"]
         else:
             root, files = source["files"]

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from helios_aws import cli, configure, envfile, params, project as project_mod
+from helios_aws.engine import phase
 from helios_aws.errors import ConfigError
 
 
@@ -40,8 +41,10 @@ class Command(BaseCommand):
         deployment = self._complete(derived, layers, options)
         secrets = self._secrets(deployment, out_dir, options)
 
-        result = configure.configure(deployment, project, out_dir, secrets=secrets,
-                                     dry_run=options["dry_run"], force=options["force"])
+        with phase("the writing of the deployment's files", "Each file was written whole "
+                   "or not at all: run aws_configure again to finish."):
+            result = configure.configure(deployment, project, out_dir, secrets=secrets,
+                                         dry_run=options["dry_run"], force=options["force"])
         self._report(project, result, options["verbosity"])
 
     def _complete(self, derived, layers, options):
@@ -56,17 +59,21 @@ class Command(BaseCommand):
             merged.update({k: v for k, v in (layer or {}).items() if v is not None})
         for name in ("domain", "email"):
             if not merged.get(name) and cli.can_ask(options):
-                merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
+                with phase(f"the question for --{name}",
+                           "Nothing was written; run aws_configure again."):
+                    merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
         return params.build([merged])
 
     def _secrets(self, deployment, out_dir, options):
         secrets = {}
         google = cli.secret_from(options, "google_client_secret", "HELIOS_GOOGLE_CLIENT_SECRET")
         if "google" in deployment.auth_list:
-            existing = envfile.parse(configure.read_text(out_dir / configure.ENV_NAME))
+            existing = envfile.read(out_dir / configure.ENV_NAME)
             if not google and not existing.get("GOOGLE_CLIENT_SECRET"):
                 if cli.can_ask(options):
-                    google = cli.ask("Google OAuth client secret", secret=True)
+                    with phase("the question for the Google client secret",
+                               "Nothing was written; run aws_configure again."):
+                        google = cli.ask("Google OAuth client secret", secret=True)
                 if not google:
                     raise ConfigError(
                         "Google login is enabled but no Google client secret is known.",
