@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import HeliosAWSError
 from .files import read_text, write_atomic
+from .host.release import url_secrets
 
 STATE_NAME = "state.json"
 LOG_NAME = "provision.log"
@@ -152,6 +153,8 @@ class Context:
         self.redactor = Redactor()
         self.log = _file_logger(self.out_dir / LOG_NAME, self.redactor)
         self.out = out
+        for secret in url_secrets(self.options.get("git_url")):
+            self.secret(secret)
 
     def secret(self, value):
         """Register a value that must never appear in output or the log; returns it."""

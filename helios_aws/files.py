@@ -26,12 +26,7 @@ def write_atomic(path, text, mode=0o644):
     naming the file, and leaves the old file and no temporary file behind.
     """
     path = Path(path)
-    if path.is_symlink():
-        raise ConfigError(
-            f"{path} is a symbolic link (to {os.readlink(path)}); helios-aws does not "
-            "replace links with files.",
-            "Put the file itself in its place (e.g. cp --remove-destination TARGET "
-            f"{path}), or use an --output directory that holds the real files.")
+    refuse_symlinks([path])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
@@ -54,6 +49,19 @@ def write_atomic(path, text, mode=0o644):
             raise os_error(exc, path) from None
         raise
     return path
+
+
+def refuse_symlinks(paths):
+    """Refuse, before anything is written, to replace a symbolic link among ``paths``
+    (a .env or a key kept elsewhere and linked here) by a regular file."""
+    for path in map(Path, paths):
+        if path.is_symlink():
+            raise ConfigError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); helios-aws writes "
+                "its files in place and will not replace a link with a file.",
+                "Put the file itself in its place (e.g. cp --remove-destination "
+                f"\"$(readlink -f {path})\" {path}), or use an --output directory that "
+                "holds the real files.")
 
 
 # What to do about the OS errors a user can meet while files are written.

@@ -15,6 +15,7 @@ recorded here: they live only in the 0600 ``.env`` beside it.
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import json
 import posixpath
@@ -330,9 +331,12 @@ def validate_host_path(flag, path, hint):
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"{flag} {path!r} must be an absolute path.", hint)
     normal = posixpath.normpath(path)
-    if path.rstrip("/") != normal or "//" in path:
+    if (path.rstrip("/") or "/") != normal or "//" in path:
         raise ConfigError(f"{flag} {path!r} is not a normalised path (no '.', '..' or "
                           "'//' parts).", f"Did you mean {normal}?")
+    if normal == "/":
+        raise ConfigError(f"{flag} / is the root directory, the parent of every system "
+                          "directory.", hint)
     if not HOST_PATH_RE.fullmatch(normal):
         raise ConfigError(
             f"{flag} {path!r} holds characters that systemd, nginx or the shell treat "
@@ -364,6 +368,7 @@ def validate_domain(domain):
         )
 
 
+@functools.lru_cache(maxsize=None)
 def known_regions():
     import botocore.session
 

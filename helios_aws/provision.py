@@ -9,6 +9,7 @@ overwritten, no credentials) stops the run while nothing exists yet.
 
 import importlib
 import importlib.util
+from pathlib import Path
 
 from . import envfile, params
 from .aws import inventory, pricing
@@ -18,10 +19,9 @@ from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME, written_dirs
-from .engine import KEEP, Context, Output, Runner, phase, summary
+from .engine import KEEP, LOG_NAME, STATE_NAME, Context, Output, Runner, phase, summary
 from .errors import ConfigError
-from .host import release as release_mod
-from .files import exclusive
+from .files import exclusive, refuse_symlinks
 
 HOST_STEPS = "helios_aws.host.steps"
 LOGGED_PARAMS_LENGTH = 400
@@ -31,6 +31,7 @@ def run(deployment, out_dir, options, out, confirm):
     """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(deployment, options)
+    refuse_symlinks(Path(out_dir) / name for name in (ENV_NAME, STATE_NAME, LOG_NAME))
     with exclusive(out_dir, written_dirs(out_dir)):
         ctx = make_context(deployment, out_dir, options, out)
         try:
@@ -81,8 +82,6 @@ def make_context(deployment, out_dir, options, out):
     env = envfile.read(ctx.out_dir / ENV_NAME)
     for key in envfile.SECRET_KEYS:
         ctx.secret(env.get(key))
-    for secret in release_mod.url_secrets(options.get("git_url")):
-        ctx.secret(secret)
 
     def log_call(service, operation, call_params):
         text = repr(call_params)

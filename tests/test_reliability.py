@@ -173,6 +173,29 @@ def _drop_record(project):
     (project / "deploy" / "deployment.json").unlink()
 
 
+def _hand_edit_env(line):
+    def edit(project):
+        with open(project / "deploy" / ".env", "a", encoding="utf-8") as env:
+            env.write(line + "\n")
+    edit.__name__ = f"env_line_{line[:12]}"
+    return edit
+
+
+def _latin1(name):
+    def edit(project):
+        path = project / "deploy" / name
+        path.write_bytes(path.read_bytes() + "# Ren\u00e9e\n".encode("latin-1"))
+    edit.__name__ = f"latin1_{name}"
+    return edit
+
+
+def _link_env(project):
+    env = project / "deploy" / ".env"
+    kept = project / "kept-elsewhere.env"
+    env.rename(kept)
+    env.symlink_to(kept)
+
+
 # (command, arguments, environment change, file change, what the error must say)
 BAD_INPUTS = [
     ("aws_configure", ["--domain", "vote..example.org"], None, None, "not a valid host name"),
@@ -183,7 +206,28 @@ BAD_INPUTS = [
     ("aws_configure", ["--ssh-cidr", "0.0.0.0/33"], None, None, "is not an IP network"),
     ("aws_configure", ["--service-user", "root"], None, None, "must not run as root"),
     ("aws_configure", ["--auth-systems", "password,devlogin"], None, None, "devlogin is refused"),
-    ("aws_configure", ["--from-name", "O'Brien"], None, None, "quotes, backslashes"),
+    ("aws_configure", ["--from-name", "Votes\u2028DEBUG=1"], None, None, "(U+2028)"),
+    ("aws_configure", ["--from-name", "Votes\x85DEBUG=1"], None, None, "(U+0085)"),
+    ("aws_configure", ["--google-client-id", "id\vDEBUG=1"], None, None, "(U+000B)"),
+    ("aws_configure", ["--app-dir", "/tmp/helios"], None, None, "is inside /tmp"),
+    ("aws_configure", ["--app-dir", "/home/alice"], None, None, "is a home directory"),
+    ("aws_configure", ["--app-dir", "/srv/../usr"], None, None, "not a normalised path"),
+    ("aws_configure", ["--app-dir", "/srv/helios%i"], None, None, "treat specially"),
+    ("aws_configure", ["--app-dir", "/srv/hel ios"], None, None, "treat specially"),
+    ("aws_configure", ["--host-prefix", "/var"], None, None, "system directory /var"),
+    ("aws_configure", ["--domain", "vote.example.org\n"], None, None, "not a valid host name"),
+    ("aws_configure", ["--name", "helios\n"], None, None, "not a valid deployment name"),
+    ("aws_configure", ["--ssh-cidr", "203.0.113.7/24"], None, None,
+     "Did you mean 203.0.113.0/24?"),
+    ("aws_configure", ["--http-port", "8443", "--https-port", "8443"], None, None,
+     "are both 8443"),
+    ("aws_configure", [], None, _hand_edit_env("  DEBUG=1"), ".env, line"),
+    ("aws_configure", [], None, _hand_edit_env("DEFAULT_FROM_NAME=a\vDEBUG=1"), "(U+000B)"),
+    ("aws_configure", [], None, _latin1(".env"), "is not UTF-8"),
+    ("aws_configure", ["--from-name", "Votes"], None, _link_env, "is a symbolic link"),
+    ("aws_provision", [], None, _latin1("deployment.json"), "is not UTF-8"),
+    ("aws_provision", [], None, _hand_edit_env("export DEBUG=1"), ".env, line"),
+    ("aws_provision", [], None, _link_env, "is a symbolic link"),
     ("aws_configure", ["--volume-size", "2"], None, None, "--volume-size 2 is out of range"),
     ("aws_configure", ["--from-name", "Votes"], None, _edit_unit, "edited by hand"),
     ("aws_provision", [], None, _drop_record, "No deployment is recorded"),
