@@ -14,10 +14,13 @@
 The scan for secrets in every output and log of the whole suite is tests/test_zz_secrets.py.
 """
 
+import contextlib
 import fcntl
 import json
 import os
+import pty
 import random
+import select
 import shutil
 import signal
 import socket
@@ -298,6 +301,125 @@ def test_impostor_and_unreachable_hosts_are_refused_before_anything_happens(
     assert f"127.0.0.1:{closed}" in unreachable.stderr or "reach" in unreachable.stderr
     assert "CommandError" in unreachable.stderr and "Traceback" not in unreachable.stderr
     assert files_of(deploy) == before
+
+
+# ---------------------------------------------------------------------------- exits
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A TCP port that accepts connections and never answers: a run that reaches it
+    waits there, so a test knows where the run is when the connection arrives."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(90)
+        yield server
+
+
+def _read_until(fd, text, timeout=90):
+    """What the terminal showed up to ``text`` (or to its end when ``text`` is None)."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while text is None or text.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {text!r} within {timeout} s; saw {seen[-500:]!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the other side closed: the process ended
+            chunk = b""
+        if not chunk:
+            assert text is None, f"ended before {text!r}; saw {seen[-500:]!r}"
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def interrupt(project, args, env=None, prompt=None, server=None):
+    """Start manage.py ARGS; once it waits at ``prompt`` (on a pseudo-terminal) or has
+    connected to ``server``, send SIGINT. Returns (status, what it printed after that,
+    seconds to exit)."""
+    terminal = pty.openpty() if prompt else None
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", *args], cwd=project, env=env or helios_env(),
+        stdin=terminal[1] if terminal else subprocess.DEVNULL,
+        stdout=terminal[1] if terminal else subprocess.DEVNULL,
+        stderr=terminal[1] if terminal else subprocess.PIPE, text=True)
+    try:
+        if terminal:
+            os.close(terminal[1])
+            _read_until(terminal[0], prompt)
+            # Python checks for signals only once its read() of the terminal has begun:
+            # a Ctrl-C in the instant between the prompt and that read would wait for input.
+            time.sleep(0.5)
+        else:
+            connection, _ = server.accept()
+            connection.close()
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        if terminal:
+            printed = _read_until(terminal[0], None, timeout=60)
+            process.wait(timeout=60)
+        else:
+            printed = process.communicate(timeout=60)[1]
+        return process.returncode, printed, time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if terminal:
+            os.close(terminal[0])
+
+
+def _silent_aws(env, server):
+    return {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.getsockname()[1]}"}
+
+
+# (phase, arguments, on a terminal waiting at this prompt / else at a silent AWS or
+#  SSH endpoint, the line that must say what was interrupted)
+INTERRUPTS = [
+    ("preflight", ["aws_provision", SETTINGS, "--skip-host"], "aws", None,
+     "Interrupted during the check of the deployment against AWS, before any change. "
+     "Nothing was changed"),
+    ("plan", ["aws_provision", SETTINGS, "--plan"], "aws", None,
+     "Interrupted during the plan (--plan). Nothing was changed."),
+    ("destroy-reading", ["aws_provision", SETTINGS, "--destroy", "--no-input"], "aws", None,
+     "Interrupted during the reading of what the deployment has in AWS. Nothing was deleted"),
+    ("destroy-prompt", ["aws_provision", SETTINGS, "--destroy"], None,
+     "to destroy it", "Interrupted during the --destroy confirmation. Nothing was destroyed."),
+    ("configure-prompt", ["aws_configure", SETTINGS, "--output", "fresh"], None,
+     "Public host name", "Interrupted during the question for --domain. Nothing was written"),
+    ("host-half", ["aws_provision", SETTINGS, "--skip-aws", "--host", "127.0.0.1",
+                   "--trust-host-key", "SHA256:" + "A" * 43, "--ssh-port"], "ssh", None,
+     "Interrupted during step 1 (host: ssh). Run the same command again: it resumes"),
+    ("aws_check", ["aws_check", SETTINGS, "--only", "site", "--address"], "site", None,
+     "Interrupted during the checks. Nothing was changed; run aws_check again."),
+]
+
+
+@pytest.mark.parametrize("phase,args,silent,prompt,line", INTERRUPTS,
+                         ids=[row[0] for row in INTERRUPTS])
+def test_ctrl_c_anywhere_ends_with_one_line_and_status_130(
+        project, phase, args, silent, prompt, line):
+    if phase == "destroy-prompt":  # there must be something to destroy
+        create_zone()
+        run(project)
+    deploy = project / "deploy"
+    before = files_of(deploy)
+    with silent_server() as server:
+        env = helios_env()
+        port = str(server.getsockname()[1])
+        if silent == "aws":
+            env = _silent_aws(env, server)
+        elif silent == "ssh":
+            args = [*args, port]
+        elif silent == "site":
+            args = [*args, f"127.0.0.1:{port}"]
+        status, stderr, seconds = interrupt(project, args, env, prompt,
+                                            server if silent else None)
+    assert status == 130, stderr
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+    said = [text for text in stderr.splitlines() if "Interrupted" in text]
+    assert len(said) == 1 and line in said[0], stderr
+    assert seconds < 10  # no thread holds the exit until its own timeout
+    assert files_of(deploy) == before
+    assert not (project / "fresh").exists() or not any((project / "fresh").iterdir())
 
 
 # ---------------------------------------------------------------------------- posture
