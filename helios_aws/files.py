@@ -95,6 +95,9 @@ def check_writable(directory):
     if not probe.is_dir():
         raise ConfigError(f"{directory} cannot be created: {probe} is not a directory.",
                           "Give another --output directory.")
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise ConfigError(f"{directory} is on a read-only file system.",
+                          OS_ERROR_HINTS[errno.EROFS])
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{directory} is not writable.",
                           "Give another --output directory or fix its permissions.")

@@ -20,6 +20,7 @@ import json
 import os
 import pty
 import random
+import re
 import select
 import shutil
 import signal
@@ -420,6 +421,22 @@ def test_ctrl_c_anywhere_ends_with_one_line_and_status_130(
     assert seconds < 10  # no thread holds the exit until its own timeout
     assert files_of(deploy) == before
     assert not (project / "fresh").exists() or not any((project / "fresh").iterdir())
+
+
+def test_a_run_killed_by_a_timeout_still_shows_every_step_it_finished(project):
+    create_zone()
+    with silent_server() as server:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "aws_provision", SETTINGS, "--host", "127.0.0.1",
+             "--ssh-port", str(server.getsockname()[1]), "--trust-host-key",
+             "SHA256:" + "A" * 43], cwd=project, env=helios_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        server.accept()  # the AWS half is done; the host half waits for SSH
+        process.kill()  # as a CI timeout does: no chance to flush anything
+        printed = process.communicate(timeout=60)[0]
+    finished = [int(n) for n, total in re.findall(r"^\[\s*(\d+)/(\d+)\] ", printed, re.M)]
+    assert finished == list(range(1, len(finished) + 1)) and len(finished) >= 10, printed
+    assert inventory() == ONE_OF_EACH
 
 
 # ---------------------------------------------------------------------------- posture
