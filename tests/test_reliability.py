@@ -429,7 +429,9 @@ def test_a_run_killed_by_a_timeout_still_shows_every_step_it_finished(project):
         process = subprocess.Popen(
             [sys.executable, "manage.py", "aws_provision", SETTINGS, "--host", "127.0.0.1",
              "--ssh-port", str(server.getsockname()[1]), "--trust-host-key",
-             "SHA256:" + "A" * 43], cwd=project, env=helios_env(), stdout=subprocess.PIPE,
+             "SHA256:" + "A" * 43], cwd=project, stdout=subprocess.PIPE,
+            # Python buffers a pipe unless told otherwise; CI machines do not tell it.
+            env={k: v for k, v in helios_env().items() if k != "PYTHONUNBUFFERED"},
             stderr=subprocess.STDOUT, text=True)
         server.accept()  # the AWS half is done; the host half waits for SSH
         process.kill()  # as a CI timeout does: no chance to flush anything
