@@ -177,6 +177,14 @@ class Context:
             self.out.detail(message)
 
 
+class _LogFile(logging.FileHandler):
+    """The run log. A line it cannot write (a full disk) is dropped rather than printed
+    with a traceback: the state file's next write reports the disk as a clean error."""
+
+    def handleError(self, record):
+        pass
+
+
 def _file_logger(path, redactor):
     logger = logging.getLogger(f"helios_aws.run.{path}")
     logger.setLevel(logging.INFO)
@@ -185,7 +193,7 @@ def _file_logger(path, redactor):
         logger.removeHandler(handler)
         handler.close()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFile(path, encoding="utf-8")
     # UTC, marked: Django sets the process's zone from TIME_ZONE (Helios's is not UTC).
     formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
                                   "%Y-%m-%d %H:%M:%S")
