@@ -9,7 +9,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from . import params, project as project_mod
+from . import files, params, project as project_mod
 from .engine import Interrupted
 from .errors import HeliosAWSError
 
@@ -35,6 +35,11 @@ def translate_errors(handle):
             return handle(self, *args, **options)
         except HeliosAWSError as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            # A file the command reads or writes outside files.write_atomic/read_text.
+            raise CommandError(str(files.os_error(exc, exc.filename, "use"))) from exc
         except KeyboardInterrupt as exc:
             interrupted(self, exc)
 

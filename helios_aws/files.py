@@ -78,12 +78,12 @@ OS_ERROR_HINTS = {
 }
 
 
-def os_error(exc, where):
-    """A ConfigError for an OSError met while reading or writing ``where``."""
+def os_error(exc, where, action="write"):
+    """A ConfigError for an OSError met while trying to ``action`` ``where``."""
     hint = OS_ERROR_HINTS.get(exc.errno, "Check {where} and the file system it is on, then "
                                          "run the command again.")
     reason = exc.strerror or str(exc)
-    return ConfigError(f"Cannot write {where}: {reason}.", hint.format(where=where))
+    return ConfigError(f"Cannot {action} {where}: {reason}.", hint.format(where=where))
 
 
 def check_writable(directory):

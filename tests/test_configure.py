@@ -307,3 +307,17 @@ def test_a_read_only_output_directory_is_a_clean_error(project, small_disk):
     assert "Traceback" not in result.stderr
     assert snapshot(out) == before
 
+
+
+def test_a_read_only_run_log_is_a_clean_error(project, small_disk, aws_env):
+    out = small_disk / "deploy"
+    assert configure(project, *BASE, "--output", str(out)).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        result = run_manage(project, "aws_provision", SETTINGS, "--output", str(out), "--plan",
+                            env=helios_env())
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert result.returncode == 1
+    assert f"{out}/provision.log: Read-only file system" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
