@@ -8,6 +8,10 @@
 - BAD_INPUTS: wrong flags, values, environment, files, an impostor host key, an
   unreachable host, a missing hosted zone, a hand-edited artifact, across the three
   commands: a clear error, a non-zero exit, and nothing changed, locally or in AWS.
+- INTERRUPTS: Ctrl-C (SIGINT) at each phase of the three commands, at a prompt on a
+  pseudo-terminal or while the run waits on an endpoint that never answers: one line
+  saying what was interrupted and how to go on, status 130, no traceback, nothing
+  changed. A run killed by a timeout in a pipe still shows every step it finished.
 - POSTURE: what the generated deployment exposes: only 22 (restricted), 80 and 443;
   IMDSv2; an encrypted volume; a mail policy that can only send; TLS 1.2+ without
   obsolete ciphers.
