@@ -427,6 +427,30 @@ def test_ctrl_c_anywhere_ends_with_one_line_and_status_130(
     assert not (project / "fresh").exists() or not any((project / "fresh").iterdir())
 
 
+def test_ctrl_c_in_the_destroy_loop_says_to_run_it_again_which_finishes(project):
+    create_zone()
+    run(project)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "aws_provision", SETTINGS, "--destroy", "--no-input",
+         "--no-snapshot"], cwd=project, env=helios_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    listed = False
+    for text in process.stdout:
+        listed = listed or text.startswith("No snapshot")
+        if listed and not text.startswith(("No snapshot", "  - ")):
+            break  # the first resource the loop deleted; it goes on with the next
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert ("Interrupted during the teardown (--destroy). Some resources may be deleted "
+            "already: run --destroy again") in stderr
+    assert inventory() != NOTHING
+    again = run(project, "--destroy", "--no-input", "--no-snapshot")
+    assert "Nothing tagged helios-aws:deployment=" in again.stdout
+    assert inventory() == NOTHING
+
+
 def test_a_run_killed_by_a_timeout_still_shows_every_step_it_finished(project):
     create_zone()
     with silent_server() as server:
