@@ -612,8 +612,8 @@ class Release(HostStep):
     def remote_commit(self, ctx, url, ref):
         if re.fullmatch(r"[0-9a-f]{40}", ref):
             return ref
-        out = self.sh(ctx, f"cd / && {self.git(ctx)} ls-remote {q(url)} {q(ref)}", sudo=False,
-                      timeout=120).stdout.split()
+        out = self.sh(ctx, f"cd / && {self.git(ctx)} ls-remote {q(url)} {q(ref)}",
+                      sudo=False, timeout=120).stdout.split()
         if not out:
             raise HostError(f"{url} has no ref {ref!r}.", "Check --git-url and --git-ref.")
         return out[0]
@@ -657,8 +657,9 @@ class Release(HostStep):
         steps.append(f"mkdir -p {q(rel)}/{MARKER_DIR}")
         if "git" in source:
             url, commit = source["git"]
-            steps += [f"cd {q(rel)}", "git init -q .", f"{self.git(ctx)} fetch -q --depth 1 {q(url)} "
-                      f"{q(commit)}", "git checkout -q FETCH_HEAD", "rm -rf .git"]
+            steps += [f"cd {q(rel)}", "git init -q .",
+                      f"{self.git(ctx)} fetch -q --depth 1 {q(url)} {q(commit)}",
+                      "git checkout -q FETCH_HEAD", "rm -rf .git"]
         else:
             root, files = source["files"]
             staged = conn.stage(release_mod.archive(root, files))
