@@ -40,6 +40,11 @@ def translate_errors(handle):
                 raise
             # A file the command reads or writes outside files.write_atomic/read_text.
             raise CommandError(str(files.os_error(exc, exc.filename, "use"))) from exc
+        except UnicodeDecodeError as exc:
+            # Likewise, a file read without files.read_text (which names it).
+            raise CommandError(f"A file this command reads is not UTF-8 text (byte "
+                               f"0x{exc.object[exc.start]:02x} at offset {exc.start}).\n"
+                               "Hint: convert the files you gave it to UTF-8.") from exc
         except KeyboardInterrupt as exc:
             interrupted(self, exc)
 

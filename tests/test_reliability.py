@@ -197,6 +197,12 @@ def _latin1(name):
     return edit
 
 
+def _latin1_public_key(project):
+    key = project / "operator.pub"
+    key.write_bytes(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKey Ren\xe9e@laptop\n")
+    _edit_record(project, ssh_public_key=str(key))
+
+
 def _link_env(project):
     env = project / "deploy" / ".env"
     kept = project / "kept-elsewhere.env"
@@ -234,6 +240,7 @@ BAD_INPUTS = [
     ("aws_configure", [], None, _latin1(".env"), "is not UTF-8"),
     ("aws_configure", ["--from-name", "Votes"], None, _link_env, "is a symbolic link"),
     ("aws_provision", [], None, _latin1("deployment.json"), "is not UTF-8"),
+    ("aws_provision", [], None, _latin1_public_key, "operator.pub: it is not UTF-8 text"),
     ("aws_provision", [], None, _hand_edit_env("export DEBUG=1"), ".env, line"),
     ("aws_provision", [], None, _link_env, "is a symbolic link"),
     ("aws_configure", ["--volume-size", "2"], None, None, "--volume-size 2 is out of range"),

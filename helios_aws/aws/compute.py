@@ -28,9 +28,10 @@ def key_file(ctx):
 def read_public_key(path):
     """The operator's public key (``TYPE BASE64``), checked as EC2 will import it."""
     try:
-        text = Path(path).expanduser().read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the public key {path}: {exc.strerror}.",
+        text = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "it is not UTF-8 text"
+        raise ConfigError(f"Cannot read the public key {path}: {reason}.",
                           "Give the .pub file of your SSH key with aws_configure "
                           "--ssh-public-key.")
     if not PUBLIC_KEY_RE.match(text):
