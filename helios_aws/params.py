@@ -15,6 +15,8 @@ recorded here: they live only in the 0600 ``.env`` beside it.
 
 import dataclasses
 import difflib
+from email import _header_value_parser as header_parser
+from email.errors import HeaderParseError
 import functools
 import ipaddress
 import json
@@ -324,6 +326,22 @@ def validate(d):
                                   f"Known systems: {', '.join(AUTH_SYSTEMS)}.")
     for name in ("from_name", "google_client_id"):
         envfile.check_value(flag_name(name), getattr(d, name))
+    validate_from_name(d.from_name, d.email or "elections@example.org")
+
+
+def validate_from_name(name, email):
+    """Helios sends mail from "NAME <EMAIL>": the name must come back whole from that
+    header (no , ; < > @ quotes, backslashes or parentheses, which end or change it)."""
+    try:
+        mailbox, rest = header_parser.get_mailbox(f"{name} <{email}>")
+        display = mailbox.display_name
+    except (HeaderParseError, IndexError, ValueError):
+        rest, display = "?", None
+    if rest or (display or "") != " ".join(name.split()):
+        raise ConfigError(
+            f"--from-name {name!r} does not survive in the mail header "
+            f"\"{name} <{email}>\" (it reads as {display!r}).",
+            "Leave out , ; < > @ \" \\ ( ) [ ] from the sender name.")
 
 
 def validate_host_path(flag, path, hint):

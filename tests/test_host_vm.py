@@ -56,7 +56,7 @@ KILLS = (
 )
 KILL_SEED = int(os.environ.get("HELIOS_AWS_KILL_SEED", "20261125"))
 # Awkward but legal .env values: systemd on the guest must read them as the overlay does.
-AWKWARD_FROM_NAME = "Helios $HOME #1 100%i 'quoted' \"too\" \\ end; ok"
+AWKWARD_FROM_NAME = "Helios  $HOME #1 100%i O'Brien & Co"
 AWKWARD_ENV_LINES = (
     "HAND_EDITED_DOUBLE=\"it's \\\"quoted\\\" \\\\ $HOME `x` \\n\"\n"
     "HAND_EDITED_SINGLE='a  b # c ; d % e \\ f'\n"

@@ -73,6 +73,11 @@ REFUSED = [
     ({"from_name": "Votes\x85DEBUG=1"}, "U+0085"),
     ({"from_name": "Votes\u2028DEBUG=1"}, "U+2028"),
     ({"google_client_id": "id\vDEBUG=1"}, "U+000B"),
+    ({"from_name": "Elections, Inc"}, "does not survive in the mail header"),
+    ({"from_name": "say \"hi\""}, "reads as 'say hi'"),
+    ({"from_name": "back\\slash"}, "does not survive in the mail header"),
+    ({"from_name": "Votes <admin@evil.example>"}, "does not survive in the mail header"),
+    ({"from_name": "(c) Org"}, "reads as 'Org'"),
 ]
 
 
@@ -90,7 +95,7 @@ def test_refused_with_what_it_means(values, message):
     {"app_dir": "/usr/local/helios"}, {"host_prefix": "/tmp/pytest-of-root/rehearsal_0"},
     {"ssh_cidr": "203.0.113.7/32"}, {"ssh_cidr": "203.0.113.7"},
     {"ssh_cidr": "2001:db8::/64"}, {"http_port": 8080, "https_port": 8443},
-    {"from_name": "O'Brien & Co \\ \"Votes\" $HOME 50%"},
+    {"from_name": "O'Brien & Co $HOME #1 50%i Renée"},
 ])
 def test_accepted(values):
     build(**values)

@@ -223,6 +223,8 @@ BAD_INPUTS = [
     ("aws_configure", ["--from-name", "Votes\u2028DEBUG=1"], None, None, "(U+2028)"),
     ("aws_configure", ["--from-name", "Votes\x85DEBUG=1"], None, None, "(U+0085)"),
     ("aws_configure", ["--google-client-id", "id\vDEBUG=1"], None, None, "(U+000B)"),
+    ("aws_configure", ["--from-name", "Votes <admin@evil.example>"], None, None,
+     "does not survive in the mail header"),
     ("aws_configure", ["--app-dir", "/tmp/helios"], None, None, "is inside /tmp"),
     ("aws_configure", ["--app-dir", "/home/alice"], None, None, "is a home directory"),
     ("aws_configure", ["--app-dir", "/srv/../usr"], None, None, "not a normalised path"),
