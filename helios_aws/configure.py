@@ -15,7 +15,7 @@ from django.template import Context, Engine
 
 from . import envfile, layout as layout_mod, logins, params
 from .errors import ConfigError
-from .files import check_writable, exclusive, read_text, write_atomic
+from .files import check_writable, exclusive, read_text, refuse_symlinks, write_atomic
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 MANIFEST_NAME = "manifest.json"
@@ -210,8 +210,9 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
         )
 
     desired = desired_env(deployment, systems, secrets)
-    merge = envfile.merge(existing_env, desired, manifest["env"], forced=set(secrets))
-    old_env = envfile.parse(existing_env)
+    merge = envfile.merge(existing_env, desired, manifest["env"], forced=set(secrets),
+                          name=str(env_path))
+    old_env = envfile.parse(existing_env, str(env_path))
     if "URL_HOST" in merge.changed:
         warnings.append(
             f"URL_HOST changes from {old_env['URL_HOST']} to {desired['URL_HOST']}: links in "
@@ -225,6 +226,8 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
     if dry_run:
         return result
 
+    refuse_symlinks([out_dir / rel for rel in ARTIFACTS] + [
+        env_path, out_dir / ".gitignore", out_dir / params.RECORD_NAME, out_dir / MANIFEST_NAME])
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for change in files:
         if change.action == "unchanged":

@@ -13,6 +13,7 @@ the tags are the truth: a step finds its resource by tag first, so a lost state 
 interrupted run never leads to duplicates.
 """
 
+import contextlib
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .errors import HeliosAWSError
 from .files import read_text, write_atomic
+from .host.release import url_secrets
 
 STATE_NAME = "state.json"
 LOG_NAME = "provision.log"
@@ -36,6 +38,22 @@ DEFERRED = "deferred"
 # and a rewrite of its line with the elapsed time on a terminal.
 HEARTBEAT = 30
 TICK = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the sentence that says what it interrupted and how to go on."""
+
+
+@contextlib.contextmanager
+def phase(what, then):
+    """Name what the command does inside this block (``what``) and how to go on if Ctrl-C
+    interrupts it (``then``); the innermost phase names the interruption."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"Interrupted during {what}. {then}") from None
 
 
 class Change:
@@ -147,6 +165,8 @@ class Context:
         self.log = _file_logger(self.out_dir / LOG_NAME, self.redactor)
         self.out = out
         self.activity = None
+        for secret in url_secrets(self.options.get("git_url")):
+            self.secret(secret)
 
     def secret(self, value):
         """Register a value that must never appear in output or the log; returns it."""
@@ -181,6 +201,14 @@ class Context:
             self.out.detail(message)
 
 
+class _LogFile(logging.FileHandler):
+    """The run log. A line it cannot write (a full disk) is dropped rather than printed
+    with a traceback: the state file's next write reports the disk as a clean error."""
+
+    def handleError(self, record):
+        pass
+
+
 def _file_logger(path, redactor):
     logger = logging.getLogger(f"helios_aws.run.{path}")
     logger.setLevel(logging.INFO)
@@ -189,7 +217,7 @@ def _file_logger(path, redactor):
         logger.removeHandler(handler)
         handler.close()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFile(path, encoding="utf-8")
     # UTC, marked: Django sets the process's zone from TIME_ZONE (Helios's is not UTC).
     formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(message)s",
                                   "%Y-%m-%d %H:%M:%S")
@@ -361,9 +389,9 @@ class Runner:
             except KeyboardInterrupt:
                 self.ctx.state.save()
                 self.ctx.log.warning("interrupted during %s", step.name)
-                raise StepFailed(f"Interrupted during step {index} ({step.name}).",
-                                 "Run the same command again: it resumes where it stopped "
-                                 "and creates nothing twice.")
+                raise Interrupted(f"Interrupted during step {index} ({step.name}). Run the "
+                                  "same command again: it resumes where it stopped and "
+                                  "creates nothing twice.") from None
             except HeliosAWSError as exc:
                 self.ctx.state.save()
                 elapsed = time.monotonic() - started

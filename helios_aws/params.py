@@ -16,8 +16,12 @@ recorded here: they live only in the 0600 ``.env`` beside it.
 import argparse
 import dataclasses
 import difflib
+from email import _header_value_parser as header_parser
+from email.errors import HeaderParseError
+import functools
 import ipaddress
 import json
+import posixpath
 import re
 import urllib.parse
 from pathlib import Path
@@ -25,6 +29,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
+from . import envfile
 from .errors import ConfigError
 from .files import read_text, write_atomic
 
@@ -63,13 +68,30 @@ BROKER_URLS = {
 }
 ARCHES = {"x86_64": "amd64", "arm64": "arm64"}
 
+# Every validator matches the whole value (fullmatch): a trailing newline never passes.
 DOMAIN_RE = re.compile(
-    r"^(?=.{4,253}$)(?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$"
+    r"(?=.{4,253}\Z)(?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})"
 )
-INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-POSIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-ENV_VALUE_RE = re.compile(r"^[^'\\\n\r]*$")
+INSTANCE_TYPE_RE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9-]+")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,39}")
+POSIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Host paths reach systemd units, nginx sites and root's shell: characters none of them
+# treats specially (no blanks, %, ;, quotes, $, backslashes, braces or control characters).
+HOST_PATH_RE = re.compile(r"(/[A-Za-z0-9._-]+)+")
+# Never an application directory, nor a parent of one of these.
+SYSTEM_DIRS = (
+    "/bin", "/boot", "/dev", "/dev/shm", "/etc", "/home", "/lib", "/lib32", "/lib64",
+    "/libx32", "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
+    "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local",
+    "/usr/local/bin", "/usr/local/lib", "/usr/sbin", "/usr/share", "/var", "/var/cache",
+    "/var/lib", "/var/lock", "/var/log", "/var/mail", "/var/run", "/var/spool", "/var/tmp",
+    "/var/www",
+)
+# ...nor anything inside these: system-managed, virtual, volatile, or someone's home.
+NOT_INSIDE = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+              "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr/bin", "/usr/lib",
+              "/usr/lib64", "/usr/libexec", "/usr/sbin", "/usr/share", "/var/run",
+              "/var/tmp", "/var/lock")
 # Accounts of the system, of the services Helios needs and the cloud images' login users
 # (who may sudo): running Helios as one would hand it (and anything its dependencies'
 # install scripts run) their powers. The host step also refuses any other account that
@@ -77,8 +99,8 @@ ENV_VALUE_RE = re.compile(r"^[^'\\\n\r]*$")
 SYSTEM_USERS = ("root", "postgres", "nginx", "www-data", "redis", "valkey", "rabbitmq",
                 "nobody", "daemon", "bin", "sys", "sshd", "ec2-user", "admin")
 # git's scp-style form, [user@]host:path (a URL with a scheme is checked by its parts).
-GIT_SCP_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*"
-                        r":(?!//)[^\s:-]\S*$")
+GIT_SCP_RE = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*"
+                        r":(?!//)[^\s:-]\S*")
 GIT_REF_BAD_RE = re.compile(r"^-|^/|/$|//|\.\.|@\{|\.lock(?:/|$)|/\.|^\.|\.$|^@$"
                             r"|[\x00-\x20\x7f~^:?*\[\\]")
 
@@ -271,7 +293,7 @@ def validate(d):
                 f"{flag_name(name)} {value!r} is not supported.",
                 f"Choose one of: {', '.join(choices)}.",
             )
-    if not NAME_RE.match(d.name):
+    if not NAME_RE.fullmatch(d.name):
         raise ConfigError(
             f"--name {d.name!r} is not a valid deployment name.",
             "Use 1-40 lowercase letters, digits and dashes, starting with a letter.",
@@ -285,7 +307,7 @@ def validate(d):
             raise ConfigError(f"--email {d.email!r} is not a valid e-mail address.",
                               "Give the sender address, e.g. elections@example.org.")
     validate_region(d.region)
-    if not INSTANCE_TYPE_RE.match(d.instance_type):
+    if not INSTANCE_TYPE_RE.fullmatch(d.instance_type):
         raise ConfigError(f"--instance-type {d.instance_type!r} is not an instance type name.",
                           "Use a name like t3.small or t4g.medium.")
     if not isinstance(d.volume_size, int) or not 8 <= d.volume_size <= 16384:
@@ -293,33 +315,84 @@ def validate(d):
                           "Give a size in GiB between 8 and 16384.")
     if d.ssh_cidr:
         validate_cidr(d.ssh_cidr)
-    if d.ssh_user and not POSIX_USER_RE.match(d.ssh_user):
+    if d.ssh_user and not POSIX_USER_RE.fullmatch(d.ssh_user):
         raise ConfigError(f"--ssh-user {d.ssh_user!r} is not a valid user name.",
                           "Use lowercase letters, digits, '_' and '-'.")
     validate_service_user(d.service_user, d.effective_ssh_user)
-    if not d.app_dir.startswith("/") or d.app_dir.rstrip("/") in ("", "/usr", "/etc", "/var"):
-        raise ConfigError(f"--app-dir {d.app_dir!r} must be an absolute directory of its own.",
-                          "Use e.g. /srv/helios.")
-    if d.host_prefix and not d.host_prefix.startswith("/"):
-        raise ConfigError(f"--host-prefix {d.host_prefix!r} must be an absolute path.",
-                          "Give an absolute directory, or leave it empty on a real server.")
+    validate_host_path("--app-dir", d.app_dir, "Use a directory of its own, e.g. /srv/helios.")
+    _refuse_system_dir("--app-dir", d.app_dir, inside=True)
+    if d.host_prefix:
+        validate_host_path("--host-prefix", d.host_prefix,
+                           "Give an absolute directory, or leave it empty on a real server.")
+        _refuse_system_dir("--host-prefix", d.host_prefix, inside=False)
     for name in ("http_port", "https_port"):
-        if not isinstance(getattr(d, name), int) or not 1 <= getattr(d, name) <= 65535:
+        value = getattr(d, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
             raise ConfigError(f"{flag_name(name)} must be a TCP port number.", "Use 1-65535.")
+    if d.http_port == d.https_port:
+        raise ConfigError(f"--http-port and --https-port are both {d.http_port}.",
+                          "nginx cannot serve HTTP and HTTPS on one port: give two ports.")
     if not isinstance(d.ldap_start_tls, bool):
         raise ConfigError(f"--ldap-start-tls must be true or false, not {d.ldap_start_tls!r}.",
                           "Give --ldap-start-tls or --no-ldap-start-tls.")
     for name in ("from_name", "google_client_id", "facebook_app_id", "github_client_id",
                  "gitlab_client_id", "linkedin_client_id", "ldap_uri", "ldap_bind_dn",
                  "ldap_user_search_base", "ldap_user_filter"):
-        if not ENV_VALUE_RE.match(getattr(d, name)):
-            raise ConfigError(f"{flag_name(name)} may not contain quotes, backslashes or "
-                              "line breaks.", "Remove those characters.")
+        envfile.check_value(flag_name(name), getattr(d, name))
+    validate_from_name(d.from_name, d.email or "elections@example.org")
+
+
+def validate_from_name(name, email):
+    """Helios sends mail from "NAME <EMAIL>": the name must come back whole from that
+    header (no , ; < > @ quotes, backslashes or parentheses, which end or change it)."""
+    try:
+        mailbox, rest = header_parser.get_mailbox(f"{name} <{email}>")
+        display = mailbox.display_name
+    except (HeaderParseError, IndexError, ValueError):
+        rest, display = "?", None
+    if rest or (display or "") != " ".join(name.split()):
+        raise ConfigError(
+            f"--from-name {name!r} does not survive in the mail header "
+            f"\"{name} <{email}>\" (it reads as {display!r}).",
+            "Leave out , ; < > @ \" \\ ( ) [ ] from the sender name.")
+
+
+def validate_host_path(flag, path, hint):
+    """An absolute, normalised path of conservative characters (see HOST_PATH_RE)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(f"{flag} {path!r} must be an absolute path.", hint)
+    normal = posixpath.normpath(path)
+    if (path.rstrip("/") or "/") != normal or "//" in path:
+        raise ConfigError(f"{flag} {path!r} is not a normalised path (no '.', '..' or "
+                          "'//' parts).", f"Did you mean {normal}?")
+    if normal == "/":
+        raise ConfigError(f"{flag} / is the root directory, the parent of every system "
+                          "directory.", hint)
+    if not HOST_PATH_RE.fullmatch(normal):
+        raise ConfigError(
+            f"{flag} {path!r} holds characters that systemd, nginx or the shell treat "
+            "specially.", "Use only letters, digits, '.', '_', '-' and '/'.")
+
+
+def _refuse_system_dir(flag, path, inside):
+    normal = posixpath.normpath(path)
+    for system in SYSTEM_DIRS:
+        if system == normal or system.startswith(normal.rstrip("/") + "/"):
+            raise ConfigError(f"{flag} {path!r} is (or holds) the system directory {system}.",
+                              "Use a directory of its own, e.g. /srv/helios.")
+    for system in NOT_INSIDE if inside else ():
+        if normal.startswith(system + "/"):
+            raise ConfigError(f"{flag} {path!r} is inside {system}, which is not a place "
+                              "for an application (system-managed, temporary or a home).",
+                              "Use a directory of its own, e.g. /srv/helios.")
+    if inside and re.fullmatch(r"/home/[^/]+", normal):
+        raise ConfigError(f"{flag} {path!r} is a home directory.",
+                          "Use a directory of its own, e.g. /srv/helios.")
 
 
 def validate_service_user(user, ssh_user):
     """The user Helios runs as: a name of its own, no system or service account."""
-    if not user or not POSIX_USER_RE.match(user):
+    if not user or not POSIX_USER_RE.fullmatch(user):
         raise ConfigError(f"--service-user {user!r} is not a valid user name.",
                           "Use lowercase letters, digits, '_' and '-' (default: helios).")
     if user in SYSTEM_USERS:
@@ -350,7 +423,7 @@ def validate_git_url(url):
             ok = ok and parts.scheme in ("https", "ssh") and bool(host) and \
                 not host.startswith("-") and not parts.netloc.startswith("-")
     else:
-        ok = ok and bool(GIT_SCP_RE.match(url))
+        ok = ok and bool(GIT_SCP_RE.fullmatch(url))
     if not ok:
         shown = re.sub(r"//[^/]*@", "//***@", url)  # never a password
         raise ConfigError(
@@ -368,7 +441,7 @@ def validate_git_ref(ref):
 
 
 def validate_domain(domain):
-    if not DOMAIN_RE.match(domain):
+    if not DOMAIN_RE.fullmatch(domain):
         raise ConfigError(
             f"--domain {domain!r} is not a valid host name.",
             "Give the public name of the site in lowercase, without scheme or path, "
@@ -376,6 +449,7 @@ def validate_domain(domain):
         )
 
 
+@functools.lru_cache(maxsize=None)
 def known_regions():
     import botocore.session
 
@@ -401,7 +475,15 @@ def validate_cidr(cidr):
         raise ConfigError(
             f"--ssh-cidr {cidr!r} is not an IP network.",
             "Give your own address as a /32, e.g. 203.0.113.7/32.",
-        )
+        ) from None
+    try:
+        ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        raise ConfigError(
+            f"--ssh-cidr {cidr!r} has host bits set: it is not the start of its network.",
+            f"Did you mean {network}? (A single address is {cidr.split('/')[0]}/"
+            f"{network.max_prefixlen}.)",
+        ) from None
     return network
 
 

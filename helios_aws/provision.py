@@ -9,6 +9,7 @@ overwritten, no credentials) stops the run while nothing exists yet.
 
 import importlib
 import importlib.util
+from pathlib import Path
 
 from . import envfile, params
 from .aws import inventory, pricing
@@ -18,9 +19,10 @@ from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME, written_dirs
-from .engine import KEEP, Activity, Context, Output, Runner, summary
+from .engine import (KEEP, LOG_NAME, STATE_NAME, Activity, Context, Output, Runner, phase,
+                     summary)
 from .errors import ConfigError
-from .files import exclusive, read_text
+from .files import exclusive, refuse_symlinks
 from .host import rollback
 
 HOST_STEPS = "helios_aws.host.steps"
@@ -31,6 +33,7 @@ def run(deployment, out_dir, options, out, confirm):
     """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(deployment, options)
+    refuse_symlinks(Path(out_dir) / name for name in (ENV_NAME, STATE_NAME, LOG_NAME))
     with exclusive(out_dir, written_dirs(out_dir)):
         ctx = make_context(deployment, out_dir, options, out)
         try:
@@ -41,9 +44,12 @@ def run(deployment, out_dir, options, out, confirm):
             if options.get("rollback"):
                 return roll_back(ctx, out)
             if options.get("stop") or options.get("start"):
-                return stop_or_start(ctx, out, "stop" if options.get("stop") else "start")
+                action = "stop" if options.get("stop") else "start"
+                with phase(f"--{action}", f"Run aws_provision --{action} again."):
+                    return stop_or_start(ctx, out, action)
             if options.get("plan"):
-                return show_plan(ctx, out)
+                with phase("the plan (--plan)", "Nothing was changed."):
+                    return show_plan(ctx, out)
             return provision(ctx, out)
         finally:
             # The host half opens the run's SSH connection on first use.
@@ -87,7 +93,7 @@ def make_context(deployment, out_dir, options, out):
     in ``deployment``) and --profile, the state file, and a log with secrets redacted."""
     ctx = Context(deployment, out_dir, aws=AWS(deployment.region, options.get("profile")),
                   options=options, out=out)
-    env = envfile.parse(read_text(ctx.out_dir / ENV_NAME))
+    env = envfile.read(ctx.out_dir / ENV_NAME)
     for key in envfile.SECRET_KEYS:
         ctx.secret(env.get(key))
 
@@ -148,7 +154,9 @@ def preflight(ctx, steps, out):
     follow do not ask AWS twice."""
     warn_world_ssh(ctx, out)
     out.detail("Checking the deployment against AWS before changing anything...")
-    return Runner(steps, ctx, Output(lambda text: None)).plan()
+    with phase("the check of the deployment against AWS, before any change",
+               "Nothing was changed; run the same command again."):
+        return Runner(steps, ctx, Output(lambda text: None)).plan()
 
 
 def warn_world_ssh(ctx, out):
@@ -214,8 +222,17 @@ def destroy(ctx, out, confirm):
     deployment made in reverse order, then list whatever tagged for it remains."""
     d = ctx.deployment
     steps = aws_steps(d)
-    current = [(step, step.read(ctx)) for step in steps]
-    doomed = [line for step, state in current for line in step.teardown(ctx, state)]
+    with phase("the reading of what the deployment has in AWS",
+               "Nothing was deleted; run --destroy again."):
+        current = [(step, step.read(ctx)) for step in steps]
+        doomed = [line for step, state in current for line in step.teardown(ctx, state)]
+    with phase("the teardown (--destroy)", "Some resources may be deleted already: run "
+               "--destroy again to delete the rest (it lists what remains)."):
+        return _teardown(ctx, out, confirm, current, doomed)
+
+
+def _teardown(ctx, out, confirm, current, doomed):
+    d = ctx.deployment
     if not doomed:
         out.line(f"Nothing of deployment {d.name} exists in AWS ({ctx.aws.region}).")
     else:
@@ -230,7 +247,9 @@ def destroy(ctx, out, confirm):
         elif instance["instance"] is not None:
             out.line("No snapshot (--no-snapshot): the server's data is lost for good.",
                      "WARNING")
-        if not confirm(f"Type the deployment name ({d.name}) to destroy it", d.name):
+        with phase("the --destroy confirmation", "Nothing was destroyed."):
+            confirmed = confirm(f"Type the deployment name ({d.name}) to destroy it", d.name)
+        if not confirmed:
             out.line("Cancelled: nothing was destroyed.", "WARNING")
             return []
         ctx.log.info("destroy confirmed: %s", doomed)

@@ -1,7 +1,10 @@
 """aws_configure on the Helios-like fixture: what it writes, re-runs, and refuses."""
 
 import json
+import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -240,11 +243,82 @@ def test_env_file_reads_the_same_through_django_environ(project, tmp_path):
     env_path = project / "deploy" / ".env"
     code = ("import environ, json, os; os.environ.clear(); "
             f"environ.Env.read_env({str(env_path)!r}); print(json.dumps(dict(os.environ)))")
-    import subprocess
-    import sys
-
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                        text=True, check=True).stdout)
     assert loaded["DEFAULT_FROM_NAME"] == "Helios Elections & Co"
     assert loaded == {k: v for k, v in read_env(env_path).items() if k}
     assert "DEFAULT_FROM_NAME='Helios Elections & Co'" in env_path.read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs of its own (we are root in CI); skipped where mounting is refused."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs",
+                              str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(disk, leave):
+    """Take all but ``leave`` bytes of ``disk`` with one file; returns it."""
+    filler = disk / "filler"
+    stats = os.statvfs(disk)
+    filler.write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - leave))
+    return filler
+
+
+def test_a_full_disk_stops_configure_cleanly_and_a_rerun_completes(project, small_disk):
+    out = small_disk / "deploy"
+    filler = fill(small_disk, leave=3 * 4096)  # room for a few of the files, not all
+    failed = configure(project, *BASE, "--output", str(out))
+    assert failed.returncode == 1
+    assert "No space left on device" in failed.stderr and "free space" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    written = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert written, "the disk filled before any file: leave more room"
+    assert not [p for p in written if p.name.endswith(".tmp")]
+
+    filler.unlink()
+    done = configure(project, *BASE, "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    # Whatever the failed run left is complete: the same bytes the finished run has.
+    for rel, data in written.items():
+        if rel.name != ".env":
+            assert (out / rel).read_bytes() == data, rel
+    assert not [p for p in out.rglob("*.tmp")]
+    env = read_env(out / ".env")
+    assert env["DEBUG"] == "0" and len(env["SECRET_KEY"]) >= 50
+
+
+def test_a_read_only_output_directory_is_a_clean_error(project, small_disk):
+    out = small_disk / "deploy"
+    assert configure(project, *BASE, "--output", str(out)).returncode == 0
+    before = snapshot(out)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        result = configure(project, *BASE, "--from-name", "Elections", "--output", str(out))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert result.returncode == 1
+    assert "read-only file system" in result.stderr and "read-write" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(out) == before
+
+
+
+def test_a_read_only_run_log_is_a_clean_error(project, small_disk, aws_env):
+    out = small_disk / "deploy"
+    assert configure(project, *BASE, "--output", str(out)).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        result = run_manage(project, "aws_provision", SETTINGS, "--output", str(out), "--plan",
+                            env=helios_env())
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert result.returncode == 1
+    assert f"{out}/provision.log: Read-only file system" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

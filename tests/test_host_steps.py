@@ -677,6 +677,27 @@ def test_release_from_git_clones_the_resolved_commit(tmp_path, project):
     assert len(ctx.ssh.staged) == 1  # only the wheel: no local files travel
 
 
+def test_git_url_credentials_are_on_no_command_line_and_in_no_log(tmp_path, project):
+    token = "ghp_s3cretT0kenValue"
+    ctx = make_ctx(tmp_path, project, {"git_url": f"https://deploy:{token}@git.example.org/h.git",
+                                       "git_ref": "v2"})
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    ctx.ssh.reply("ls-remote", f"{commit}\trefs/tags/v2\n")
+    change, _ = run_step(host.Release(target(ctx, project)), ctx)
+    ctx.log.info("options: %s", ctx.options)
+    assert "https://git.example.org/h.git v2" in change.details[0]
+    fetches = [c for c in ctx.ssh.commands if "ls-remote" in c or "git fetch" in c]
+    assert len(fetches) == 2
+    for command in ctx.ssh.commands:
+        assert token not in command and "deploy:" not in command
+    # git reads the credentials from a private staged file named in its environment.
+    assert all("GIT_CONFIG_GLOBAL=/tmp/helios-aws.test/" in c for c in fetches)
+    headers = [s for s in ctx.ssh.staged if b"extraHeader" in s]
+    assert headers and all(token not in s.decode() for s in headers)
+    log = (ctx.out_dir / "provision.log").read_text()
+    assert "options:" in log and token not in log
+
+
 def test_installed_release_is_a_no_op(ctx, project):
     ident = release_id(ctx, project)
     ctx.ssh.reply("cd /\n", facts(ready=f"20260101000000-{ident}"))

@@ -58,6 +58,14 @@ KILLS = (
     ("host: .env", (5, 60), None),
 )
 KILL_SEED = int(os.environ.get("HELIOS_AWS_KILL_SEED", "20261125"))
+# Awkward but legal .env values: systemd on the guest must read them as the overlay does.
+AWKWARD_FROM_NAME = "Helios  $HOME #1 100%i O'Brien & Co"
+AWKWARD_ENV_LINES = (
+    "HAND_EDITED_DOUBLE=\"it's \\\"quoted\\\" \\\\ $HOME `x` \\n\"\n"
+    "HAND_EDITED_SINGLE='a  b # c ; d % e \\ f'\n"
+    "HAND_EDITED_BARE=100%#x$y;z\n"
+    "# a hand-written comment; then an empty value\nHAND_EDITED_EMPTY=\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +178,11 @@ def deployment(debian_vm, tmp_path_factory, pebble_for_guest, ca_bundle,  # noqa
     deployed = Deployment(debian_vm, project, pebble_for_guest, ca_bundle, helios_aws_snapshot)
     configured = deployed.manage("aws_configure", "--os", "debian13", "--domain", DOMAIN,
                                  "--email", "elections@helios-vm.test",
+                                 "--from-name", AWKWARD_FROM_NAME,
                                  "--auth-systems", "password", "--no-input")
     assert configured.returncode == 0, output(configured)
+    with open(project / "deploy" / ".env", "a", encoding="utf-8") as env:
+        env.write(AWKWARD_ENV_LINES)
     deployed.secrets = secret_digests((project / "deploy" / ".env").read_text())
 
     rng = random.Random(KILL_SEED)
@@ -342,6 +353,26 @@ def test_secrets_are_private_to_the_service_user(deployment):
     role = deployment.guest("cd / && sudo runuser -u postgres -- psql -XAtc "
                             "\"SELECT rolsuper FROM pg_roles WHERE rolname = 'helios'\"")
     assert role.stdout.strip() == "f"
+
+
+def test_systemd_reads_the_deployed_env_as_the_overlay_does(deployment):
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    python = "/srv/helios/current/.venv/bin/python"
+    by_systemd = json.loads(deployment.guest(
+        "sudo systemd-run --quiet --wait --pipe --collect "
+        f"-p EnvironmentFile=/srv/helios/shared/.env {python} -c '{dump}'").stdout)
+    overlay = ("import environ, json; E = type('E', (environ.Env,), {'ENVIRON': {}}); "
+               "E.read_env('/srv/helios/shared/.env'); print(json.dumps(E.ENVIRON))")
+    by_overlay = json.loads(deployment.guest(f'sudo {python} -c "{overlay}"').stdout)
+    ours = envfile.parse((deployment.project / "deploy" / ".env").read_text())
+    assert ours["DEFAULT_FROM_NAME"] == AWKWARD_FROM_NAME
+    assert ours["HAND_EDITED_SINGLE"] == "a  b # c ; d % e \\ f"
+
+    def digests(values):  # compared without ever showing a secret
+        return {k: hashlib.sha256(values[k].encode()).hexdigest() for k in ours if k in values}
+
+    assert digests(by_overlay) == digests(ours)
+    assert digests(by_systemd) == digests(ours)
 
 
 def test_a_second_run_changes_nothing(deployment):

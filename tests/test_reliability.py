@@ -8,16 +8,24 @@
 - BAD_INPUTS: wrong flags, values, environment, files, an impostor host key, an
   unreachable host, a missing hosted zone, a hand-edited artifact, across the three
   commands: a clear error, a non-zero exit, and nothing changed, locally or in AWS.
+- INTERRUPTS: Ctrl-C (SIGINT) at each phase of the three commands, at a prompt on a
+  pseudo-terminal or while the run waits on an endpoint that never answers: one line
+  saying what was interrupted and how to go on, status 130, no traceback, nothing
+  changed. A run killed by a timeout in a pipe still shows every step it finished.
 - POSTURE: what the generated deployment exposes: only 22 (restricted), 80 and 443;
   IMDSv2; an encrypted volume; a mail policy that can only send; TLS 1.2+ without
   obsolete ciphers.
 The scan for secrets in every output and log of the whole suite is tests/test_zz_secrets.py.
 """
 
+import contextlib
 import fcntl
 import json
 import os
+import pty
 import random
+import re
+import select
 import shutil
 import signal
 import socket
@@ -179,6 +187,35 @@ def _drop_record(project):
     (project / "deploy" / "deployment.json").unlink()
 
 
+def _hand_edit_env(line):
+    def edit(project):
+        with open(project / "deploy" / ".env", "a", encoding="utf-8") as env:
+            env.write(line + "\n")
+    edit.__name__ = f"env_line_{line[:12]}"
+    return edit
+
+
+def _latin1(name):
+    def edit(project):
+        path = project / "deploy" / name
+        path.write_bytes(path.read_bytes() + "# Ren\u00e9e\n".encode("latin-1"))
+    edit.__name__ = f"latin1_{name}"
+    return edit
+
+
+def _latin1_public_key(project):
+    key = project / "operator.pub"
+    key.write_bytes(b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKey Ren\xe9e@laptop\n")
+    _edit_record(project, ssh_public_key=str(key))
+
+
+def _link_env(project):
+    env = project / "deploy" / ".env"
+    kept = project / "kept-elsewhere.env"
+    env.rename(kept)
+    env.symlink_to(kept)
+
+
 # (command, arguments, environment change, file change, what the error must say)
 BAD_INPUTS = [
     ("aws_configure", ["--domain", "vote..example.org"], None, None, "not a valid host name"),
@@ -189,7 +226,31 @@ BAD_INPUTS = [
     ("aws_configure", ["--ssh-cidr", "0.0.0.0/33"], None, None, "is not an IP network"),
     ("aws_configure", ["--service-user", "root"], None, None, "must not run as root"),
     ("aws_configure", ["--auth-systems", "password,devlogin"], None, None, "devlogin is refused"),
-    ("aws_configure", ["--from-name", "O'Brien"], None, None, "quotes, backslashes"),
+    ("aws_configure", ["--from-name", "Votes\u2028DEBUG=1"], None, None, "(U+2028)"),
+    ("aws_configure", ["--from-name", "Votes\x85DEBUG=1"], None, None, "(U+0085)"),
+    ("aws_configure", ["--google-client-id", "id\vDEBUG=1"], None, None, "(U+000B)"),
+    ("aws_configure", ["--from-name", "Votes <admin@evil.example>"], None, None,
+     "does not survive in the mail header"),
+    ("aws_configure", ["--app-dir", "/tmp/helios"], None, None, "is inside /tmp"),
+    ("aws_configure", ["--app-dir", "/home/alice"], None, None, "is a home directory"),
+    ("aws_configure", ["--app-dir", "/srv/../usr"], None, None, "not a normalised path"),
+    ("aws_configure", ["--app-dir", "/srv/helios%i"], None, None, "treat specially"),
+    ("aws_configure", ["--app-dir", "/srv/hel ios"], None, None, "treat specially"),
+    ("aws_configure", ["--host-prefix", "/var"], None, None, "system directory /var"),
+    ("aws_configure", ["--domain", "vote.example.org\n"], None, None, "not a valid host name"),
+    ("aws_configure", ["--name", "helios\n"], None, None, "not a valid deployment name"),
+    ("aws_configure", ["--ssh-cidr", "203.0.113.7/24"], None, None,
+     "Did you mean 203.0.113.0/24?"),
+    ("aws_configure", ["--http-port", "8443", "--https-port", "8443"], None, None,
+     "are both 8443"),
+    ("aws_configure", [], None, _hand_edit_env("  DEBUG=1"), ".env, line"),
+    ("aws_configure", [], None, _hand_edit_env("DEFAULT_FROM_NAME=a\vDEBUG=1"), "(U+000B)"),
+    ("aws_configure", [], None, _latin1(".env"), "is not UTF-8"),
+    ("aws_configure", ["--from-name", "Votes"], None, _link_env, "is a symbolic link"),
+    ("aws_provision", [], None, _latin1("deployment.json"), "is not UTF-8"),
+    ("aws_provision", [], None, _latin1_public_key, "operator.pub: it is not UTF-8 text"),
+    ("aws_provision", [], None, _hand_edit_env("export DEBUG=1"), ".env, line"),
+    ("aws_provision", [], None, _link_env, "is a symbolic link"),
     ("aws_configure", ["--volume-size", "2"], None, None, "--volume-size 2 is out of range"),
     ("aws_configure", ["--from-name", "Votes"], None, _edit_unit, "edited by hand"),
     ("aws_provision", [], None, _drop_record, "No deployment is recorded"),
@@ -261,6 +322,167 @@ def test_impostor_and_unreachable_hosts_are_refused_before_anything_happens(
     assert f"127.0.0.1:{closed}" in unreachable.stderr or "reach" in unreachable.stderr
     assert "CommandError" in unreachable.stderr and "Traceback" not in unreachable.stderr
     assert files_of(deploy) == before
+
+
+# ---------------------------------------------------------------------------- exits
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A TCP port that accepts connections and never answers: a run that reaches it
+    waits there, so a test knows where the run is when the connection arrives."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(90)
+        yield server
+
+
+def _read_until(fd, text, timeout=90):
+    """What the terminal showed up to ``text`` (or to its end when ``text`` is None)."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while text is None or text.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {text!r} within {timeout} s; saw {seen[-500:]!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the other side closed: the process ended
+            chunk = b""
+        if not chunk:
+            assert text is None, f"ended before {text!r}; saw {seen[-500:]!r}"
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+def interrupt(project, args, env=None, prompt=None, server=None):
+    """Start manage.py ARGS; once it waits at ``prompt`` (on a pseudo-terminal) or has
+    connected to ``server``, send SIGINT. Returns (status, what it printed after that,
+    seconds to exit)."""
+    terminal = pty.openpty() if prompt else None
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", *args], cwd=project, env=env or helios_env(),
+        stdin=terminal[1] if terminal else subprocess.DEVNULL,
+        stdout=terminal[1] if terminal else subprocess.DEVNULL,
+        stderr=terminal[1] if terminal else subprocess.PIPE, text=True)
+    try:
+        if terminal:
+            os.close(terminal[1])
+            _read_until(terminal[0], prompt)
+            # Python checks for signals only once its read() of the terminal has begun:
+            # a Ctrl-C in the instant between the prompt and that read would wait for input.
+            time.sleep(0.5)
+        else:
+            connection, _ = server.accept()
+            connection.close()
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        if terminal:
+            printed = _read_until(terminal[0], None, timeout=60)
+            process.wait(timeout=60)
+        else:
+            printed = process.communicate(timeout=60)[1]
+        return process.returncode, printed, time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if terminal:
+            os.close(terminal[0])
+
+
+def _silent_aws(env, server):
+    return {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.getsockname()[1]}"}
+
+
+# (phase, arguments, on a terminal waiting at this prompt / else at a silent AWS or
+#  SSH endpoint, the line that must say what was interrupted)
+INTERRUPTS = [
+    ("preflight", ["aws_provision", SETTINGS, "--skip-host"], "aws", None,
+     "Interrupted during the check of the deployment against AWS, before any change. "
+     "Nothing was changed"),
+    ("plan", ["aws_provision", SETTINGS, "--plan"], "aws", None,
+     "Interrupted during the plan (--plan). Nothing was changed."),
+    ("destroy-reading", ["aws_provision", SETTINGS, "--destroy", "--no-input"], "aws", None,
+     "Interrupted during the reading of what the deployment has in AWS. Nothing was deleted"),
+    ("destroy-prompt", ["aws_provision", SETTINGS, "--destroy"], None,
+     "to destroy it", "Interrupted during the --destroy confirmation. Nothing was destroyed."),
+    ("configure-prompt", ["aws_configure", SETTINGS, "--output", "fresh"], None,
+     "Public host name", "Interrupted during the question for --domain. Nothing was written"),
+    ("host-half", ["aws_provision", SETTINGS, "--skip-aws", "--host", "127.0.0.1",
+                   "--trust-host-key", "SHA256:" + "A" * 43, "--ssh-port"], "ssh", None,
+     "Interrupted during step 1 (host: ssh). Run the same command again: it resumes"),
+    ("aws_check", ["aws_check", SETTINGS, "--only", "site", "--address"], "site", None,
+     "Interrupted during the checks. Nothing was changed; run aws_check again."),
+]
+
+
+@pytest.mark.parametrize("phase,args,silent,prompt,line", INTERRUPTS,
+                         ids=[row[0] for row in INTERRUPTS])
+def test_ctrl_c_anywhere_ends_with_one_line_and_status_130(
+        project, phase, args, silent, prompt, line):
+    if phase == "destroy-prompt":  # there must be something to destroy
+        create_zone()
+        run(project)
+    deploy = project / "deploy"
+    before = files_of(deploy)
+    with silent_server() as server:
+        env = helios_env()
+        port = str(server.getsockname()[1])
+        if silent == "aws":
+            env = _silent_aws(env, server)
+        elif silent == "ssh":
+            args = [*args, port]
+        elif silent == "site":
+            args = [*args, f"127.0.0.1:{port}"]
+        status, stderr, seconds = interrupt(project, args, env, prompt,
+                                            server if silent else None)
+    assert status == 130, stderr
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+    said = [text for text in stderr.splitlines() if "Interrupted" in text]
+    assert len(said) == 1 and line in said[0], stderr
+    assert seconds < 10  # no thread holds the exit until its own timeout
+    assert files_of(deploy) == before
+    assert not (project / "fresh").exists() or not any((project / "fresh").iterdir())
+
+
+def test_ctrl_c_in_the_destroy_loop_says_to_run_it_again_which_finishes(project):
+    create_zone()
+    run(project)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "aws_provision", SETTINGS, "--destroy", "--no-input",
+         "--no-snapshot"], cwd=project, env=helios_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    listed = False
+    for text in process.stdout:
+        listed = listed or text.startswith("No snapshot")
+        if listed and not text.startswith(("No snapshot", "  - ")):
+            break  # the first resource the loop deleted; it goes on with the next
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert ("Interrupted during the teardown (--destroy). Some resources may be deleted "
+            "already: run --destroy again") in stderr
+    assert inventory() != NOTHING
+    again = run(project, "--destroy", "--no-input", "--no-snapshot")
+    assert "Nothing tagged helios-aws:deployment=" in again.stdout
+    assert inventory() == NOTHING
+
+
+def test_a_run_killed_by_a_timeout_still_shows_every_step_it_finished(project):
+    create_zone()
+    with silent_server() as server:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "aws_provision", SETTINGS, "--host", "127.0.0.1",
+             "--ssh-port", str(server.getsockname()[1]), "--trust-host-key",
+             "SHA256:" + "A" * 43], cwd=project, stdout=subprocess.PIPE,
+            # Python buffers a pipe unless told otherwise; CI machines do not tell it.
+            env={k: v for k, v in helios_env().items() if k != "PYTHONUNBUFFERED"},
+            stderr=subprocess.STDOUT, text=True)
+        server.accept()  # the AWS half is done; the host half waits for SSH
+        process.kill()  # as a CI timeout does: no chance to flush anything
+        printed = process.communicate(timeout=60)[0]
+    finished = [int(n) for n, total in re.findall(r"^\[\s*(\d+)/(\d+)\] ", printed, re.M)]
+    assert finished == list(range(1, len(finished) + 1)) and len(finished) >= 10, printed
+    assert inventory() == ONE_OF_EACH
 
 
 # ---------------------------------------------------------------------------- posture

@@ -21,7 +21,7 @@ from .console import parse_host_keys
 from .session import call, error_code, translate, wait
 
 KEY_FILE = "ssh-key.pem"
-PUBLIC_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/]+={0,2}(\s.*)?$")
+PUBLIC_KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/]+={0,2}(\s.*)?\Z")
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
@@ -32,9 +32,10 @@ def key_file(ctx):
 def read_public_key(path):
     """The operator's public key (``TYPE BASE64``), checked as EC2 will import it."""
     try:
-        text = Path(path).expanduser().read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the public key {path}: {exc.strerror}.",
+        text = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "it is not UTF-8 text"
+        raise ConfigError(f"Cannot read the public key {path}: {reason}.",
                           "Give the .pub file of your SSH key with aws_configure "
                           "--ssh-public-key.")
     if not PUBLIC_KEY_RE.match(text):

@@ -29,7 +29,7 @@ FINGERPRINT_RE = re.compile(
     r"(?:^|\s)\d+ (SHA256:[A-Za-z0-9+/]{43}) .*\(([A-Z0-9-]+)\)\s*$")
 PUBLIC_KEY_RE = re.compile(
     r"(?:^|\s)((?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/]+={0,2})(?:\s|$)")
-TRUSTED_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+TRUSTED_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?\Z")
 
 
 def _last_block(lines, begin, end):

@@ -191,7 +191,7 @@ class MailUserStep(AWSStep):
         policy = ctx.aws.cached(("user_policy", name), lambda: call(
             "read the mail user's policy", iam.get_user_policy, missing=("NoSuchEntity",),
             UserName=name, PolicyName=POLICY_NAME))
-        env = envfile.parse(read_text(ctx.out_dir / ENV_NAME))
+        env = envfile.read(ctx.out_dir / ENV_NAME)
         ctx.secret(env.get(SECRET))
         return {
             "name": name,
@@ -250,7 +250,7 @@ class MailUserStep(AWSStep):
     def _write_env(self, ctx, key_id, secret):
         path = ctx.out_dir / ENV_NAME
         merged = envfile.merge(read_text(path), {KEY_ID: key_id, SECRET: secret}, {},
-                               forced={KEY_ID, SECRET})
+                               forced={KEY_ID, SECRET}, name=str(path))
         write_atomic(path, merged.text, mode=0o600)
         ctx.detail(f"wrote {KEY_ID} and {SECRET} to {path}")
 

@@ -42,7 +42,7 @@ DMARC = "v=DMARC1; p=none;"
 USER_TAG = "helios-aws:user:"
 ORIGIN_TAG = "helios-aws:origin"
 RECORDS_TAG = "helios-aws:records"
-CREATED = "created"
+ORIGIN_CREATED = "created"  # the ORIGIN_TAG of an identity this tool made
 
 
 def sending_account(ctx):
@@ -264,7 +264,7 @@ class MailStep(AWSStep):
             call(f"add the SES domain identity {domain}", ses.verify_domain_identity,
                  Domain=domain)
             # A deleted identity's tags may outlive it: the new one gets its own afresh.
-            tag_identity(ctx, domain, {**me, ORIGIN_TAG: CREATED, RECORDS_TAG: ""})
+            tag_identity(ctx, domain, {**me, ORIGIN_TAG: ORIGIN_CREATED, RECORDS_TAG: ""})
             record["created_identities"].append(domain)
         if domain not in verification or not tokens:
             tokens = call(f"turn on Easy DKIM for {domain}", ses.verify_domain_dkim,
@@ -274,7 +274,7 @@ class MailStep(AWSStep):
         if email not in verification:
             call(f"add the SES sender address {email}", ses.verify_email_identity,
                  EmailAddress=email)
-            tag_identity(ctx, email, {**me, ORIGIN_TAG: CREATED})
+            tag_identity(ctx, email, {**me, ORIGIN_TAG: ORIGIN_CREATED})
             record["created_identities"].append(email)
             self.save_record(ctx, **record)
         if current["zone"] is not None:
@@ -306,7 +306,7 @@ class MailStep(AWSStep):
                 continue
             kinds = record_kinds(tags) | legacy
             claims.append((identity, [u for u in users(tags) if u != name],
-                           tags.get(ORIGIN_TAG) == CREATED or identity in created,
+                           tags.get(ORIGIN_TAG) == ORIGIN_CREATED or identity in created,
                            kinds if identity == current["domain"] else set()))
         return claims
 

@@ -22,6 +22,7 @@ import os
 import stat
 import subprocess
 import tarfile
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -180,3 +181,30 @@ def release_id(*parts):
     """A short stable name for a release made of ``parts`` (digests and settings)."""
     text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def split_credentials(url):
+    """``url`` without the user and password it may carry, and the git configuration
+    (text for a private file, or ``None``) that sends them as an HTTP header instead: so
+    a ``--git-url`` token never appears on a command line on the host, where any user
+    can list it."""
+    parts = urllib.parse.urlsplit(url or "")
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, None
+    userinfo, _, address = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    header = base64.b64encode(pair.encode()).decode()
+    public = urllib.parse.urlunsplit(parts._replace(netloc=address))
+    return public, f"[http]\n\textraHeader = Authorization: Basic {header}\n"
+
+
+def url_secrets(url):
+    """What of ``url`` must be masked in output and logs: its credentials in every form
+    they may appear in."""
+    public, config = split_credentials(url)
+    if config is None:
+        return []
+    userinfo = urllib.parse.urlsplit(url).netloc.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return [userinfo, password, urllib.parse.unquote(password), config.split()[-1]]

@@ -668,7 +668,9 @@ class Release(HostStep):
         wheel_name, wheel = release_mod.wheel()
         install = [target.broker, target.recipe.os]
         if target.options.get("git_url"):
-            url, ref = target.options["git_url"], target.options.get("git_ref") or "HEAD"
+            url, git_config = release_mod.split_credentials(target.options["git_url"])
+            ref = target.options.get("git_ref") or "HEAD"
+            ctx.facts["git_config"] = git_config
             commit = self.remote_commit(ctx, url, ref)
             ident = release_mod.release_id("git", url, commit, sha256(wheel), install)
             source = {"id": ident, "describe": f"{url} {ref} ({commit[:12]})", "git": (url, commit),
@@ -692,7 +694,7 @@ class Release(HostStep):
         branch, tag, peeled = (("HEAD", None, None) if ref == "HEAD" else
                                (f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"))
         names = [n for n in (branch, tag, peeled) if n]
-        out = self.sh(ctx, f"cd / && git ls-remote -- {q(url)} {shlex.join(names)}",
+        out = self.sh(ctx, f"cd / && {self.git(ctx)} ls-remote -- {q(url)} {shlex.join(names)}",
                       sudo=False, timeout=120).stdout
         found = {}
         for line in out.splitlines():
@@ -712,6 +714,13 @@ class Release(HostStep):
             raise HostError(f"git ls-remote answered {commit!r} for {ref!r}, which is not a "
                             "commit id.", "Check --git-url: it should name a git repository.")
         return commit
+
+    def git(self, ctx):
+        """``git``, reading --git-url's credentials (if any) from a private staged file."""
+        config = ctx.facts.get("git_config")
+        if not config:
+            return "git"
+        return f"GIT_CONFIG_GLOBAL={q(connection(ctx).stage(config.encode()))} git"
 
     def read(self, ctx):
         source = self.source(ctx)
@@ -754,7 +763,7 @@ class Release(HostStep):
         if "git" in source:
             url, commit = source["git"]
             steps += [f"cd {q(rel)}", "git init -q .",
-                      f"git fetch -q --depth 1 -- {q(url)} {q(commit)}",
+                      f"{self.git(ctx)} fetch -q --depth 1 -- {q(url)} {q(commit)}",
                       "git checkout -q FETCH_HEAD", "rm -rf .git"]
         else:
             root, files = source["files"]

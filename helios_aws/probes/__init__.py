@@ -22,7 +22,7 @@ from .base import (
 )
 from .report import Report
 
-CHECK_ID_RE = re.compile(r"^[\w.]+\.[CEWID]\d{3}$")
+CHECK_ID_RE = re.compile(r"^[\w.]+\.[CEWID]\d{3}\Z")
 ENV_NAME = ".env"
 
 
@@ -63,8 +63,8 @@ def validate_selection(tokens):
 
 def parse_address(value):
     """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT`` -> (host, port or None)."""
-    match = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", value) or \
-        re.match(r"^([^:\[\]]+)(?::(\d+))?$", value)
+    match = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?\Z", value) or \
+        re.match(r"^([^:\[\]\s]+)(?::(\d+))?\Z", value)
     if not match:
         raise ConfigError(f"--address {value!r} is not HOST or HOST:PORT.",
                           "Give e.g. 203.0.113.10, 127.0.0.1:8443 or [2001:db8::1]:443.")

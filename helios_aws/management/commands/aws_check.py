@@ -6,6 +6,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from helios_aws import cli, params, probes
+from helios_aws.engine import phase
 from helios_aws.probes.report import FAIL_LEVELS
 
 
@@ -69,26 +70,27 @@ class Command(BaseCommand):
 
     @cli.translate_errors
     def handle(self, *args, **options):
-        report = probes.check(probes.Options(
-            out_dir=None if options["local"] else cli.resolve_output(options),
-            local=options["local"],
-            only=_tokens(options["only"]),
-            skip=_tokens(options["skip"]),
-            address=options["address"],
-            http_port=options["http_port"],
-            https_port=options["https_port"],
-            ca_file=options["ca_file"],
-            timeout=options["timeout"],
-            profile=options["profile"],
-            test_email=options["send_test_email"],
-            host=options["host"],
-            ssh_port=options["ssh_port"],
-            ssh_user=options["ssh_user"],
-            ssh_key=options["ssh_key"],
-            known_hosts=options["known_hosts"],
-            trust_host_key=_tokens(options["trust_host_key"]),
-            settings_layer=cli.settings_layer(),
-        ))
+        with phase("the checks", "Nothing was changed; run aws_check again."):
+            report = probes.check(probes.Options(
+                out_dir=None if options["local"] else cli.resolve_output(options),
+                local=options["local"],
+                only=_tokens(options["only"]),
+                skip=_tokens(options["skip"]),
+                address=options["address"],
+                http_port=options["http_port"],
+                https_port=options["https_port"],
+                ca_file=options["ca_file"],
+                timeout=options["timeout"],
+                profile=options["profile"],
+                test_email=options["send_test_email"],
+                host=options["host"],
+                ssh_port=options["ssh_port"],
+                ssh_user=options["ssh_user"],
+                ssh_key=options["ssh_key"],
+                known_hosts=options["known_hosts"],
+                trust_host_key=_tokens(options["trust_host_key"]),
+                settings_layer=cli.settings_layer(),
+            ))
         if options["format"] == "json":
             self.stdout.write(json.dumps(report.as_json(), indent=2))
         else:

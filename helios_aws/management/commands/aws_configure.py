@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from helios_aws import cli, configure, logins, params, project as project_mod
+from helios_aws.engine import phase
 from helios_aws.errors import ConfigError
 
 
@@ -42,8 +43,10 @@ class Command(BaseCommand):
         if cli.can_ask(options):
             self._ask_login_secrets(deployment, project, out_dir, secrets)
 
-        result = configure.configure(deployment, project, out_dir, secrets=secrets,
-                                     dry_run=options["dry_run"], force=options["force"])
+        with phase("the writing of the deployment's files", "Each file was written whole "
+                   "or not at all: run aws_configure again to finish."):
+            result = configure.configure(deployment, project, out_dir, secrets=secrets,
+                                         dry_run=options["dry_run"], force=options["force"])
         self._report(project, result, options["verbosity"])
 
     def _complete(self, derived, layers, options):
@@ -54,14 +57,18 @@ class Command(BaseCommand):
             merged.update({k: v for k, v in (layer or {}).items() if v is not None})
         for name in ("domain", "email"):
             if not merged.get(name) and cli.can_ask(options):
-                merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
+                with phase(f"the question for --{name}",
+                           "Nothing was written; run aws_configure again."):
+                    merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
         return params.build([merged])
 
     def _ask_login_secrets(self, deployment, project, out_dir, secrets):
         existing = configure.read_text(out_dir / configure.ENV_NAME)
         known = configure.known_secrets(secrets, existing)
         for secret in logins.missing_secrets(deployment, project.login_systems, known):
-            value = cli.ask(secret.label, secret=True)
+            with phase(f"the question for the {secret.label}",
+                       "Nothing was written; run aws_configure again."):
+                value = cli.ask(secret.label, secret=True)
             if value:
                 secrets[secret.env] = value
 
