@@ -108,6 +108,7 @@ class Deployment:
     google_client_id: str = _field("", "Google OAuth client id, when google login is enabled.")
     ses_credentials: str = _field("role", "How the host gets SES credentials.",
                                   choices=("role", "keys"))
+    backup_days: int = _field(35, "Days the nightly backups are kept in S3.")
     # For local rehearsals and tests: move the host's system paths and ports.
     host_prefix: str = _field("", "Put every host path under this directory (rehearsals).")
     http_port: int = _field(80, "Port nginx serves HTTP on.")
@@ -298,6 +299,9 @@ def validate(d):
             if system not in AUTH_SYSTEMS:
                 raise ConfigError(f"--auth-systems: unknown login system {system!r}.",
                                   f"Known systems: {', '.join(AUTH_SYSTEMS)}.")
+    if not isinstance(d.backup_days, int) or not 1 <= d.backup_days <= 3650:
+        raise ConfigError(f"--backup-days {d.backup_days!r} is out of range.",
+                          "Give a number of days between 1 and 3650 (default 35).")
     for name in ("from_name", "google_client_id"):
         if not ENV_VALUE_RE.match(getattr(d, name)):
             raise ConfigError(f"{flag_name(name)} may not contain quotes, backslashes or "

@@ -10,8 +10,8 @@ overwritten, no credentials) stops the run while nothing exists yet.
 import importlib
 import importlib.util
 
-from . import envfile, params
-from .aws import inventory, pricing
+from . import backup_commands, envfile, params
+from .aws import backups, inventory, pricing
 from .aws.base import AWSStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
 from .aws.console import TRUSTED_FINGERPRINT_RE
@@ -221,6 +221,7 @@ def destroy(ctx, out, confirm):
             out.line("Cancelled: nothing was destroyed.", "WARNING")
             return []
         ctx.log.info("destroy confirmed: %s", doomed)
+        backup_commands.final_backup(ctx, out, instance["instance"])
         if snapshot:
             snapshot_id = instance_step.snapshot(ctx, instance)
             out.line(f"snapshot {snapshot_id} of the root volume: completed", "SUCCESS")
@@ -229,7 +230,7 @@ def destroy(ctx, out, confirm):
                 out.line(line)
                 ctx.log.info("destroy: %s", line)
             ctx.state.save()
-    remaining = inventory.leftovers(ctx)
+    remaining = inventory.leftovers(ctx) + backups.leftovers(ctx)
     report_leftovers(ctx, out, remaining)
     return remaining
 

@@ -1012,6 +1012,8 @@ class Liveness(HostStep):
 
 def steps(ctx, project=None):
     """The host steps for ``ctx.deployment``, in order (see the module docstring)."""
+    from .backups import BackupTimer  # it builds on this module's HostStep
+
     target = Target(ctx, project)
     if not target.options.get("git_url"):
         wanted = tuple(int(n) for n in target.project.python.split("."))
@@ -1034,4 +1036,5 @@ def steps(ctx, project=None):
         NginxSite(target, https=False), Certificate(target), NginxSite(target, https=True),
         Renewal(target), Liveness(target),
     ]
+    result.append(BackupTimer(target))
     return result
