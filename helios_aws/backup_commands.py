@@ -24,6 +24,7 @@ from .errors import ConfigError, HeliosAWSError, HostError
 
 HOST_SECONDS = 6 * 3600
 TAIL_LINES = 15
+FINAL_BACKUP_SSH_WAIT = 15
 
 
 # ------------------------------------------------------------------------- arguments
@@ -210,6 +211,9 @@ def final_backup(ctx, out, instance):
         return
     from .host.steps import connection
 
+    # The server has been up for a while: it answers at once, or not at all.
+    if ctx.options.get("ssh_wait") is None:
+        ctx.options["ssh_wait"] = FINAL_BACKUP_SSH_WAIT
     out.line("Final backup before anything is deleted...")
     try:
         run_on_host(connection(ctx), ctx.deployment, "aws_backup", ["--kind", "final"],
