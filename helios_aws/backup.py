@@ -75,6 +75,12 @@ def stamp(when):
     return when.strftime(STAMP_FORMAT)
 
 
+def describe_age(delta):
+    """A time span as people read it: hours up to two days, then days."""
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
 def parse_stamp(text):
     return datetime.datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=datetime.timezone.utc)
 

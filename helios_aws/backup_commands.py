@@ -171,11 +171,6 @@ def _size(size):
         size /= 1024
 
 
-def _age(delta):
-    hours = delta.total_seconds() / 3600
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
-
-
 def listing(deployment, out_dir, profile=""):
     """Lines describing every backup: folder, age, size, whether a drill restored it."""
     config, aws = bucket_config(deployment, out_dir, profile)
@@ -191,7 +186,7 @@ def listing(deployment, out_dir, profile=""):
         drill = verified.get(item["folder"])
         status = (f"verified (drill {drill['finished_at']})" if drill
                   else "not verified by a drill")
-        lines.append(f"  {item['folder']}  {_age(moment - item['created_at'])} old  "
+        lines.append(f"  {item['folder']}  {backup.describe_age(moment - item['created_at'])} old  "
                      f"{_size(item['size'])}  {status}")
     failed = [d for d in drills[:1] if not d.get("passed")]
     for drill in failed:

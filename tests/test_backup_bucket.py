@@ -144,7 +144,7 @@ def test_drift_is_shown_by_the_plan(project):
     assert "backup bucket (S3): update" in planned.stdout
     assert "repair: default encryption is off" in planned.stdout
     assert "repair: versioning is Suspended" in planned.stdout
-    assert "S3 backups, 35 daily of about" in planned.stdout
+    assert "S3 backups, 35 daily of " in planned.stdout
 
 
 def test_a_bucket_missing_from_the_state_file_is_adopted_by_its_tag(project):

@@ -24,6 +24,7 @@ on the server cannot erase the history. ``--destroy`` keeps the bucket unless
 import hashlib
 import json
 
+from ..backup import Config, list_backups
 from ..engine import ADOPT, CREATE, CREATED, UPDATE, UPDATED, Change
 from ..errors import AWSError, ConfigError
 from . import pricing
@@ -34,6 +35,7 @@ from .session import call
 NONCURRENT_DAYS = 30
 ABORT_UPLOADS_DAYS = 2
 ROLE_POLICY_NAME = "helios-backup-write"
+ASSUMED_BACKUP_GIB = 1.0
 # What the instance role may do; everything else (DeleteObject, DeleteObjectVersion,
 # PutBucketPolicy, PutLifecycleConfiguration, ...) is denied by omission.
 WRITE_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
@@ -210,6 +212,11 @@ class BackupBucketStep(AWSStep):
             squatted = want
         bucket = found or want
         ctx.facts["backup_bucket"] = bucket
+        if found:
+            newest = list_backups(Config(bucket=found, prefix=ctx.deployment.name,
+                                         region=ctx.aws.region), s3)
+            if newest:
+                ctx.facts["backup_size_gib"] = newest[0]["size"] / 2 ** 30
         policy = None
         if ctx.deployment.ses_credentials == "role":
             answer = ctx.aws.cached(("backup_role_policy", iam_name(ctx)), lambda: call(
@@ -293,10 +300,13 @@ class BackupBucketStep(AWSStep):
         return CREATED if change.action == CREATE else UPDATED
 
     def cost_lines(self, ctx):
+        """Storage for ``backup_days`` daily backups the size of the newest one (or of
+        :data:`ASSUMED_BACKUP_GIB` before there is one)."""
         d = ctx.deployment
-        size = ctx.facts.get("backup_size_gib") or d.volume_size / 4
-        return [(f"S3 backups, {d.backup_days} daily of about {size:.1f} GiB",
-                 pricing.s3_month(size * d.backup_days))]
+        size = ctx.facts.get("backup_size_gib")
+        label = f"about {size:.2f} GiB" if size else f"{ASSUMED_BACKUP_GIB:.1f} GiB assumed"
+        return [(f"S3 backups, {d.backup_days} daily of {label}",
+                 pricing.s3_month((size or ASSUMED_BACKUP_GIB) * d.backup_days))]
 
     def teardown(self, ctx, current):
         doomed_name = ctx.options.get("delete_backups")
