@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -600,37 +601,84 @@ def choose(config, backup=None, s3=None):
 # ------------------------------------------------------------------------- restore
 
 
-def _restore(db, download, *extra):
-    """pg_restore ``download`` into ``db`` in one transaction (all or nothing)."""
-    child = subprocess.Popen(
-        db.argv("pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
-                "--single-transaction", f"--dbname={db.name}", *extra),
+# What a restore into production replaces: everything of Helios's, including tables a
+# newer release added since the backup (``pg_restore --clean`` would leave those).
+REPLACE_SQL = "DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n"
+
+
+def _restore(db, download, replace=False):
+    """Restore ``download`` into ``db`` in one transaction, all or nothing.
+
+    ``pg_restore`` turns the archive into SQL on the fly and ``psql --single-transaction``
+    applies it (after :data:`REPLACE_SQL` when ``replace``). psql's input is closed,
+    which commits, only once the whole download matched its checksum; otherwise psql is
+    killed and the database is left as it was.
+    """
+    convert = subprocess.Popen(
+        db.argv("pg_restore", "--no-owner", "--no-privileges", "--file=-"), env=db.env(),
+        cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    apply = subprocess.Popen(
+        db.argv("psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"),
         env=db.env(), cwd="/", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)
-    errors = _Stderr(child.stderr)
+    convert_errors, apply_errors = _Stderr(convert.stderr), _Stderr(apply.stderr)
+    verified = threading.Event()
+    outcome = {}
+
+    def feed():
+        # Read pg_restore's output to its end even when psql has stopped (an error), so
+        # that pg_restore, and the download feeding it, never block on a full pipe.
+        target = apply.stdin
+        chunks = itertools.chain([REPLACE_SQL.encode()] if replace else [],
+                                 iter(lambda: convert.stdout.read(PART_SIZE), b""))
+        for chunk in chunks:
+            if target is None:
+                continue
+            try:
+                target.write(chunk)
+            except BrokenPipeError:
+                target = None
+        verified.wait()
+        if outcome.get("ok"):
+            try:
+                apply.stdin.close()
+            except BrokenPipeError:
+                pass
+        else:
+            apply.kill()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
     mismatch = None
     try:
-        _pump(download, child.stdin)
-    except BackupError as exc:
-        mismatch = exc
-    except BrokenPipeError:
-        pass
-    finally:
         try:
-            child.stdin.close()
+            _pump(download, convert.stdin)
         except BrokenPipeError:
             pass
-        status = child.wait()
-    if mismatch is None and not download.finished:
-        try:
+        finally:
+            try:
+                convert.stdin.close()
+            except BrokenPipeError:
+                pass
+        if not download.finished:
             download.drain()
-        except BackupError as exc:
-            mismatch = exc
+    except BackupError as exc:
+        mismatch = exc
+    finally:
+        converted = convert.wait()
+        outcome["ok"] = mismatch is None and converted == 0
+        verified.set()
+        feeder.join()
+        applied = apply.wait()
     if mismatch is not None:
         raise mismatch
-    if status != 0:
-        raise BackupError(f"pg_restore into database {db.name} failed (exit {status}): "
-                          f"{errors.result()}", "See the message above.")
+    if converted != 0:
+        raise BackupError(f"pg_restore could not read the backup (exit {converted}): "
+                          f"{convert_errors.result()}", "Choose another backup.")
+    if applied != 0:
+        raise BackupError(f"Restoring into database {db.name} failed (exit {applied}); "
+                          f"nothing was changed: {apply_errors.result()}",
+                          "See the message above.")
 
 
 def _verify(s3, config, part):
@@ -729,10 +777,12 @@ def restore_production(config, db, media_root, backup, services, migrate, force=
                        release="", progress=None):
     """Restore ``backup`` over the production database and MEDIA_ROOT.
 
-    Refuses while an election is open unless ``force``. Stops ``services``, takes a safety
-    backup, checks the chosen backup's checksums, restores in one transaction, runs
-    ``migrate()`` when the restored migration state differs from the release's, starts
-    the services again. On failure the safety backup's folder is in the error's hint.
+    Refuses while an election is open unless ``force``, and checks the backup's
+    checksums, before anything changes. Then stops ``services``, takes a safety backup,
+    replaces the database in one transaction and extracts the media, runs ``migrate()``
+    when the restored migration state differs from the release's, and starts the
+    services again. On a failure after the safety backup, the error's hint names it and
+    the command that puts it back.
     """
     s3 = config.s3()
     folder = choose(config, backup, s3)
@@ -747,6 +797,8 @@ def restore_production(config, db, media_root, backup, services, migrate, force=
             "Wait until voting ends, or give --force if losing those ballots is intended.")
     if open_now:
         _log(progress, f"--force: restoring although {', '.join(open_now)} is open")
+    _log(progress, f"checking the checksums of {folder}...")
+    versions = {name: _verify(s3, config, manifest[name]) for name in ("database", "media")}
     before = db.migrations()
     _log(progress, f"stopping {' '.join(services.units) or 'nothing'}")
     services.stop()
@@ -756,12 +808,10 @@ def restore_production(config, db, media_root, backup, services, migrate, force=
         safety = run_backup(config, db, media_root, kind="safety", release=release)
         safety_folder = safety["folder"]
         _log(progress, f"safety backup {safety_folder}: complete")
-        _log(progress, f"checking the checksums of {folder}...")
-        versions = {name: _verify(s3, config, manifest[name]) for name in ("database", "media")}
         _log(progress, f"restoring {DUMP} (one transaction)...")
         part = manifest["database"]
         _restore(db, Download(s3, config.bucket, part["key"], part["sha256"],
-                              versions["database"]), "--clean", "--if-exists")
+                              versions["database"]), replace=True)
         _log(progress, f"restoring {MEDIA} into {media_root}...")
         part = manifest["media"]
         _extract_media(Download(s3, config.bucket, part["key"], part["sha256"],
@@ -775,12 +825,11 @@ def restore_production(config, db, media_root, backup, services, migrate, force=
         if safety is None:
             services.start()
             raise
-        back = safety_folder
         message = exc.message if isinstance(exc, HeliosAWSError) else str(exc)
         raise BackupError(
             f"Restore of {folder} failed: {message}",
-            f"The safety backup {back} holds the database as it was. To get back: "
-            f"manage.py aws_restore --backup {back} --into-production --force. The "
+            f"The safety backup {safety_folder} holds the database as it was. To get back: "
+            f"manage.py aws_restore --backup {safety_folder} --into-production --force. The "
             "services are stopped until then (systemctl start them to serve as is).") \
             from exc
     _log(progress, f"restore {folder}: done")

@@ -247,6 +247,7 @@ def test_restore_into_production_brings_deleted_rows_back(site, bucket):
     take_backup(site)
     folder, _ = newest(bucket)
     site.psql("DELETE FROM helios_castvote WHERE id % 3 = 0")
+    site.psql("CREATE TABLE helios_added_since (id int)")
     (site.media / "voters" / "e1.csv").unlink()
     assert site.count("helios_castvote") < VOTERS
 
@@ -254,6 +255,7 @@ def test_restore_into_production_brings_deleted_rows_back(site, bucket):
 
     assert restored.returncode == 0, restored.stderr
     assert site.count("helios_castvote") == VOTERS
+    assert site.psql("SELECT to_regclass('helios_added_since')") == ""
     assert (site.media / "voters" / "e1.csv").exists()
     lines = restored.stdout.splitlines()
     assert lines[0].startswith(f"restore {folder} (taken ")
@@ -262,6 +264,25 @@ def test_restore_into_production_brings_deleted_rows_back(site, bucket):
     safety = [o["Key"] for o in boto3.client("s3").list_objects_v2(
         Bucket=bucket, Prefix="helios/safety/")["Contents"]]
     assert len(safety) == 3
+
+
+def test_a_damaged_backup_is_refused_before_production_is_touched(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=b"PGDMP but not really")
+    site.psql("DELETE FROM helios_castvote WHERE id < 50")
+    try:
+        refused = restore(site, folder)
+
+        assert refused.returncode == 1
+        assert f"Checksum mismatch for s3://{bucket}/{folder}db.dump" in refused.stderr
+        assert site.count("helios_castvote") == VOTERS - 49
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="helios/safety/")
+    finally:
+        site.psql("INSERT INTO helios_castvote (id, voter_id, vote, vote_hash, cast_at) "
+                  "SELECT id, id, repeat(md5(id::text), 20), md5(id::text), now() "
+                  "FROM generate_series(1, 49) id")
 
 
 def test_restore_is_refused_while_an_election_is_open_unless_forced(site, bucket):
