@@ -36,8 +36,9 @@ class Site:
     """The fixture project, configured, with a database of its own holding elections,
     voters and votes, and uploaded voter files in MEDIA_ROOT."""
 
-    def __init__(self, base, postgres):
+    def __init__(self, base, postgres, database=DATABASE):
         self.base = base
+        self.database = database
         self.postgres = postgres
         self.project = make_fixture_project(base, "requirements")
         configured = run_manage(
@@ -45,12 +46,12 @@ class Site:
             "elections@example.org", "--auth-systems", "password", "--no-input")
         assert configured.returncode == 0, configured.stderr
         self.deploy = self.project / "deploy"
-        rig.run([rig.PG_BIN / "createdb", DATABASE], env=dict(os.environ, **postgres.env))
+        rig.run([rig.PG_BIN / "createdb", database], env=dict(os.environ, **postgres.env))
         socket_dir = str(postgres.socket_dir).replace("/", "%2F")
         self.env_file = base / "shared.env"
         self.env_file.write_text(
             (self.deploy / ".env").read_text()
-            + f"DATABASE_URL=postgres://postgres@{socket_dir}:{postgres.port}/{DATABASE}\n")
+            + f"DATABASE_URL=postgres://postgres@{socket_dir}:{postgres.port}/{database}\n")
         self.env_file.chmod(0o600)
         self.config = base / "backup.json"
         self.media = self.project / "media"
@@ -76,9 +77,10 @@ class Site:
                           env=helios_env(HELIOS_ENV_FILE=str(self.env_file)), timeout=300)
 
     def psql(self, sql):
-        result = subprocess.run([rig.PG_BIN / "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d",
-                                 DATABASE, "-c", sql], env=dict(os.environ, **self.postgres.env),
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [rig.PG_BIN / "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", self.database, "-c",
+             sql], env=dict(os.environ, **self.postgres.env), capture_output=True, text=True,
+            check=True)
         return result.stdout.strip()
 
     def count(self, table):

@@ -15,7 +15,7 @@ import pytest
 from helios_aws.aws import backups
 from test_backup import provision_bucket
 from test_provision_aws import (  # noqa: F401  (aws, host_keys, configured, project: fixtures)
-    NAME, aws, configured, create_zone, host_keys, outcomes, project, run, tagged_left,
+    NAME, aws, configured, create_zone, host_keys, project, run, tagged_left,
 )
 
 ROLE = f"helios-{NAME}-us-east-1"
