@@ -744,10 +744,17 @@ def drill(config, db, admin, backup=None, progress=None):
 
 
 def _extract_media(download, media_root):
+    """Extract the media archive over MEDIA_ROOT (links and paths leaving it refused);
+    files take the owner of MEDIA_ROOT, so Helios can still change them after a restore
+    run as root."""
     root = Path(media_root)
     root.mkdir(parents=True, exist_ok=True)
+    owner = root.stat()
     with tarfile.open(fileobj=download, mode="r|") as tar:
-        tar.extractall(root, filter="data")
+        for member in tar:
+            tar.extract(member, root, filter="data")
+            if os.geteuid() == 0:
+                os.chown(root / member.name, owner.st_uid, owner.st_gid, follow_symlinks=False)
     download.drain()
 
 

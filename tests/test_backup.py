@@ -287,6 +287,33 @@ def test_a_damaged_backup_is_refused_before_production_is_touched(site, bucket):
                   "FROM generate_series(1, 49) id")
 
 
+def test_a_failure_after_the_safety_backup_says_how_to_get_back(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+    # The release is newer than the backup: the restore will have to migrate.
+    site.psql("INSERT INTO django_migrations (app, name, applied) "
+              "VALUES ('helios', '0003_newer', now())")
+    db = backup.Database(site.database, host=str(site.postgres.socket_dir),
+                         port=str(site.postgres.port), user="postgres")
+
+    def migrate():
+        raise backup.BackupError("migrate failed: no space left on device", "")
+
+    lines = []
+    with pytest.raises(backup.BackupError) as failed:
+        backup.restore_production(backup.Config.load(site.config), db, site.media, folder,
+                                  backup.Services([]), migrate, progress=lines.append)
+
+    safety, = [line.split()[2].rstrip(":") for line in lines
+               if line.startswith("safety backup helios/")]
+    assert failed.value.message == (f"Restore of {folder} failed: migrate failed: no space "
+                                    "left on device")
+    assert f"aws_restore --backup {safety} --into-production --force" in failed.value.hint
+    manifest = backup.read_manifest(backup.Config.load(site.config), safety)
+    assert manifest["migrations"] != newest(bucket)[1]["migrations"]
+    assert manifest["row_counts"]["helios_castvote"] == VOTERS
+
+
 def test_restore_is_refused_while_an_election_is_open_unless_forced(site, bucket):
     take_backup(site)
     folder, _ = newest(bucket)
