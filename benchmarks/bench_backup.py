@@ -6,7 +6,7 @@ with hex-encoded ballots, which compress about as badly as real ones) up to a te
 (``helios_aws.backup.run_backup``: pg_dump piped into an S3 multipart upload, SHA-256 on
 the way, plus the manifest) runs in a child process against a moto server, and that
 child reports its own peak RSS. At the full size, ``pg_dump --format=custom -f FILE``
-alone is timed too.
+alone is timed too, and so is a restore drill of the full-size backup (for information).
 
 Goals: the backup takes at most 1.3 times as long as pg_dump alone, and its peak memory
 does not grow with the database (at the full size at most 10% + 8 MiB over the tenth).
@@ -77,25 +77,30 @@ def grow(postgres, target):
 
 
 def child(args):
-    """Run one backup in this process; print its time and this process's peak RSS."""
+    """Run one backup (or, with --drill, a drill of the newest) in this process; print its
+    time and this process's peak RSS."""
     from helios_aws import backup
 
     config = backup.Config(bucket=BUCKET, prefix="bench", region="us-east-1")
     db = backup.Database(args.database, host=args.pghost, port=args.pgport, user="postgres")
     started = time.monotonic()
-    manifest = backup.run_backup(config, db, media_root="")
+    if args.drill:
+        backup.drill(config, db, db.other("postgres"))
+        size = None
+    else:
+        size = backup.run_backup(config, db, media_root="")["database"]["size"]
     print(json.dumps({"seconds": time.monotonic() - started,
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "dump_bytes": manifest["database"]["size"]}))
+                      "dump_bytes": size}))
 
 
-def backup_once(postgres):
+def in_child(postgres, *extra):
     result = subprocess.run(
         [sys.executable, __file__, "--child", "--database", postgres.database,
-         "--pghost", str(postgres.socket_dir), "--pgport", str(postgres.port)],
+         "--pghost", str(postgres.socket_dir), "--pgport", str(postgres.port), *extra],
         capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"the backup failed:\n{result.stderr}")
+        sys.exit(f"the {'drill' if extra else 'backup'} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -118,6 +123,7 @@ def main():
     parser.add_argument("--database", help=argparse.SUPPRESS)
     parser.add_argument("--pghost", help=argparse.SUPPRESS)
     parser.add_argument("--pgport", help=argparse.SUPPRESS)
+    parser.add_argument("--drill", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -135,11 +141,12 @@ def main():
             full = int(args.size_gb * 1e9)
             grow(postgres, full // 10)
             small_size = size(postgres)
-            small = backup_once(postgres)
+            small = in_child(postgres)
             grow(postgres, full)
             full_size = size(postgres)
             plain = pg_dump_once(postgres, directory)
-            large = backup_once(postgres)
+            large = in_child(postgres)
+            drill = in_child(postgres, "--drill")
         finally:
             postgres.stop()
             moto.stop()
@@ -151,6 +158,8 @@ def main():
     print(f"database {full_size / 1e9:.2f} GB (dump {large['dump_bytes'] / 1e6:.0f} MB): "
           f"pg_dump to a file {plain:.1f}s, backup to S3 {large['seconds']:.1f}s "
           f"({ratio:.2f}x), peak RSS {large['peak_mib']:.0f} MiB")
+    print(f"restore drill of that backup (download, verify, restore, count, drop): "
+          f"{drill['seconds']:.1f}s, peak RSS {drill['peak_mib']:.0f} MiB")
     print(f"time {ratio:.2f}x pg_dump (goal <= {TIME_GOAL}x); peak memory "
           f"{small['peak_mib']:.0f} -> {large['peak_mib']:.0f} MiB "
           f"({'flat' if memory_ok else 'GROWS'})")
