@@ -110,9 +110,12 @@ class Config:
                               "file), then try again.")
         except (OSError, ValueError) as exc:
             raise BackupError(f"Cannot read {path}: {exc}.", "Run aws_provision again.")
-        return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
-                   service_user=data.get("service_user", ""),
-                   units=tuple(data.get("units", ())))
+        try:
+            return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
+                       service_user=data.get("service_user", ""),
+                       units=tuple(data.get("units", ())))
+        except (KeyError, TypeError) as exc:
+            raise BackupError(f"{path} lacks {exc}.", "Run aws_provision again.")
 
     def as_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"

@@ -9,6 +9,7 @@ programs as the service user. ``--list`` reads the bucket from here, with the op
 own AWS credentials.
 """
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -43,8 +44,6 @@ def add_ssh_arguments(parser):
 
 def add_host_side_arguments(parser):
     """The hidden options of the host's side (``--here``)."""
-    import argparse
-
     parser.add_argument("--here", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", default=backup.CONFIG_PATH, help=argparse.SUPPRESS)
 
@@ -130,6 +129,8 @@ def run_on_host(connection, deployment, command, args, write, as_service=False):
 
 def connect(deployment, out_dir, options):
     """A verified SSH connection to the deployment's host (see aws_check's options)."""
+    # The SSH side is imported when used: the operator's --list and the host's side
+    # need none of it.
     from .probes.host import connector
 
     state = State(Path(out_dir) / STATE_NAME).data
