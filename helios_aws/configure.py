@@ -30,6 +30,8 @@ ARTIFACTS = {
     "systemd/helios-celery.service": "helios_aws/helios-celery.service",
     "systemd/helios-certbot-renew.service": "helios_aws/helios-certbot-renew.service",
     "systemd/helios-certbot-renew.timer": "helios_aws/helios-certbot-renew.timer",
+    "systemd/helios-backup.service": "helios_aws/helios-backup.service",
+    "systemd/helios-backup.timer": "helios_aws/helios-backup.timer",
     "nginx/helios-http.conf": "helios_aws/nginx-http.conf",
     "nginx/helios-https.conf": "helios_aws/nginx-https.conf",
 }

@@ -150,6 +150,7 @@ class Deployment:
                                                      "typed at login.")
     ses_credentials: str = _field("role", "How the host gets SES credentials.",
                                   choices=("role", "keys"))
+    backup_days: int = _field(35, "Days the nightly backups are kept in S3.")
     # For local rehearsals and tests: move the host's system paths and ports.
     host_prefix: str = _field("", "Put every host path under this directory (rehearsals).")
     http_port: int = _field(80, "Port nginx serves HTTP on.")
@@ -339,6 +340,10 @@ def validate(d):
                  "gitlab_client_id", "linkedin_client_id", "ldap_uri", "ldap_bind_dn",
                  "ldap_user_search_base", "ldap_user_filter"):
         envfile.check_value(flag_name(name), getattr(d, name))
+    if not isinstance(d.backup_days, int) or isinstance(d.backup_days, bool) or \
+            not 1 <= d.backup_days <= 3650:
+        raise ConfigError(f"--backup-days {d.backup_days!r} is out of range.",
+                          "Give a number of days between 1 and 3650 (default 35).")
     validate_from_name(d.from_name, d.email or "elections@example.org")
 
 

@@ -11,8 +11,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from . import envfile, params
-from .aws import inventory, pricing
+from . import backup_commands, envfile, params
+from .aws import backups, inventory, pricing
 from .aws.base import AWSStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
 from .aws.console import TRUSTED_FINGERPRINT_RE
@@ -253,6 +253,7 @@ def _teardown(ctx, out, confirm, current, doomed):
             out.line("Cancelled: nothing was destroyed.", "WARNING")
             return []
         ctx.log.info("destroy confirmed: %s", doomed)
+        backup_commands.final_backup(ctx, out, instance["instance"])
         if snapshot:
             with Activity(out, ctx, "snapshot of the root volume"):
                 snapshot_id = instance_step.snapshot(ctx, instance)
@@ -263,7 +264,7 @@ def _teardown(ctx, out, confirm, current, doomed):
                     out.line(line)
                     ctx.log.info("destroy: %s", line)
                 ctx.state.save()
-    remaining = inventory.leftovers(ctx)
+    remaining = inventory.leftovers(ctx) + backups.leftovers(ctx)
     report_leftovers(ctx, out, remaining)
     return remaining
 

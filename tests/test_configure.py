@@ -18,6 +18,7 @@ GOOGLE_SECRET = "gsecret-Zq8-not-for-logs"
 RENDERED = [
     "systemd/gunicorn.socket", "systemd/gunicorn.service", "systemd/helios-celery.service",
     "systemd/helios-certbot-renew.service", "systemd/helios-certbot-renew.timer",
+    "systemd/helios-backup.service", "systemd/helios-backup.timer",
     "nginx/helios-http.conf", "nginx/helios-https.conf",
 ]
 

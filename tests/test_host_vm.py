@@ -29,12 +29,15 @@ import socket
 import ssl
 import sys
 import time
+import types
 from pathlib import Path
 
+import boto3
 import pytest
 import rig
 from fixtures import helios_env, make_fixture_project, run_manage
 from load import SteadyLoad
+from test_backup import provision_bucket
 
 import helios_aws
 from helios_aws import envfile
@@ -451,10 +454,11 @@ def test_releases_are_listed_and_a_rollback_goes_back_to_the_previous_one(deploy
 
 def test_a_rollback_past_a_migration_is_refused_naming_it(deployment):
     migrations = deployment.project / "helios" / "migrations"
-    (migrations / "0002_ballot_note.py").write_text(
+    latest = max(p.stem for p in migrations.glob("0*.py"))
+    (migrations / "0098_ballot_note.py").write_text(
         "from django.db import migrations\n\n\n"
         "class Migration(migrations.Migration):\n"
-        "    dependencies = [('helios', '0001_initial')]\n"
+        f"    dependencies = [('helios', {latest!r})]\n"
         "    operations = [migrations.RunSQL('CREATE TABLE helios_ballot_note (id int)', "
         "'DROP TABLE helios_ballot_note')]\n")
     forward = deployment.provision(timeout=1800)
@@ -462,8 +466,71 @@ def test_a_rollback_past_a_migration_is_refused_naming_it(deployment):
     newest = serving(deployment)
     refused = deployment.manage(*deployment.provision_args(), "--rollback")
     assert refused.returncode != 0
-    assert "helios.0002_ballot_note" in refused.stderr, output(refused)
+    assert "helios.0098_ballot_note" in refused.stderr, output(refused)
     assert serving(deployment) == newest
+
+
+def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aws_env):
+    """The guest reaches the moto server at 10.0.2.2 (qemu's address for this machine).
+    moto treats the TLS-only bucket policy as a Deny of every object request (see
+    test_backup.py), so it goes; the guest has no instance role, so test keys go into the
+    .env, as a hand edit aws_configure keeps."""
+    bucket, _ = provision_bucket(types.SimpleNamespace(deploy=deployment.project / "deploy"))
+    s3 = boto3.client("s3")
+    s3.delete_bucket_policy(Bucket=bucket)
+    port = aws_env.rsplit(":", 1)[1]
+    with open(deployment.project / "deploy" / ".env", "a") as env:
+        env.write(f"AWS_ENDPOINT_URL=http://10.0.2.2:{port}\nAWS_ACCESS_KEY_ID=testing\n"
+                  "AWS_SECRET_ACCESS_KEY=testing\n")
+    provisioned = deployment.provision(timeout=1800)
+    assert provisioned.returncode == 0, output(provisioned)
+    assert "host: nightly backup: created" in provisioned.stdout, output(provisioned)
+    psql = "cd / && sudo runuser -u helios -- psql -XAtq -d helios -c "
+    deployment.guest(psql + "\"INSERT INTO helios_election (uuid, short_name, name, featured_p, "
+                     "created_at) SELECT gen_random_uuid(), 'e' || i, 'E' || i, false, now() "
+                     "FROM generate_series(1, 2) i; INSERT INTO helios_voter (election_id, "
+                     "uuid, voter_login_id) SELECT (SELECT min(id) FROM helios_election), "
+                     "md5(i::text), 'v' || i FROM generate_series(1, 2000) i; INSERT INTO "
+                     "helios_castvote (voter_id, vote, vote_hash, cast_at) SELECT id, "
+                     "md5(id::text), md5(id::text), now() FROM helios_voter\"")
+
+    started = time.monotonic()
+    deployment.guest("sudo systemctl start helios-backup.service", timeout=900)
+    print(f"backup by the timer's service: {time.monotonic() - started:.0f} s")
+    manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="helios/daily/")
+                 ["Contents"] if o["Key"].endswith("/manifest.json")]
+    assert len(manifests) == 1
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifests[0])["Body"].read())
+    assert manifest["row_counts"]["helios_castvote"] == 2000
+    folder = manifest["folder"]
+    ssh = ("--host", deployment.vm.host, "--ssh-port", str(deployment.vm.ssh_port),
+           "--ssh-key", str(deployment.vm.key_path),
+           "--trust-host-key", deployment.vm.host_key_fingerprint)
+
+    started = time.monotonic()
+    drill = deployment.manage("aws_restore", "--drill", *ssh, timeout=900)
+    print(f"restore drill: {time.monotonic() - started:.0f} s")
+    assert drill.returncode == 0, output(drill)
+    assert f"drill {folder}: passed" in drill.stdout
+
+    deployment.guest(psql + "\"DELETE FROM helios_castvote WHERE id % 2 = 0\"")
+    started = time.monotonic()
+    restored = deployment.manage("aws_restore", "--backup", folder, "--into-production",
+                                 "--yes", "--no-input", *ssh, timeout=1800)
+    print(f"restore into production: {time.monotonic() - started:.0f} s")
+    assert restored.returncode == 0, output(restored)
+    assert deployment.guest(psql + "'SELECT count(*) FROM helios_castvote'"
+                            ).stdout.strip() == "2000"
+    status, _, _ = https_get(deployment.vm, "/", deployment.pebble.issuing_root())
+    assert status == 200
+
+    data = bytearray(s3.get_object(Bucket=bucket, Key=folder + "db.dump")["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=bytes(data))
+    broken = deployment.manage("aws_restore", "--drill", "--backup", folder, *ssh,
+                               timeout=900)
+    assert broken.returncode == 1
+    assert f"Checksum mismatch for s3://{bucket}/{folder}db.dump" in broken.stderr
 
 
 def test_a_broken_release_leaves_the_previous_one_serving(deployment):

@@ -215,13 +215,13 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
     assert outcomes(first.stdout) == {
         "AWS account": "unchanged", "machine image": "unchanged", "key pair": "created",
         "security group": "created", "mail permissions (IAM role)": "created",
-        "EC2 instance": "created", "Elastic IP": "created", "DNS record": "created",
-        "mail (SES)": "created", "SSH host key": "created"}
-    assert "Done: 8 created, 2 unchanged." in first.stdout
+        "backup bucket (S3)": "created", "EC2 instance": "created", "Elastic IP": "created",
+        "DNS record": "created", "mail (SES)": "created", "SSH host key": "created"}
+    assert "Done: 9 created, 2 unchanged." in first.stdout
     # In a pipe each step's line appears when it starts, then with its outcome.
     shown = first.stdout.splitlines()
-    ended, = [i for i, line in enumerate(shown) if line.startswith("[ 4/10] security group: ")]
-    assert shown.index("[ 4/10] security group ...") < ended
+    ended, = [i for i, line in enumerate(shown) if line.startswith("[ 4/11] security group: ")]
+    assert shown.index("[ 4/11] security group ...") < ended
     assert inventory() == ONE_OF_EACH
     key_file = deploy / "ssh-key.pem"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -269,7 +269,7 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
     second = run(project)
 
     assert set(outcomes(second.stdout).values()) == {"unchanged"}
-    assert len(outcomes(second.stdout)) == 10
+    assert len(outcomes(second.stdout)) == 11
     assert "Done: no changes." in second.stdout
     assert inventory() == ONE_OF_EACH
     log = (deploy / "provision.log").read_text()
@@ -350,12 +350,13 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
 
     assert [line.split(": ")[1] for line in plan.stdout.splitlines()
             if STEP_LINE.match(line + " (")] == (
-        ["keep", "keep"] + ["create"] * 8)
+        ["keep", "keep"] + ["create"] * 9)
     assert "EC2 t3.small (on demand, all month)" in plan.stdout
     assert re.search(r"EBS gp3 root volume, 16 GiB\s+1\.28", plan.stdout)
     assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", plan.stdout)
     assert re.search(r"Route 53 hosted zone example\.org \(already there\)\s+0\.50", plan.stdout)
-    assert re.search(r"Total\s+20\.61$", plan.stdout, re.M)
+    assert re.search(r"S3 backups, 35 daily of 1\.0 GiB assumed\s+0\.80", plan.stdout)
+    assert re.search(r"Total\s+21\.41$", plan.stdout, re.M)
     assert "Plan only: nothing was changed." in plan.stdout
     assert inventory() == NOTHING
     assert not (deploy / "ssh-key.pem").exists()
@@ -372,7 +373,7 @@ def test_ssh_open_to_the_world_is_allowed_only_when_asked_and_warned_about(proje
     assert "allow tcp 22 from 0.0.0.0/0" in plan.stdout
     assert re.search(r"EC2 m5\.2xlarge \(on demand, all month\)\s+price unknown$", plan.stdout,
                      re.M)
-    assert re.search(r"Total\s+5\.43 \+ unknown$", plan.stdout, re.M)
+    assert re.search(r"Total\s+6\.23 \+ unknown$", plan.stdout, re.M)
 
 
 def _no_credentials():
@@ -476,7 +477,7 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
     assert refused.returncode != 0 and "asks for confirmation" in refused.stderr
     assert inventory() == ONE_OF_EACH
 
-    destroyed = run(project, "--destroy", "--no-input")
+    destroyed = run(project, "--destroy", "--no-input", "--no-backup")
 
     left = tagged_left()
     assert list(left) == ["snapshots"] and len(left["snapshots"]) == 1
@@ -526,12 +527,13 @@ def test_destroy_without_snapshot_leaves_nothing_tagged(project):
     configure(project, "--ses-credentials", "keys")
     run(project)
 
-    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot")
+    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup",
+                    "--delete-backups", NAME)
 
     assert tagged_left() == {}
     assert inventory() == NOTHING
     assert "Nothing tagged helios-aws:deployment=helios remains in us-east-1." in destroyed.stdout
-    again = run(project, "--destroy", "--no-input")
+    again = run(project, "--destroy", "--no-input", "--no-backup")
     assert "Nothing of deployment helios exists in AWS" in again.stdout
 
 

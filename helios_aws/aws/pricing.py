@@ -20,6 +20,7 @@ GP3_PER_GB_MONTH = 0.08
 SNAPSHOT_PER_GB_MONTH = 0.05
 PUBLIC_IPV4_HOURLY = 0.005
 HOSTED_ZONE_MONTH = 0.50
+S3_STANDARD_PER_GB_MONTH = 0.023
 
 
 def instance_month(instance_type):
@@ -35,6 +36,11 @@ def gp3_month(size_gib):
 def snapshot_month(size_gib):
     """At most this much: snapshots are billed for the blocks actually stored."""
     return round(size_gib * SNAPSHOT_PER_GB_MONTH, 2)
+
+
+def s3_month(size_gib):
+    """S3 Standard storage (requests are a few cents a month for daily backups)."""
+    return round(size_gib * S3_STANDARD_PER_GB_MONTH, 2)
 
 
 def public_ipv4_month():

@@ -2,6 +2,7 @@
 (account, image, key pair, security group, instance profile, instance, address, zone)."""
 
 from .account import AccountStep, ImageStep
+from .backups import BackupBucketStep
 from .compute import HostKeyStep, InstanceStep, KeyPairStep
 from .dns import DNSStep
 from .identity import MailRoleStep, MailUserStep
@@ -10,7 +11,7 @@ from .network import ElasticIPStep, SecurityGroupStep
 
 
 def steps(deployment):
-    """The ten AWS steps for ``deployment`` (the mail credentials depend on
+    """The eleven AWS steps for ``deployment`` (the mail credentials depend on
     ``ses_credentials``: an instance role by default, an IAM user with ``keys``)."""
     mail_credentials = MailUserStep() if deployment.ses_credentials == "keys" else MailRoleStep()
     return [
@@ -19,6 +20,7 @@ def steps(deployment):
         KeyPairStep(),
         SecurityGroupStep(),
         mail_credentials,
+        BackupBucketStep(),
         InstanceStep(),
         ElasticIPStep(),
         DNSStep(),

@@ -1188,6 +1188,8 @@ def check_options(ctx):
 
 def steps(ctx, project=None):
     """The host steps for ``ctx.deployment``, in order (see the module docstring)."""
+    from .backups import BackupTimer  # it builds on this module's HostStep
+
     target = Target(ctx, project)
     check_options(ctx)
     if not target.options.get("git_url"):
@@ -1211,4 +1213,5 @@ def steps(ctx, project=None):
         NginxSite(target, https=False), Certificate(target), NginxSite(target, https=True),
         Renewal(target), Liveness(target),
     ]
+    result.append(BackupTimer(target))
     return result

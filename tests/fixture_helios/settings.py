@@ -60,6 +60,10 @@ def get_from_env(var, default):
 
 ROOT_PATH = os.path.dirname(__file__)
 
+# Voter files uploaded by administrators, inside the checkout (a deployment keeps them
+# outside releases, in shared/, through a symlink).
+MEDIA_ROOT = os.path.join(ROOT_PATH, 'media/')
+
 DEBUG = get_from_env('DEBUG', '1') == '1'
 
 SECRET_KEY = get_from_env('SECRET_KEY', 'replaceme')

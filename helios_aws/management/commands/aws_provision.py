@@ -42,6 +42,11 @@ class Command(BaseCommand):
                             help="Provision the host only, with what AWS gave it last time.")
         parser.add_argument("--no-snapshot", action="store_true",
                             help="With --destroy: do not snapshot the root volume first.")
+        parser.add_argument("--no-backup", action="store_true",
+                            help="With --destroy: do not take a final backup first.")
+        parser.add_argument("--delete-backups", default=None, metavar="NAME",
+                            help="With --destroy: also delete the backup bucket and every "
+                                 "backup in it (give the deployment's name to confirm).")
         parser.add_argument("--no-input", action="store_true",
                             help="Never prompt (--destroy then proceeds without asking).")
         host = parser.add_argument_group("host half")

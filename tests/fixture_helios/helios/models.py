@@ -1,4 +1,5 @@
-"""The one model the fixture needs, so that migrations and queries are real."""
+"""The fixture's models: enough of Helios's elections, voters and ballots that migrations,
+queries, backups and the "open election" rule (HELIOS.md) are real."""
 
 import uuid
 
@@ -11,6 +12,30 @@ class Election(models.Model):
     name = models.CharField(max_length=250)
     featured_p = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The fields that say whether voting is open, as Helios names them (naive UTC).
+    frozen_at = models.DateTimeField(null=True, default=None)
+    voting_starts_at = models.DateTimeField(null=True, default=None)
+    voting_started_at = models.DateTimeField(null=True, default=None)
+    voting_ends_at = models.DateTimeField(null=True, default=None)
+    voting_extended_until = models.DateTimeField(null=True, default=None)
+    voting_ended_at = models.DateTimeField(null=True, default=None)
+    archived_at = models.DateTimeField(null=True, default=None)
+    encrypted_tally = models.TextField(null=True, default=None)
 
     def __str__(self):
         return self.name
+
+
+class Voter(models.Model):
+    election = models.ForeignKey(Election, on_delete=models.CASCADE)
+    uuid = models.CharField(max_length=50)
+    voter_login_id = models.CharField(max_length=100, null=True)
+    voter_email = models.CharField(max_length=250, null=True)
+
+
+class CastVote(models.Model):
+    voter = models.ForeignKey(Voter, on_delete=models.CASCADE)
+    vote = models.TextField()
+    vote_hash = models.CharField(max_length=100)
+    cast_at = models.DateTimeField(auto_now_add=True)
+    cast_ip = models.GenericIPAddressField(null=True)

@@ -1,0 +1,363 @@
+"""Step 6: the backup bucket, and the instance role's right to write into it (only that).
+
+One S3 bucket per deployment, tagged and adopted by its tag like every resource. Its
+settings are checked on every run and put back when they drifted:
+
+* default encryption SSE-S3 (AES-256). SSE-KMS with the AWS-managed key ``aws/s3`` would
+  protect the data no better: any principal S3 lets read an object may use that key, so it
+  adds no separation of duties, only KMS request charges and throttling on every part of a
+  large upload. A customer-managed key would, but it costs $1/month and a key policy to
+  keep right; SSE-S3 is the honest default.
+* versioning on, so an overwritten backup is still there (as a non-current version);
+* all four Block Public Access settings on;
+* a bucket policy denying every request not made over TLS;
+* a lifecycle rule: daily backups expire after ``backup_days`` (default 35); non-current
+  versions after :data:`NONCURRENT_DAYS`; unfinished multipart uploads after 2 days.
+
+The instance role gets an inline policy allowing ``s3:PutObject`` under ``NAME/`` and the
+reads the restore drill needs (``s3:GetObject`` there, ``s3:ListBucket`` with a prefix
+condition), nothing else: no ``DeleteObject``, no bucket administration, so an attacker
+on the server cannot erase the history. ``--destroy`` keeps the bucket unless
+``--delete-backups NAME`` is given.
+"""
+
+import hashlib
+import json
+
+from ..backup import Config, list_backups
+from ..engine import ADOPT, CREATE, CREATED, UPDATE, UPDATED, Change
+from ..errors import AWSError, ConfigError
+from . import pricing
+from .base import AWSStep, iam_name, is_tagged, note
+from .identity import same_policy
+from .session import call
+
+NONCURRENT_DAYS = 30
+ABORT_UPLOADS_DAYS = 2
+ROLE_POLICY_NAME = "helios-backup-write"
+ASSUMED_BACKUP_GIB = 1.0
+# What the instance role may do; everything else (DeleteObject, DeleteObjectVersion,
+# PutBucketPolicy, PutLifecycleConfiguration, ...) is denied by omission.
+WRITE_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
+READ_ACTIONS = ["s3:GetObject", "s3:GetObjectVersion"]
+DELETE_ACTIONS = ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteBucket",
+                  "s3:PutLifecycleConfiguration", "s3:PutBucketVersioning",
+                  "s3:PutBucketPolicy", "s3:DeleteBucketPolicy")
+ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+PUBLIC_ACCESS = {"BlockPublicAcls": True, "IgnorePublicAcls": True,
+                 "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+
+
+def bucket_name(deployment, account):
+    """Bucket names are global: the account and region make the deployment's unique
+    (at most 7 + 40 + 8 + 8 = 63 characters, S3's limit)."""
+    digest = hashlib.sha256(f"{account}:{deployment.region}".encode()).hexdigest()[:8]
+    return f"helios-{deployment.name}-backup-{digest}"
+
+
+def tls_policy(bucket, partition="aws"):
+    arn = f"arn:{partition}:s3:::{bucket}"
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyWithoutTLS", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [arn, f"{arn}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }]}
+
+
+def lifecycle(deployment):
+    name = deployment.name
+    return {"Rules": [
+        {"ID": "helios-daily-backups", "Status": "Enabled",
+         "Filter": {"Prefix": f"{name}/daily/"},
+         "Expiration": {"Days": deployment.backup_days}},
+        {"ID": "helios-old-versions", "Status": "Enabled", "Filter": {"Prefix": f"{name}/"},
+         "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_UPLOADS_DAYS}},
+    ]}
+
+
+def role_policy(deployment, bucket, partition="aws"):
+    arn = f"arn:{partition}:s3:::{bucket}"
+    prefix = f"{deployment.name}/"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "WriteBackups", "Effect": "Allow", "Action": WRITE_ACTIONS,
+         "Resource": [f"{arn}/{prefix}*"]},
+        {"Sid": "ReadBackupsForDrills", "Effect": "Allow", "Action": READ_ACTIONS,
+         "Resource": [f"{arn}/{prefix}*"]},
+        {"Sid": "ListOwnPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": [arn], "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+    ]}
+
+
+def allowed_deletes(policy):
+    """The deleting or bucket-administering actions a policy document allows (``s3:*``
+    and ``s3:Delete*`` wildcards included)."""
+    if isinstance(policy, str):
+        policy = json.loads(policy)
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    found = set()
+    for statement in statements:
+        if statement.get("Effect") != "Allow":
+            continue
+        actions = statement.get("Action", [])
+        for action in [actions] if isinstance(actions, str) else actions:
+            pattern = action.lower()
+            for candidate in DELETE_ACTIONS:
+                if pattern in ("*", "s3:*") or (pattern.endswith("*") and candidate.lower()
+                                                .startswith(pattern[:-1])) \
+                        or pattern == candidate.lower():
+                    found.add(candidate)
+    return sorted(found)
+
+
+def _normal_lifecycle(config):
+    return sorted(json.dumps(rule, sort_keys=True) for rule in (config or {}).get("Rules", []))
+
+
+def read_settings(s3, bucket):
+    """The bucket's protective settings as S3 reports them (None where one is missing)."""
+    encryption = call("read the bucket's encryption", s3.get_bucket_encryption,
+                      missing=("ServerSideEncryptionConfigurationNotFoundError",),
+                      Bucket=bucket)
+    versioning = call("read the bucket's versioning", s3.get_bucket_versioning, Bucket=bucket)
+    public = call("read the bucket's public access block", s3.get_public_access_block,
+                  missing=("NoSuchPublicAccessBlockConfiguration",), Bucket=bucket)
+    policy = call("read the bucket policy", s3.get_bucket_policy,
+                  missing=("NoSuchBucketPolicy",), Bucket=bucket)
+    rules = call("read the bucket's lifecycle", s3.get_bucket_lifecycle_configuration,
+                 missing=("NoSuchLifecycleConfiguration",), Bucket=bucket)
+    return {
+        "encryption": [r["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in
+                       encryption["ServerSideEncryptionConfiguration"]["Rules"]]
+        if encryption else [],
+        "versioning": versioning.get("Status") or "",
+        "public_access": public["PublicAccessBlockConfiguration"] if public else {},
+        "policy": json.loads(policy["Policy"]) if policy else None,
+        "lifecycle": {"Rules": rules["Rules"]} if rules else None,
+    }
+
+
+def drift(settings, deployment, bucket, partition="aws"):
+    """{setting: what is wrong} for each protective setting that is missing or differs."""
+    wrong = {}
+    if not set(settings["encryption"]) & {"AES256", "aws:kms", "aws:kms:dsse"}:
+        wrong["encryption"] = "default encryption is off"
+    if settings["versioning"] != "Enabled":
+        wrong["versioning"] = f"versioning is {settings['versioning'] or 'off'}"
+    off = [k for k in PUBLIC_ACCESS if not settings["public_access"].get(k)]
+    if off:
+        wrong["public_access"] = f"Block Public Access is off: {', '.join(off)}"
+    if settings["policy"] is None or not tls_only(settings["policy"]):
+        wrong["policy"] = "the bucket policy does not deny requests without TLS"
+    elif not same_policy(settings["policy"], tls_policy(bucket, partition)):
+        wrong["policy"] = "the bucket policy was changed"
+    if _normal_lifecycle(settings["lifecycle"]) != _normal_lifecycle(lifecycle(deployment)):
+        wrong["lifecycle"] = (f"the lifecycle is not: daily backups kept "
+                              f"{deployment.backup_days} days, old versions "
+                              f"{NONCURRENT_DAYS} days")
+    return wrong
+
+
+def tls_only(policy):
+    """Whether a bucket policy denies every action without TLS."""
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    for statement in statements:
+        actions = statement.get("Action")
+        condition = (statement.get("Condition") or {}).get("Bool") or {}
+        if (statement.get("Effect") == "Deny" and actions in ("s3:*", ["s3:*"])
+                and str(condition.get("aws:SecureTransport")).lower() == "false"):
+            return True
+    return False
+
+
+def find_bucket(aws, deployment, recorded=None):
+    """The name of the deployment's bucket, found by its tag (the recorded name first),
+    or None. Buckets of other deployments or owners are never touched."""
+    s3 = aws.client("s3")
+    names = [b["Name"] for b in call("list the S3 buckets", s3.list_buckets)["Buckets"]]
+    candidates = sorted(n for n in names if n.startswith(f"helios-{deployment.name}-"))
+    if recorded in names:
+        candidates.insert(0, recorded)
+    for name in candidates:
+        tags = call("read the bucket's tags", s3.get_bucket_tagging,
+                    missing=("NoSuchTagSet", "NoSuchBucket"), Bucket=name)
+        if tags and is_tagged(_View(aws, deployment), {"Tags": tags["TagSet"]}):
+            return name
+    return None
+
+
+class _View:
+    """What base.is_tagged reads from a context."""
+
+    def __init__(self, aws, deployment):
+        self.aws, self.deployment = aws, deployment
+
+
+class BackupBucketStep(AWSStep):
+    """The backup bucket with its protective settings, and the role's write policy."""
+
+    name = "backup bucket (S3)"
+    state_key = "backups"
+
+    def read(self, ctx):
+        s3 = ctx.aws.client("s3")
+        want = bucket_name(ctx.deployment, ctx.facts["account"])
+        found = find_bucket(ctx.aws, ctx.deployment, self.record(ctx).get("bucket"))
+        squatted = None
+        if found is None and call("look for the bucket", s3.head_bucket,
+                                  missing=("404", "NoSuchBucket", "403", "Forbidden"),
+                                  Bucket=want) is not None:
+            squatted = want
+        bucket = found or want
+        ctx.facts["backup_bucket"] = bucket
+        if found:
+            newest = list_backups(Config(bucket=found, prefix=ctx.deployment.name,
+                                         region=ctx.aws.region), s3)
+            if newest:
+                ctx.facts["backup_size_gib"] = newest[0]["size"] / 2 ** 30
+        policy = None
+        if ctx.deployment.ses_credentials == "role":
+            answer = ctx.aws.cached(("backup_role_policy", iam_name(ctx)), lambda: call(
+                "read the role's backup policy", ctx.aws.client("iam").get_role_policy,
+                missing=("NoSuchEntity",), RoleName=iam_name(ctx),
+                PolicyName=ROLE_POLICY_NAME))
+            policy = answer["PolicyDocument"] if answer else None
+        return {"bucket": bucket, "exists": found is not None, "squatted": squatted,
+                "settings": read_settings(s3, found) if found else None,
+                "role_policy": policy}
+
+    def wanted_policy(self, ctx, bucket):
+        return role_policy(ctx.deployment, bucket, ctx.facts.get("partition", "aws"))
+
+    def plan(self, ctx, current):
+        d, bucket = ctx.deployment, current["bucket"]
+        if current["squatted"]:
+            raise AWSError(f"An S3 bucket named {bucket} exists without this deployment's "
+                           "tag.", "Delete it if it is yours, or give the deployment "
+                           "another --name.")
+        role_details = []
+        if d.ses_credentials != "role":
+            note(ctx, "With --ses-credentials keys the server has no instance role, so it "
+                      "cannot write backups to the bucket: use the default (role).")
+        elif current["role_policy"] is None or not same_policy(
+                current["role_policy"], self.wanted_policy(ctx, bucket)):
+            role_details.append(f"role {iam_name(ctx)} may write backups under "
+                                f"s3://{bucket}/{d.name}/ and read them back (no delete)")
+        if not current["exists"]:
+            return Change(CREATE, f"S3 bucket {bucket}: SSE-S3 encryption, versioning, public "
+                                  "access blocked, TLS only, daily backups kept "
+                                  f"{d.backup_days} days (old versions {NONCURRENT_DAYS})",
+                          *role_details)
+        wrong = drift(current["settings"], d, bucket, ctx.facts.get("partition", "aws"))
+        details = [f"repair: {text}" for text in wrong.values()] + role_details
+        if details:
+            return Change(UPDATE, *details)
+        return self.kept_or_adopted(self.record(ctx).get("bucket") == bucket,
+                                    f"s3://{bucket}/{d.name}/: daily backups kept "
+                                    f"{d.backup_days} days")
+
+    def apply(self, ctx, current, change):
+        d, bucket = ctx.deployment, current["bucket"]
+        if change.action == ADOPT:
+            return self.adopt(ctx, bucket=bucket)
+        s3 = ctx.aws.client("s3")
+        partition = ctx.facts.get("partition", "aws")
+        if not current["exists"]:
+            extra = {} if ctx.aws.region == "us-east-1" else {
+                "CreateBucketConfiguration": {"LocationConstraint": ctx.aws.region}}
+            call("create the backup bucket", s3.create_bucket, Bucket=bucket,
+                 ObjectOwnership="BucketOwnerEnforced", **extra)
+            call("tag the backup bucket", s3.put_bucket_tagging, Bucket=bucket,
+                 Tagging={"TagSet": ctx.aws.tags(d.name, bucket)})
+            self.save_record(ctx, bucket=bucket)
+            wrong = set(drift({"encryption": [], "versioning": "", "public_access": {},
+                               "policy": None, "lifecycle": None}, d, bucket))
+        else:
+            wrong = set(drift(current["settings"], d, bucket, partition))
+        if "public_access" in wrong:
+            call("block public access to the bucket", s3.put_public_access_block,
+                 Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS)
+        if "encryption" in wrong:
+            call("turn on the bucket's default encryption", s3.put_bucket_encryption,
+                 Bucket=bucket, ServerSideEncryptionConfiguration=ENCRYPTION)
+        if "versioning" in wrong:
+            call("turn on versioning", s3.put_bucket_versioning, Bucket=bucket,
+                 VersioningConfiguration={"Status": "Enabled"})
+        if "policy" in wrong:
+            call("put the TLS-only bucket policy", s3.put_bucket_policy, Bucket=bucket,
+                 Policy=json.dumps(tls_policy(bucket, partition)))
+        if "lifecycle" in wrong:
+            call("put the lifecycle rules", s3.put_bucket_lifecycle_configuration,
+                 Bucket=bucket, LifecycleConfiguration=lifecycle(d))
+        if d.ses_credentials == "role":
+            ctx.aws.forget(("backup_role_policy", iam_name(ctx)))
+            call("let the role write backups", ctx.aws.client("iam").put_role_policy,
+                 RoleName=iam_name(ctx), PolicyName=ROLE_POLICY_NAME,
+                 PolicyDocument=json.dumps(self.wanted_policy(ctx, bucket)))
+        self.save_record(ctx, bucket=bucket)
+        return CREATED if change.action == CREATE else UPDATED
+
+    def cost_lines(self, ctx):
+        """Storage for ``backup_days`` daily backups the size of the newest one (or of
+        :data:`ASSUMED_BACKUP_GIB` before there is one)."""
+        d = ctx.deployment
+        size = ctx.facts.get("backup_size_gib")
+        label = f"about {size:.2f} GiB" if size else f"{ASSUMED_BACKUP_GIB:.1f} GiB assumed"
+        return [(f"S3 backups, {d.backup_days} daily of {label}",
+                 pricing.s3_month((size or ASSUMED_BACKUP_GIB) * d.backup_days))]
+
+    def teardown(self, ctx, current):
+        doomed_name = ctx.options.get("delete_backups")
+        if doomed_name is not None and doomed_name != ctx.deployment.name:
+            raise ConfigError(f"--delete-backups {doomed_name!r} is not the deployment's name.",
+                              f"Give --delete-backups {ctx.deployment.name} to delete its "
+                              "backups for good, or leave it out to keep them.")
+        lines = []
+        if current["role_policy"] is not None:
+            lines.append(f"the role's permission to write backups ({ROLE_POLICY_NAME})")
+        if current["exists"] and ctx.options.get("delete_backups"):
+            lines.append(f"S3 bucket {current['bucket']} and EVERY BACKUP in it "
+                         "(--delete-backups)")
+        return lines
+
+    def destroy(self, ctx, current):
+        done = []
+        if current["role_policy"] is not None:
+            call("delete the role's backup policy", ctx.aws.client("iam").delete_role_policy,
+                 missing=("NoSuchEntity",), RoleName=iam_name(ctx),
+                 PolicyName=ROLE_POLICY_NAME)
+            done.append(f"deleted the role's backup policy {ROLE_POLICY_NAME}")
+        if current["exists"] and ctx.options.get("delete_backups"):
+            empty_and_delete(ctx.aws.client("s3"), current["bucket"])
+            ctx.state.set(self.state_key, None)
+            done.append(f"deleted S3 bucket {current['bucket']} and its backups")
+        return done
+
+
+def empty_and_delete(s3, bucket):
+    """Delete every object version and delete marker, then the bucket."""
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket)
+    for page in pages:
+        doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                  for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if doomed:
+            call("delete the backups", s3.delete_objects, Bucket=bucket,
+                 Delete={"Objects": doomed, "Quiet": True})
+    call("delete the backup bucket", s3.delete_bucket, Bucket=bucket)
+
+
+def leftovers(ctx):
+    """The bucket, when it outlives ``--destroy`` (it is kept unless asked otherwise)."""
+    bucket = find_bucket(ctx.aws, ctx.deployment, (ctx.state.get("backups") or {}).get("bucket"))
+    if bucket is None:
+        return []
+    s3 = ctx.aws.client("s3")
+    size = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        size += sum(v["Size"] for v in page.get("Versions", []))
+    gib = size / 2 ** 30
+    return [(f"S3 bucket {bucket} with the backups ({gib:.2f} GiB), kept on purpose: "
+             f"delete it with aws_provision --destroy --delete-backups {ctx.deployment.name}",
+             pricing.s3_month(gib))]

@@ -1,0 +1,118 @@
+"""Backup probes: is there a recent backup, has a drill restored one lately, is the bucket
+still protected, and can the server erase the history. Read from S3 and IAM with the
+operator's credentials, the bucket found by its tag (as aws_provision finds it)."""
+
+import datetime
+
+from ..aws import backups as bucket_mod
+from ..aws.base import iam_name
+from ..aws.session import call, translate
+from ..backup import Config, describe_age, list_backups, list_drills, now
+from .aws import session
+from .base import Skip, failed, passed, probe
+
+MAX_BACKUP_AGE = datetime.timedelta(hours=26)
+MAX_DRILL_AGE = datetime.timedelta(days=8)
+PROTECTIONS = ("encryption", "versioning", "public_access", "policy")
+
+
+def _find(ctx):
+    view = session(ctx)
+    recorded = (ctx.state.get("backups") or {}).get("bucket")
+    name = bucket_mod.find_bucket(view.aws, ctx.deployment, recorded)
+    if name is None:
+        raise Skip(f"No backup bucket is tagged for deployment {ctx.deployment.name} in "
+                   f"{ctx.deployment.region}: run aws_provision first.")
+    return Config(bucket=name, prefix=ctx.deployment.name, region=ctx.deployment.region)
+
+
+def bucket(ctx):
+    return ctx.once("backup-bucket", lambda: _find(ctx))
+
+
+def _s3(ctx):
+    return session(ctx).aws.client("s3")
+
+
+@probe("aws.E020", "A backup is less than 26 hours old",
+       "Look at the timer on the server (systemctl status helios-backup.service, "
+       "journalctl -u helios-backup.service), or run aws_backup now.")
+def recent_backup(ctx):
+    config = bucket(ctx)
+    found = list_backups(config, _s3(ctx))
+    if not found:
+        return failed(f"There is no complete backup in s3://{config.bucket}/{config.prefix}/.")
+    newest = found[0]
+    age = now() - newest["created_at"]
+    if age > MAX_BACKUP_AGE:
+        return failed(f"The newest backup, {newest['folder']}, is {describe_age(age)} old.")
+    return passed(f"The newest backup, {newest['folder']}, is {describe_age(age)} old.")
+
+
+@probe("aws.W020", "A restore drill passed in the last 8 days",
+       "Run aws_restore --drill (it restores the newest backup into a scratch database "
+       "and compares it with its manifest).")
+def recent_drill(ctx):
+    config = bucket(ctx)
+    drills = list_drills(config, _s3(ctx))
+    good = [d for d in drills if d.get("passed")]
+    if not good:
+        last = f" The last one failed: {drills[0].get('error')}" if drills else ""
+        return failed("No restore drill has passed yet." + last)
+    when = datetime.datetime.strptime(good[0]["finished_at"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc)
+    age = now() - when
+    message = f"The last passing drill restored {good[0]['backup']} {describe_age(age)} ago."
+    return failed(message) if age > MAX_DRILL_AGE else passed(message)
+
+
+@probe("aws.E021", "The backup bucket is encrypted, versioned, private and TLS-only",
+       "Run aws_provision: it puts the bucket's settings back.")
+def bucket_protected(ctx):
+    config = bucket(ctx)
+    settings = bucket_mod.read_settings(_s3(ctx), config.bucket)
+    wrong = bucket_mod.drift(settings, ctx.deployment, config.bucket)
+    if "policy" in wrong and settings["policy"] and bucket_mod.tls_only(settings["policy"]):
+        del wrong["policy"]  # changed, but still TLS-only: not a missing protection
+    missing = [wrong[k] for k in PROTECTIONS if k in wrong]
+    if missing:
+        return failed(f"s3://{config.bucket}: " + "; ".join(missing) + ".")
+    return passed(f"s3://{config.bucket}: SSE {', '.join(settings['encryption'])}, "
+                  "versioning on, public access blocked, TLS only.")
+
+
+def _role_policies(iam, role):
+    """Every policy document of ``role``: inline and attached."""
+    documents = []
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        documents.append((name, iam.get_role_policy(RoleName=role,
+                                                    PolicyName=name)["PolicyDocument"]))
+    for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+        policy = iam.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]
+        version = iam.get_policy_version(PolicyArn=attached["PolicyArn"],
+                                         VersionId=policy["DefaultVersionId"])
+        documents.append((attached["PolicyName"], version["PolicyVersion"]["Document"]))
+    return documents
+
+
+@probe("aws.E022", "The instance role cannot delete backups",
+       "Remove the deleting actions from the role's policies (aws_provision manages only "
+       "helios-ses-send and helios-backup-write): an attacker on the server could erase "
+       "the history.")
+def role_cannot_delete(ctx):
+    view = session(ctx)
+    role = iam_name(view)
+    iam = view.aws.client("iam")
+    if call("read the instance role", iam.get_role, missing=("NoSuchEntity",),
+            RoleName=role) is None:
+        raise Skip(f"There is no instance role {role} (--ses-credentials keys, or not "
+                   "provisioned yet).")
+    with translate(f"read the policies of role {role}"):
+        documents = _role_policies(iam, role)
+    found = [(name, bucket_mod.allowed_deletes(document))
+             for name, document in documents]
+    found = [(name, actions) for name, actions in found if actions]
+    if found:
+        return failed(f"Role {role} may " + "; ".join(
+            f"{', '.join(actions)} (policy {name})" for name, actions in found) + ".")
+    return passed(f"Role {role} may write and read backups, not delete them.")

@@ -1,0 +1,112 @@
+"""aws_check's backup probes against moto (over HTTP), the bucket and role made by the
+real AWS steps, backups and drill records written where the host writes them."""
+
+import datetime
+import json
+
+import boto3
+import pytest
+
+from helios_aws import backup, params
+from helios_aws.aws.session import AWS
+from helios_aws.probes import base
+from test_backup import provision_bucket
+from test_backup_bucket import ROLE, Deployed, put_backup_objects  # noqa: F401
+from test_provision_aws import aws, configured, host_keys, project  # noqa: F401 (fixtures)
+
+BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022")
+
+
+def check(project):
+    deployment = params.load(project / "deploy")
+    state = json.loads((project / "deploy" / "state.json").read_text())
+    ctx = base.Context(deployment, state=state, aws=lambda: AWS(deployment.region))
+    return {r.id: r for r in base.run([base.REGISTRY[i] for i in BACKUP_PROBES], ctx)}
+
+
+def write_backup(bucket, hours_ago):
+    when = backup.now() - datetime.timedelta(hours=hours_ago)
+    folder = f"helios/daily/{backup.stamp(when)}/"
+    s3 = boto3.client("s3")
+    for name in (backup.DUMP, backup.MEDIA, backup.MANIFEST):
+        s3.put_object(Bucket=bucket, Key=folder + name, Body=b"{}")
+    return folder
+
+
+def write_drill(bucket, folder, days_ago, passed=True):
+    when = backup.now() - datetime.timedelta(days=days_ago)
+    record = {"backup": folder, "passed": passed, "finished_at":
+              when.strftime("%Y-%m-%dT%H:%M:%SZ"), "error": None if passed else "broken"}
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"helios/drills/{backup.stamp(when)}.json",
+                                  Body=json.dumps(record).encode())
+
+
+@pytest.fixture
+def bucket(project):
+    name, _ = provision_bucket(Deployed(project))
+    return name
+
+
+def test_a_fresh_bucket_has_no_backup_and_no_drill_yet(project, bucket):
+    results = check(project)
+
+    assert results["aws.E020"].status == "fail"
+    assert results["aws.E020"].message == (
+        f"There is no complete backup in s3://{bucket}/helios/.")
+    assert results["aws.W020"].status == "warn"
+    assert results["aws.E021"].status == "pass"
+    assert results["aws.E022"].status == "pass"
+
+
+def test_backups_and_drills_by_age(project, bucket):
+    put_backup_objects(bucket)  # lifts the policy moto cannot evaluate (test_backup.py)
+    old = write_backup(bucket, hours_ago=30)
+    write_drill(bucket, old, days_ago=9)
+
+    stale = check(project)
+
+    assert stale["aws.E020"].status == "fail"
+    assert stale["aws.E020"].message == f"The newest backup, {old}, is 30.0 h old."
+    assert stale["aws.W020"].status == "warn"
+    assert "9.0 days ago" in stale["aws.W020"].message
+
+    new = write_backup(bucket, hours_ago=2)
+    write_drill(bucket, new, days_ago=1)
+    write_drill(bucket, new, days_ago=0, passed=False)
+
+    fresh = check(project)
+
+    assert fresh["aws.E020"].status == "pass"
+    assert fresh["aws.W020"].status == "pass"
+    assert f"restored {new} 24.0 h ago" in fresh["aws.W020"].message
+
+
+def test_a_bucket_that_lost_its_protections_fails(project, bucket):
+    s3 = boto3.client("s3")
+    s3.delete_bucket_encryption(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    s3.delete_public_access_block(Bucket=bucket)
+    s3.delete_bucket_policy(Bucket=bucket)
+
+    result = check(project)["aws.E021"]
+
+    assert result.status == "fail"
+    assert result.message == (
+        f"s3://{bucket}: default encryption is off; versioning is Suspended; Block Public "
+        "Access is off: BlockPublicAcls, IgnorePublicAcls, BlockPublicPolicy, "
+        "RestrictPublicBuckets; the bucket policy does not deny requests without TLS.")
+
+
+def test_a_role_that_may_delete_backups_fails(project, bucket):
+    iam = boto3.client("iam")
+    arn = iam.create_policy(PolicyName="too-much", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:Delete*", "Resource": "*"}]}))["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=ROLE, PolicyArn=arn)
+
+    result = check(project)["aws.E022"]
+
+    assert result.status == "fail"
+    assert result.message == (
+        f"Role {ROLE} may s3:DeleteBucket, s3:DeleteBucketPolicy, s3:DeleteObject, "
+        "s3:DeleteObjectVersion (policy too-much).")

@@ -1,0 +1,405 @@
+"""Backups, drills and restores with real parts: the fixture Helios migrated into a real
+PostgreSQL with a few thousand rows, the moto server over HTTP as S3 (the bucket made by
+the real AWS step), and the host's side run as the timer runs it (``manage.py aws_backup
+--here``) or as the operator's commands run it (``aws_restore --here``).
+
+There is no systemd here: the host's backup configuration names no unit to stop, so the
+restore into production stops and starts nothing (the VM test covers the units).
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import boto3
+import pytest
+
+import rig
+from fixtures import helios_env, make_fixture_project, run_manage
+from helios_aws import backup, params
+from helios_aws.aws.account import AccountStep
+from helios_aws.aws.backups import BackupBucketStep
+from helios_aws.aws.identity import MailRoleStep
+from helios_aws.aws.session import AWS
+from helios_aws.engine import Context, Output, Runner
+
+SETTINGS = "--settings=helios_aws.settings_overrides.production"
+DOMAIN = "vote.example.org"
+VOTERS = 1500
+DATABASE = "helios_backup"
+
+
+class Site:
+    """The fixture project, configured, with a database of its own holding elections,
+    voters and votes, and uploaded voter files in MEDIA_ROOT."""
+
+    def __init__(self, base, postgres, database=DATABASE):
+        self.base = base
+        self.database = database
+        self.postgres = postgres
+        self.project = make_fixture_project(base, "requirements")
+        configured = run_manage(
+            self.project, "aws_configure", SETTINGS, "--domain", DOMAIN, "--email",
+            "elections@example.org", "--auth-systems", "password", "--no-input")
+        assert configured.returncode == 0, configured.stderr
+        self.deploy = self.project / "deploy"
+        rig.run([rig.PG_BIN / "createdb", database], env=dict(os.environ, **postgres.env))
+        socket_dir = str(postgres.socket_dir).replace("/", "%2F")
+        self.env_file = base / "shared.env"
+        self.env_file.write_text(
+            (self.deploy / ".env").read_text()
+            + f"DATABASE_URL=postgres://postgres@{socket_dir}:{postgres.port}/{database}\n")
+        self.env_file.chmod(0o600)
+        self.config = base / "backup.json"
+        self.media = self.project / "media"
+        (self.media / "voters").mkdir(parents=True)
+        for n in range(3):
+            (self.media / "voters" / f"e{n}.csv").write_text(
+                "".join(f"password,v{i},v{i}@example.org,Voter {i}\n" for i in range(500)))
+        migrated = self.manage("migrate", "--no-input")
+        assert migrated.returncode == 0, migrated.stderr
+        self.psql(
+            "INSERT INTO helios_election (uuid, short_name, name, featured_p, created_at) "
+            "SELECT gen_random_uuid(), 'e' || i, 'Election ' || i, false, now() "
+            "FROM generate_series(1, 3) i;"
+            "INSERT INTO helios_voter (election_id, uuid, voter_login_id, voter_email) "
+            f"SELECT 1 + i % 3, md5(i::text), 'v' || i, 'v' || i || '@example.org' "
+            f"FROM generate_series(1, {VOTERS}) i;"
+            "INSERT INTO helios_castvote (voter_id, vote, vote_hash, cast_at, cast_ip) "
+            "SELECT id, repeat(md5(id::text), 20), md5(id::text), now(), '192.0.2.1' "
+            "FROM helios_voter;")
+
+    def manage(self, *args):
+        return run_manage(self.project, *args, SETTINGS,
+                          env=helios_env(HELIOS_ENV_FILE=str(self.env_file)), timeout=300)
+
+    def psql(self, sql):
+        result = subprocess.run(
+            [rig.PG_BIN / "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", self.database, "-c",
+             sql], env=dict(os.environ, **self.postgres.env), capture_output=True, text=True,
+            check=True)
+        return result.stdout.strip()
+
+    def count(self, table):
+        return int(self.psql(f"SELECT count(*) FROM {table}"))
+
+    def databases(self):
+        return self.psql("SELECT string_agg(datname, ' ') FROM pg_database").split()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, postgres):
+    return Site(tmp_path_factory.mktemp("backup"), postgres)
+
+
+def provision_bucket(site, **overrides):
+    """The AWS steps the backups need (account, role, bucket), run as aws_provision runs
+    them; returns (bucket name, the lines they printed)."""
+    deployment = params.load(site.deploy, overrides or None)
+    ctx = Context(deployment, site.deploy, aws=AWS(deployment.region))
+    lines = []
+    Runner([AccountStep(), MailRoleStep(), BackupBucketStep()], ctx,
+           Output(lines.append)).apply()
+    return ctx.facts["backup_bucket"], lines
+
+
+@pytest.fixture
+def bucket(aws_env, site):
+    """The deployment's bucket in a fresh moto, and the host's backup.json naming it."""
+    (site.deploy / "state.json").unlink(missing_ok=True)
+    name, _ = provision_bucket(site)
+    # moto refuses every object request to a bucket whose policy has a condition: it
+    # treats a statement whose condition does not match as a Deny (moto 5.2,
+    # moto.iam.access_control.IAMPolicyStatement). The TLS-only policy itself is
+    # checked in test_backup_bucket.py; here it goes, so that objects can be written.
+    boto3.client("s3").delete_bucket_policy(Bucket=name)
+    site.config.write_text(backup.Config(bucket=name, prefix="helios",
+                                         region="us-east-1").as_json())
+    return name
+
+
+def take_backup(site):
+    result = site.manage("aws_backup", "--here", "--config", str(site.config))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def newest(bucket):
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="helios/daily/")
+            .get("Contents", [])]
+    folder = sorted(k for k in keys if k.endswith("/manifest.json"))[-1][: -len("manifest.json")]
+    return folder, json.loads(s3.get_object(Bucket=bucket, Key=folder + "manifest.json")
+                              ["Body"].read())
+
+
+def test_backup_streams_the_database_and_media_to_s3_with_a_manifest(site, bucket):
+    result = take_backup(site)
+
+    folder, manifest = newest(bucket)
+    s3 = boto3.client("s3")
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]) == [
+        folder + "db.dump", folder + "manifest.json", folder + "media.tar"]
+    assert manifest["row_counts"]["helios_election"] == 3
+    assert manifest["row_counts"]["helios_voter"] == VOTERS
+    assert manifest["row_counts"]["helios_castvote"] == VOTERS
+    assert set(manifest["row_counts"]) >= {"helios_election", "helios_voter",
+                                           "helios_castvote"}
+    assert all(t.startswith("helios_") for t in manifest["row_counts"])
+    assert manifest["migrations"] == site.psql(backup.MIGRATIONS_SQL)
+    assert manifest["release"] == site.project.name
+    assert manifest["kind"] == "daily" and manifest["folder"] == folder
+    dump = s3.get_object(Bucket=bucket, Key=folder + "db.dump")
+    data = dump["Body"].read()
+    assert dump["ServerSideEncryption"] == "AES256"
+    assert data.startswith(b"PGDMP")
+    assert (manifest["database"]["size"], manifest["database"]["sha256"]) == (
+        len(data), hashlib.sha256(data).hexdigest())
+    listed = subprocess.run(["pg_restore", "--list"], input=data, capture_output=True)
+    assert b"TABLE DATA public helios_castvote" in listed.stdout
+    media = s3.get_object(Bucket=bucket, Key=folder + "media.tar")["Body"].read()
+    assert manifest["media"]["sha256"] == hashlib.sha256(media).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(media)) as tar:
+        assert {"voters/e0.csv", "voters/e1.csv", "voters/e2.csv"} <= set(tar.getnames())
+    assert manifest["media"]["files"] == 3
+    assert f"backup {folder}: complete" in result.stdout
+    # No credential anywhere: not the keys the host used, not the .env's secrets.
+    text = json.dumps(manifest) + result.stdout + result.stderr
+    assert "testing" not in text.replace("helios_", "")
+    secret = [line.split("=", 1)[1] for line in site.env_file.read_text().splitlines()
+              if line.startswith("SECRET_KEY=")][0]
+    assert secret.strip("'") not in text
+
+
+def test_a_large_object_goes_up_in_parts_with_its_checksum(bucket):
+    s3 = AWS("us-east-1").client("s3")
+    data = os.urandom(5 * 2 ** 20) * 2 + b"tail"
+    upload = backup.Upload(s3, bucket, "helios/daily/big", part_size=5 * 2 ** 20)
+    for start in range(0, len(data), 65536):
+        upload.write(data[start:start + 65536])
+    upload.close()
+
+    head = s3.head_object(Bucket=bucket, Key="helios/daily/big")
+    assert head["ETag"].strip('"').endswith("-3")
+    assert upload.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert s3.get_object(Bucket=bucket, Key="helios/daily/big")["Body"].read() == data
+
+
+def test_a_failed_dump_leaves_no_backup_behind(site, bucket):
+    site.config.write_text(backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
+                           .as_json())
+    broken = site.env_file.read_text().replace(f"/{DATABASE}\n", "/no_such_database\n")
+    env_file = site.base / "broken.env"
+    env_file.write_text(broken)
+
+    result = run_manage(site.project, "aws_backup", "--here", "--config", str(site.config),
+                        SETTINGS, env=helios_env(HELIOS_ENV_FILE=str(env_file)))
+
+    assert result.returncode == 1
+    assert "no_such_database" in result.stderr
+    s3 = boto3.client("s3")
+    assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_drill_restores_into_a_scratch_database_and_records_the_result(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+
+    drill = site.manage("aws_restore", "--here", "--drill", "--config", str(site.config))
+
+    assert drill.returncode == 0, drill.stderr
+    assert f"drill {folder}: passed" in drill.stdout
+    assert "dropped scratch database helios_drill_" in drill.stdout
+    assert not [d for d in site.databases() if d.startswith("helios_drill")]
+    config = backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
+    record, = backup.list_drills(config)
+    assert record["passed"] is True and record["backup"] == folder
+    assert record["rows"] >= 2 * VOTERS + 3
+
+
+def test_a_corrupted_backup_fails_the_drill_loudly(site, bucket):
+    take_backup(site)
+    folder, manifest = newest(bucket)
+    s3 = boto3.client("s3")
+    data = bytearray(s3.get_object(Bucket=bucket, Key=folder + "db.dump")["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=bytes(data))
+
+    drill = site.manage("aws_restore", "--here", "--drill", "--config", str(site.config))
+
+    assert drill.returncode == 1
+    assert f"Checksum mismatch for s3://{bucket}/{folder}db.dump" in drill.stderr
+    assert manifest["database"]["sha256"] in drill.stderr
+    assert not [d for d in site.databases() if d.startswith("helios_drill")]
+    config = backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
+    record, = backup.list_drills(config)
+    assert record["passed"] is False and "Checksum mismatch" in record["error"]
+
+
+def restore(site, folder, *extra):
+    return site.manage("aws_restore", "--here", "--into-production", "--backup", folder,
+                       "--yes", "--no-input", "--config", str(site.config), *extra)
+
+
+def test_restore_into_production_brings_deleted_rows_back(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+    site.psql("DELETE FROM helios_castvote WHERE id % 3 = 0")
+    site.psql("CREATE TABLE helios_added_since (id int)")
+    (site.media / "voters" / "e1.csv").unlink()
+    assert site.count("helios_castvote") < VOTERS
+
+    restored = restore(site, folder)
+
+    assert restored.returncode == 0, restored.stderr
+    assert site.count("helios_castvote") == VOTERS
+    assert site.psql("SELECT to_regclass('helios_added_since')") == ""
+    assert (site.media / "voters" / "e1.csv").exists()
+    lines = restored.stdout.splitlines()
+    assert lines[0].startswith(f"restore {folder} (taken ")
+    assert any(line.startswith("safety backup helios/safety/") for line in lines)
+    assert lines[-1] == f"restore {folder}: done"
+    safety = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=bucket, Prefix="helios/safety/")["Contents"]]
+    assert len(safety) == 3
+
+
+def test_a_damaged_backup_is_refused_before_production_is_touched(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=b"PGDMP but not really")
+    site.psql("DELETE FROM helios_castvote WHERE id < 50")
+    try:
+        refused = restore(site, folder)
+
+        assert refused.returncode == 1
+        assert f"Checksum mismatch for s3://{bucket}/{folder}db.dump" in refused.stderr
+        assert site.count("helios_castvote") == VOTERS - 49
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="helios/safety/")
+    finally:
+        site.psql("INSERT INTO helios_castvote (id, voter_id, vote, vote_hash, cast_at) "
+                  "SELECT id, id, repeat(md5(id::text), 20), md5(id::text), now() "
+                  "FROM generate_series(1, 49) id")
+
+
+def test_a_failure_after_the_safety_backup_says_how_to_get_back(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+    # The release is newer than the backup: the restore will have to migrate.
+    site.psql("INSERT INTO django_migrations (app, name, applied) "
+              "VALUES ('helios', '0003_newer', now())")
+    db = backup.Database(site.database, host=str(site.postgres.socket_dir),
+                         port=str(site.postgres.port), user="postgres")
+
+    def migrate():
+        raise backup.BackupError("migrate failed: no space left on device", "")
+
+    lines = []
+    with pytest.raises(backup.BackupError) as failed:
+        backup.restore_production(backup.Config.load(site.config), db, site.media, folder,
+                                  backup.Services([]), migrate, progress=lines.append)
+
+    safety, = [line.split()[2].rstrip(":") for line in lines
+               if line.startswith("safety backup helios/")]
+    assert failed.value.message == (f"Restore of {folder} failed: migrate failed: no space "
+                                    "left on device")
+    assert f"aws_restore --backup {safety} --into-production --force" in failed.value.hint
+    manifest = backup.read_manifest(backup.Config.load(site.config), safety)
+    assert manifest["migrations"] != newest(bucket)[1]["migrations"]
+    assert manifest["row_counts"]["helios_castvote"] == VOTERS
+
+
+def test_restore_is_refused_while_an_election_is_open_unless_forced(site, bucket):
+    take_backup(site)
+    folder, _ = newest(bucket)
+    site.psql("UPDATE helios_election SET frozen_at = (now() AT TIME ZONE 'UTC') - "
+              "interval '1 hour', voting_ends_at = (now() AT TIME ZONE 'UTC') + "
+              "interval '1 day' WHERE short_name = 'e2'")
+    site.psql("DELETE FROM helios_castvote WHERE id < 100")
+    try:
+        refused = restore(site, folder)
+
+        assert refused.returncode == 1
+        assert "election(s) open for voting now: e2" in refused.stderr
+        assert site.count("helios_castvote") == VOTERS - 99
+
+        forced = restore(site, folder, "--force")
+
+        assert forced.returncode == 0, forced.stderr
+        assert "--force: restoring although e2 is open" in forced.stdout
+        assert site.count("helios_castvote") == VOTERS
+    finally:
+        site.psql("UPDATE helios_election SET frozen_at = NULL, voting_ends_at = NULL")
+
+
+def test_an_election_is_open_exactly_as_helios_defines_it(site):
+    db = backup.Database(DATABASE, host=str(site.postgres.socket_dir),
+                         port=str(site.postgres.port), user="postgres")
+    now = "(now() AT TIME ZONE 'UTC')"
+    cases = {
+        "frozen, no dates": ("frozen_at = {n}", True),
+        "not frozen": ("frozen_at = NULL", False),
+        "starts tomorrow": ("frozen_at = {n}, voting_starts_at = {n} + interval '1 day'", False),
+        "started early by hand": ("frozen_at = {n}, voting_starts_at = {n} + interval '1 day', "
+                                  "voting_started_at = {n} - interval '1 hour'", True),
+        "ended": ("frozen_at = {n}, voting_ends_at = {n} - interval '1 hour'", False),
+        "extended": ("frozen_at = {n}, voting_ends_at = {n} - interval '1 hour', "
+                     "voting_extended_until = {n} + interval '1 day'", True),
+        "closed by hand": ("frozen_at = {n}, voting_ends_at = {n} + interval '1 day', "
+                           "voting_ended_at = {n} - interval '1 minute'", False),
+        "tallied": ("frozen_at = {n}, encrypted_tally = 'x'", False),
+    }
+    reset = ("UPDATE helios_election SET frozen_at = NULL, voting_starts_at = NULL, "
+             "voting_started_at = NULL, voting_ends_at = NULL, voting_extended_until = NULL, "
+             "voting_ended_at = NULL, encrypted_tally = NULL")
+    try:
+        for case, (assignment, is_open) in cases.items():
+            site.psql(reset)
+            site.psql(f"UPDATE helios_election SET {assignment.format(n=now)} "
+                      "WHERE short_name = 'e1'")
+            assert db.open_elections() == (["e1"] if is_open else []), case
+    finally:
+        site.psql(reset)
+
+
+def test_bad_backup_names_are_refused_with_the_fix(site, bucket):
+    result = restore(site, "last-tuesday")
+
+    assert result.returncode == 1
+    assert "--backup 'last-tuesday' names no backup" in result.stderr
+    assert "aws_backup --list" in result.stderr
+
+
+def test_into_production_asks_for_the_name_without_yes(site, bucket):
+    result = site.manage("aws_restore", "--here", "--into-production", "--backup",
+                         "2026-12-02T031500Z", "--no-input", "--config", str(site.config))
+
+    assert result.returncode == 1
+    assert "--into-production with --no-input needs --yes" in result.stderr
+
+
+def test_list_shows_age_size_and_whether_a_drill_verified_each_backup(site, bucket):
+    take_backup(site)
+    first, _ = newest(bucket)
+    drilled = site.manage("aws_restore", "--here", "--drill", "--config", str(site.config))
+    assert drilled.returncode == 0, drilled.stderr
+    # Another backup, a second later, not drilled.
+    import time
+    time.sleep(1.1)
+    take_backup(site)
+    second, _ = newest(bucket)
+
+    listed = run_manage(site.project, "aws_backup", "--list", SETTINGS)
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == f"Backups in s3://{bucket}/ (newest first):"
+    assert lines[1].startswith(f"  {second}  0.0 h old  ")
+    assert lines[1].endswith("not verified by a drill")
+    assert lines[2].startswith(f"  {first}  0.0 h old  ")
+    assert "KiB  verified (drill " in lines[2]

@@ -1,0 +1,80 @@
+"""The operator's side of aws_backup and aws_restore over a real sshd on loopback, through
+the verified Connection: the host's side runs from the ``current`` release with the
+deployment's .env, as the host half lays it out (under a prefix). As in
+test_aws_check_host.py the service user is root (this machine's Python is out of reach of
+any other account), so the Deployment is built without the validation that refuses it.
+"""
+
+import sys
+
+import boto3
+import pytest
+
+from helios_aws import backup, backup_commands
+from helios_aws.errors import HostError
+from helios_aws.params import Deployment
+from test_backup import DOMAIN, Site, provision_bucket
+
+PREFIX_CONFIG = "var/lib/helios-aws/backup.json"
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, postgres):
+    base = tmp_path_factory.mktemp("remote")
+    site = Site(base, postgres, database="helios_remote")
+    site.prefix = base / "host"
+    app = site.prefix / "srv/helios"
+    (app / "shared").mkdir(parents=True)
+    (app / "current").symlink_to(site.project)
+    (site.project / ".venv").symlink_to(sys.prefix)
+    site.shared_env = app / "shared/.env"
+    return site
+
+
+@pytest.fixture
+def deployed(host, aws_env, sshd):
+    """The bucket in a fresh moto; the host's .env reaching it, and its backup.json."""
+    name, _ = provision_bucket(host)
+    boto3.client("s3").delete_bucket_policy(Bucket=name)  # see test_backup.py
+    host.shared_env.write_text(
+        host.env_file.read_text() + f"AWS_ENDPOINT_URL={aws_env}\nAWS_ACCESS_KEY_ID=testing\n"
+        "AWS_SECRET_ACCESS_KEY=testing\nAWS_DEFAULT_REGION=us-east-1\n")
+    host.shared_env.chmod(0o600)
+    config = host.prefix / PREFIX_CONFIG
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(backup.Config(bucket=name, prefix="helios", region="us-east-1",
+                                    service_user="root").as_json())
+    deployment = Deployment(domain=DOMAIN, email="elections@example.org",
+                            ssh_user=sshd.user, service_user="root",
+                            host_prefix=str(host.prefix))
+    options = {"host": sshd.host, "ssh_port": sshd.port, "ssh_key": str(sshd.client_key),
+               "known_hosts": str(sshd.known_hosts)}
+    return name, deployment, options
+
+
+def test_backup_then_drill_run_on_the_host_over_ssh(host, deployed, tmp_path):
+    bucket, deployment, options = deployed
+    lines = []
+
+    backup_commands.on_host(deployment, tmp_path, options, "aws_backup",
+                            ["--kind", "daily"], lines.append, as_service=True)
+    backup_commands.on_host(deployment, tmp_path, options, "aws_restore", ["--drill"],
+                            lines.append)
+
+    config = backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
+    newest, = backup.list_backups(config)
+    assert f"backup {newest['folder']}: complete" in "\n".join(lines)
+    assert f"drill {newest['folder']}: passed" in lines[-1]
+    record, = backup.list_drills(config)
+    assert record["passed"] is True
+
+
+def test_a_failure_on_the_host_is_reported_with_its_message(host, deployed, tmp_path):
+    _, deployment, options = deployed
+
+    with pytest.raises(HostError) as failed:
+        backup_commands.on_host(deployment, tmp_path, options, "aws_restore",
+                                ["--drill"], print)
+
+    assert "aws_restore failed on the host (exit 1)" in failed.value.message
+    assert "There is no backup in s3://" in failed.value.message
