@@ -165,11 +165,12 @@ def test_a_failing_or_interrupted_step_stops_its_heartbeat(ctx):
             time.sleep(0.15)
             raise self.error
 
-    for error in (engine.HeliosAWSError("it broke"), KeyboardInterrupt()):
+    for error, raised in ((engine.HeliosAWSError("it broke"), engine.StepFailed),
+                          (KeyboardInterrupt(), engine.Interrupted)):
         lines = []
         step = Fails("release", 0, lines)
         step.error = error
-        with pytest.raises(engine.StepFailed):
+        with pytest.raises(raised):
             run(ctx, [step], Output(lines.append, heartbeat=BEAT / 2))
         count = len(lines)
         time.sleep(BEAT * 2)
