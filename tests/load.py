@@ -1,8 +1,8 @@
 """A steady stream of requests to a loopback address, for measuring a deploy's downtime.
 
-Requests start on a fixed schedule (``rate`` a second, shared round-robin among the
-paths) whatever the answers' latency, so a slow or stalled server shows up as latency
-and failures rather than as a lower rate. The stream is bounded: it stops by itself
+Requests are due on a fixed schedule (``rate`` a second, shared round-robin among the
+paths) whatever the answers' latency, and each one's latency counts from when it was due,
+so a slow or stalled server shows up as latency and failures rather than as a lower rate. The stream is bounded: it stops by itself
 after ``max_seconds`` or ``max_requests``, whichever comes first, and only ever targets
 a loopback address.
 """
@@ -33,7 +33,7 @@ class SteadyLoad:
     HTTP status) ``rate`` times a second until the block ends or a bound is reached."""
 
     def __init__(self, host, get, paths, *, rate=12, max_seconds=900, max_requests=12000,
-                 workers=16):
+                 workers=64):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"load is sent to loopback addresses only, not {host}")
         self.get, self.paths, self.rate = get, list(paths), rate
@@ -64,10 +64,9 @@ class SteadyLoad:
                 break
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 break
-            self._pool.submit(self._one, next(paths))
+            self._pool.submit(self._one, next(paths), due)
 
-    def _one(self, path):
-        started = time.monotonic()
+    def _one(self, path, started):
         try:
             status, error = self.get(path), ""
         except Exception as exc:  # the failure is the measurement
@@ -85,10 +84,12 @@ class SteadyLoad:
         return max((a.seconds for a in self.answers), default=0.0)
 
     @property
-    def achieved_rate(self):
-        return len(self.answers) / max(self.stopped - self.started, 1e-9)
+    def offered_rate(self):
+        """Requests a second, as they fell due (answered or not)."""
+        span = max(a.started for a in self.answers) - min(a.started for a in self.answers)
+        return (len(self.answers) - 1) / max(span, 1e-9)
 
     def summary(self):
-        return (f"{len(self.answers)} requests in {self.stopped - self.started:.1f} s "
-                f"({self.achieved_rate:.1f}/s), {len(self.failures)} failed, "
+        return (f"{len(self.answers)} requests over {self.stopped - self.started:.1f} s "
+                f"({self.offered_rate:.1f}/s), {len(self.failures)} failed, "
                 f"worst latency {self.worst:.2f} s")
