@@ -27,8 +27,8 @@ from pathlib import Path
 
 # The stand-ins the rehearsal shares with the tests; the tests reach them as rig.NAME.
 from helios_aws.rehearse.aws import (  # noqa: F401
-    MotoServer, cloud_init_console, moto_data, moto_reset, publish_public_parameter,
-    serve_console_output, ssh_keygen_fingerprint,
+    MotoServer, cloud_init_console, moto_data, moto_reset, publish_debian_images,
+    publish_public_parameter, serve_console_output, ssh_keygen_fingerprint,
 )
 from helios_aws.rehearse.processes import (  # noqa: F401
     LOOPBACK, Process, StandInError as RigError, free_port, process_tree, run, still_running,

@@ -127,6 +127,7 @@ class Debian13(Recipe):
     ca_update = "update-ca-certificates >/dev/null"
     ca_bundle = "/etc/ssl/certs/ca-certificates.crt"
     distro_renew_timer = "certbot.timer"
+    apt_lists = "/var/lib/apt/lists"
     python_hint = ("Debian 13 has python3.13 in its main archive: check the server's apt "
                    "sources (/etc/apt/sources.list.d/), or start from the official Debian 13 "
                    "image.")
@@ -152,7 +153,7 @@ class Debian13(Recipe):
 
     def python_query(self):
         # A new instance may not have fetched its package lists yet: then nobody knows.
-        return ("if set -- /var/lib/apt/lists/*Packages*; [ -e \"$1\" ]; then "
+        return (f"if set -- {self.apt_lists}/*Packages*; [ -e \"$1\" ]; then "
                 "c=$(apt-cache policy python3.13 2>/dev/null | sed -n 's/^ *Candidate: *//p'); "
                 "case $c in ''|'(none)') echo missing ;; *) echo available ;; esac; "
                 "else echo unknown; fi")
