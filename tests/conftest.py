@@ -59,8 +59,7 @@ def aws_env(moto_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    rig.moto_reset(moto_server)
-    rig.publish_debian_images(moto_server)
+    rig.moto_fresh(moto_server)
     yield moto_server
 
 

@@ -45,6 +45,16 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
+# ---------------------------------------------------------------------------- AWS
+
+
+def moto_fresh(url: str) -> None:
+    """Empty the moto server at url, then give it Debian 13's image parameters (those of
+    the default OS), which moto does not ship."""
+    moto_reset(url)
+    publish_debian_images(url)
+
+
 # ---------------------------------------------------------------------------- sshd
 
 
