@@ -75,17 +75,21 @@ def test_shellcheck_catches_a_typo_in_a_recipe_command():
     assert checked.returncode != 0
 
 
-def apt_knows(name):
-    return subprocess.run(["apt-cache", "show", "--no-all-versions", name],
-                          capture_output=True).returncode == 0
+def apt_known(names):
+    """Those of names this machine's apt has a package record for."""
+    shown = subprocess.run(["apt-cache", "show", "--no-all-versions", *names],
+                           capture_output=True, text=True).stdout
+    return {line.split(":", 1)[1].strip() for line in shown.splitlines()
+            if line.startswith("Package:")}
 
 
 def test_debian_package_names_exist():
+    if not apt_known(["apt"]):
+        pytest.skip("this machine's apt has no package lists: run apt-get update")
     recipe = recipes.Debian13()
     names = set(recipe.base_packages) | {recipe.git_package}
     names |= {n for broker in recipe.broker_packages.values() for n in broker}
-    unknown = sorted(n for n in names - TRIXIE_ONLY if not apt_knows(n))
-    assert unknown == []
+    assert sorted(names - TRIXIE_ONLY - apt_known(names - TRIXIE_ONLY)) == []
     # The Python packages are those of the interpreter the steps run.
     python = Path(recipes.PYTHON).name
     assert TRIXIE_ONLY <= names and all(n.startswith(python) for n in TRIXIE_ONLY)
