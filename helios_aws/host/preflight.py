@@ -10,7 +10,7 @@ paths this tool writes carry no SELinux labels).
 from ..engine import KEEP, Change
 from ..errors import HostError
 from . import recipes
-from .steps import HostStep, q
+from .steps import HostStep, fact, q
 
 
 class Preflight(HostStep):
@@ -20,11 +20,9 @@ class Preflight(HostStep):
 
     def read(self, ctx):
         recipe = self.target.recipe
-        return self.facts(ctx, "\n".join([
-            f"if [ -x {q(recipes.PYTHON)} ]; then echo python=installed; "
-            f"else echo \"python=$({recipe.python_query()})\"; fi",
-            "echo \"selinux=$(getenforce 2>/dev/null)\"",
-        ]))
+        return self.facts(ctx, fact("python", f"if [ -x {q(recipes.PYTHON)} ]; then echo "
+                                              f"installed; else {recipe.python_query()}; fi")
+                          + fact("selinux", "getenforce 2>/dev/null"))
 
     def plan(self, ctx, current):
         recipe = self.target.recipe
