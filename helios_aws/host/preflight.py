@@ -21,7 +21,8 @@ class Preflight(HostStep):
     def read(self, ctx):
         recipe = self.target.recipe
         return self.facts(ctx, fact("python", f"if [ -x {q(recipes.PYTHON)} ]; then echo "
-                                              f"installed; else {recipe.python_query()}; fi")
+                                              f"installed; else {{ {recipe.python_query()}; }}; "
+                                              "fi")
                           + fact("selinux", "getenforce 2>/dev/null"))
 
     def plan(self, ctx, current):
