@@ -44,6 +44,10 @@ def start_moto(workdir):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # The default OS's (Debian 13's) image parameters, which moto does not ship.
+    from helios_aws.rehearse.aws import publish_debian_images
+
+    publish_debian_images(f"http://{host}:{port}")
     os.environ.update({
         "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

@@ -36,11 +36,15 @@ ARTIFACTS = {
     "nginx/helios-https.conf": "helios_aws/nginx-https.conf",
 }
 BROKER_UNITS = {
-    ("al2023", "redis"): "redis6.service",
+    ("al2023", "redis"): "valkey.service",  # AL2023's redis6 is past its end of life
     ("debian13", "redis"): "redis-server.service",
     ("al2023", "rabbitmq"): "rabbitmq-server.service",
     ("debian13", "rabbitmq"): "rabbitmq-server.service",
 }
+# nginx 1.25.1 replaced the `http2` parameter of `listen` (deprecated since, with a warning
+# at every start) by the `http2 on;` directive, which older nginx rejects. Debian 13 ships
+# nginx 1.26; Amazon Linux 2023 ships 1.24 (1.22 on its first images): the parameter.
+HTTP2_DIRECTIVE = {"debian13": True, "al2023": False}
 # Keys aws_configure manages in the .env (besides the generated secrets).
 MANAGED_KEYS = (
     "DJANGO_SETTINGS_MODULE", "DEBUG", "SSL", "HSTS", "ALLOWED_HOSTS", "URL_HOST",
@@ -105,6 +109,7 @@ def template_context(deployment, project):
         "layout": layout,
         "workers": 3,
         "broker_unit": BROKER_UNITS[(deployment.os, deployment.effective_broker)],
+        "http2_directive": HTTP2_DIRECTIVE[deployment.os],
         "protect_home": not str(layout.root).startswith(("/home", "/root")),
         "http_port": deployment.http_port,
         "https_port": deployment.https_port,

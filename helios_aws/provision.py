@@ -198,6 +198,7 @@ def show_costs(ctx, steps, out):
 
 def show_plan(ctx, out):
     """--plan: what every step would do and what it would cost; changes nothing."""
+    out.line(ctx.deployment.os_summary)
     aws = [] if ctx.options.get("skip_aws") else aws_steps(ctx.deployment)
     if aws:
         warn_world_ssh(ctx, out)

@@ -41,7 +41,8 @@ def moto_server():
 
 @pytest.fixture
 def aws_env(moto_server, monkeypatch, tmp_path):
-    """An AWS environment that reaches only the moto server, which is emptied first.
+    """An AWS environment that reaches only the moto server, which is emptied first
+    (then given Debian 13's image parameters, which moto lacks).
 
     boto3 finds it through AWS_ENDPOINT_URL, keys "testing" and region us-east-1; no
     profile, no config or credentials file, no instance metadata. Yields the URL.
@@ -58,7 +59,7 @@ def aws_env(moto_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    rig.moto_reset(moto_server)
+    rig.moto_fresh(moto_server)
     yield moto_server
 
 

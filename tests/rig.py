@@ -12,9 +12,11 @@ the dedicated SSH test user, which sshd needs to exist.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -25,8 +27,8 @@ from pathlib import Path
 
 # The stand-ins the rehearsal shares with the tests; the tests reach them as rig.NAME.
 from helios_aws.rehearse.aws import (  # noqa: F401
-    MotoServer, cloud_init_console, moto_data, moto_reset, publish_public_parameter,
-    serve_console_output, ssh_keygen_fingerprint,
+    MotoServer, cloud_init_console, moto_data, moto_reset, publish_debian_images,
+    publish_public_parameter, serve_console_output, ssh_keygen_fingerprint,
 )
 from helios_aws.rehearse.processes import (  # noqa: F401
     LOOPBACK, Process, StandInError as RigError, free_port, process_tree, run, still_running,
@@ -41,6 +43,16 @@ SSHD = "/usr/sbin/sshd"
 NGINX = "/usr/sbin/nginx"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+# ---------------------------------------------------------------------------- AWS
+
+
+def moto_fresh(url: str) -> None:
+    """Empty the moto server at url, then give it Debian 13's image parameters (those of
+    the default OS), which moto does not ship."""
+    moto_reset(url)
+    publish_debian_images(url)
 
 
 # ---------------------------------------------------------------------------- sshd
@@ -236,9 +248,40 @@ http {{
 """
 
 
+# nginx 1.25.1 introduced `http2 on;` (and deprecated the `http2` parameter of `listen`).
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+HTTP2_ON_RE = re.compile(r"^[ \t]*http2 on;[ \t]*\n", re.M)
+LISTEN_SSL_RE = re.compile(r"^([ \t]*listen[ \t]+\S+[ \t]+ssl);", re.M)
+
+
+@functools.cache
+def nginx_version() -> tuple[int, ...]:
+    """This machine's nginx version, e.g. (1, 22, 1) on Debian 12."""
+    banner = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr
+    return tuple(int(n) for n in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", banner).groups())
+
+
+def site_for_this_nginx(text: str) -> str:
+    """The site as this machine's nginx can read it.
+
+    The site for Debian 13 (nginx 1.26) enables HTTP/2 with `http2 on;`, which the nginx
+    on this machine (Debian 12: 1.22) rejects as an unknown directive. For an nginx that
+    old, and only then, that one directive becomes the `http2` parameter of the same
+    server's `listen ... ssl` lines, the same setting in the older form. Everything else
+    is served and validated as generated; the tests assert the generated text itself.
+    """
+    if nginx_version() >= HTTP2_DIRECTIVE_SINCE or not HTTP2_ON_RE.search(text):
+        return text
+    return LISTEN_SSL_RE.sub(r"\1 http2;", HTTP2_ON_RE.sub("", text))
+
+
 class Nginx:
     """nginx with a private prefix: a main nginx.conf whose every path is under prefix
     and which includes the site file (server blocks). /etc/nginx is only read (mime.types).
+
+    When this machine's nginx is too old for the site's `http2 on;`, nginx.conf includes
+    ``installed_site``, a copy made by site_for_this_nginx() under prefix, refreshed at
+    every test(), start() and reload(); otherwise the site file itself.
 
     Run as root, workers also run as root: files under pytest's 0700 temp directories
     (static roots, gunicorn sockets) would be out of reach of nobody or www-data.
@@ -251,11 +294,22 @@ class Nginx:
         self.conf = self.prefix / "nginx.conf"
         self.error_log = self.prefix / "error.log"
         self.access_log = self.prefix / "access.log"
+        self.installed_site = self.site
+        self.install_site()
+        self.process: Process | None = None
+
+    def install_site(self) -> None:
+        """Point nginx.conf at the site as this nginx can read it (see the class)."""
+        text = self.site.read_text()
+        readable = site_for_this_nginx(text)
+        self.installed_site = self.site
+        if readable != text:
+            self.installed_site = self.prefix / "site-for-this-nginx.conf"
+            self.installed_site.write_text(readable)
         self.conf.write_text(NGINX_CONF.format(
-            prefix=self.prefix, site=self.site,
+            prefix=self.prefix, site=self.installed_site,
             user="user root root;\n" if os.geteuid() == 0 else "",
         ))
-        self.process: Process | None = None
 
     def _argv(self, *extra: str) -> list[str]:
         return [NGINX, "-e", str(self.error_log), "-p", str(self.prefix),
@@ -264,6 +318,7 @@ class Nginx:
     def test(self) -> subprocess.CompletedProcess:
         """`nginx -t -q`: returncode 0 when the configuration is valid, else the
         error in stderr."""
+        self.install_site()
         return subprocess.run(self._argv("-t", "-q"), capture_output=True, text=True,
                               stdin=subprocess.DEVNULL)
 

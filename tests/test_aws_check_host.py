@@ -69,10 +69,12 @@ class Host:
         live.mkdir(parents=True)
         (live / "fullchain.pem").write_bytes(cert.fullchain.read_bytes())
         (live / "privkey.pem").write_bytes(cert.key.read_bytes())
-        # The rendered site, installed where the layout puts it.
+        # The rendered site, installed where the layout puts it, as this machine's nginx
+        # (1.22) reads it: rig.site_for_this_nginx rewrites only the http2 directive.
         self.site = self.prefix / "etc/nginx/conf.d/helios.conf"
         self.site.parent.mkdir(parents=True)
-        self.site.write_text((self.project / "deploy/nginx/helios-https.conf").read_text())
+        self.site.write_text(rig.site_for_this_nginx(
+            (self.project / "deploy/nginx/helios-https.conf").read_text()))
         # The main nginx.conf where the layout puts it, including the rendered site.
         self.nginx = rig.Nginx(self.prefix / "etc/nginx", self.site)
         self.worker = None

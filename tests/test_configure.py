@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_writes_every_file_with_production_values(project):
     assert env["ALLOWED_HOSTS"] == "vote.example.org"
     assert env["EMAIL_USE_AWS"] == "1"
     assert env["DEFAULT_FROM_EMAIL"] == "elections@example.org"
-    assert env["CELERY_BROKER_URL"].startswith("redis://localhost")  # al2023 default
+    assert env["CELERY_BROKER_URL"] == "amqp://localhost"  # debian13's broker: the default
     assert env["AUTH_ENABLED_SYSTEMS"] == "password,google"
     assert env["GOOGLE_CLIENT_ID"] == "gid-123.apps"
     assert env["GOOGLE_CLIENT_SECRET"] == GOOGLE_SECRET
@@ -76,12 +77,13 @@ def test_writes_every_file_with_production_values(project):
         assert secret not in result.stdout + result.stderr
     record = json.loads((deploy / "deployment.json").read_text())
     assert record["domain"] == "vote.example.org" and record["ssh_cidr"] == "203.0.113.7/32"
+    assert record["os"] == "debian13"
     assert GOOGLE_SECRET not in (deploy / "deployment.json").read_text()
     assert ".env" in (deploy / ".gitignore").read_text().split()
 
 
 def test_project_config_is_read_from_the_project(project):
-    configure(project, *BASE, "--os", "debian13")
+    configure(project, *BASE)
     deploy = project / "deploy"
     service = (deploy / "systemd/gunicorn.service").read_text()
     assert "wsgi:application" in service
@@ -95,13 +97,26 @@ def test_project_config_is_read_from_the_project(project):
                       ("/static/", "server_ui/media/"), ("/booth/", "heliosbooth/"),
                       ("/verifier/", "heliosverifier/")]:
         assert f"location {url} {{\n        alias /srv/helios/current/{path};" in site
-    assert "listen 443 ssl http2;" in site
+    # Debian 13's nginx (1.26) warns about `listen ... http2`: the directive instead.
+    assert "    listen 443 ssl;\n    listen [::]:443 ssl;\n    http2 on;\n" in site
+    assert not re.search(r"listen .*http2", site)
     assert "return 301 https://$host$request_uri;" in site
     assert "proxy_set_header X-Forwarded-Proto https;" in site
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in site
     assert "RC4" not in site and "SEED" not in site
     env = read_env(deploy / ".env")
     assert env["CELERY_BROKER_URL"] == "amqp://localhost"
+
+
+def test_amazon_linux_gets_valkey_and_the_http2_form_its_nginx_reads(project):
+    configure(project, *BASE, "--os", "al2023")
+    deploy = project / "deploy"
+    assert "valkey.service" in (deploy / "systemd/helios-celery.service").read_text()
+    assert read_env(deploy / ".env")["CELERY_BROKER_URL"] == "redis://localhost:6379/0"
+    site = (deploy / "nginx/helios-https.conf").read_text()
+    # AL2023's nginx 1.24 (1.22 on its first images) rejects `http2 on;`.
+    assert "    listen 443 ssl http2;\n    listen [::]:443 ssl http2;\n" in site
+    assert "http2 on;" not in site
 
 
 def test_second_run_changes_nothing_and_says_so(project):

@@ -58,13 +58,6 @@ def test_systemd_analyze_verify_accepts_every_unit(tmp_path):
     assert "KilMode" in broken.stderr
 
 
-def prefixed(tmp_path, http_port, https_port):
-    prefix = tmp_path / "host"
-    project = configured(tmp_path, "--host-prefix", str(prefix), "--http-port", str(http_port),
-                         "--https-port", str(https_port))
-    return project, prefix
-
-
 def install_certificate(prefix, local_ca):
     cert = local_ca.issue(DOMAIN)
     live = prefix / "etc/letsencrypt/live" / DOMAIN
@@ -72,6 +65,13 @@ def install_certificate(prefix, local_ca):
     shutil.copy(cert.fullchain, live / "fullchain.pem")
     shutil.copy(cert.key, live / "privkey.pem")
     return cert
+
+
+def prefixed(tmp_path, http_port, https_port, *extra):
+    prefix = tmp_path / "host"
+    project = configured(tmp_path, "--host-prefix", str(prefix), "--http-port", str(http_port),
+                         "--https-port", str(https_port), *extra)
+    return project, prefix
 
 
 def test_nginx_accepts_both_sites_and_rejects_a_broken_one(tmp_path, make_nginx, local_ca):
@@ -85,6 +85,32 @@ def test_nginx_accepts_both_sites_and_rejects_a_broken_one(tmp_path, make_nginx,
                       .replace("ssl_protocols", "ssl_protocolz"))
     result = make_nginx(broken).test()
     assert result.returncode != 0 and "ssl_protocolz" in result.stderr
+
+
+def test_each_os_gets_the_http2_form_its_nginx_reads(tmp_path, make_nginx, local_ca):
+    """Debian 13's nginx (1.26) warns about `listen ... http2` and wants `http2 on;`;
+    Amazon Linux 2023's (1.24, 1.22 on its first images) rejects `http2 on;`. The rig turns
+    the Debian 13 site into the older form for this machine's nginx 1.22: that rewrite
+    gives exactly the site generated for Amazon Linux, which this nginx validates as is."""
+    ports = rig.free_port(), rig.free_port()
+    sites = {}
+    for os_name in ("debian13", "al2023"):
+        project, prefix = prefixed(tmp_path / os_name, *ports, "--os", os_name)
+        install_certificate(prefix, local_ca)
+        sites[os_name] = project / "deploy/nginx/helios-https.conf"
+    debian, amazon = (sites[o].read_text() for o in ("debian13", "al2023"))
+    assert "\n    http2 on;\n" in debian and not re.search(r"listen .*http2", debian)
+    assert "http2 on;" not in amazon and re.search(r"listen \d+ ssl http2;", amazon)
+    readable = rig.site_for_this_nginx(debian)
+    if rig.nginx_version() < rig.HTTP2_DIRECTIVE_SINCE:
+        # Apart from the prefix in paths, the sites differ in the http2 form only.
+        assert readable.replace("/debian13/", "/al2023/") == amazon
+    else:
+        assert readable == debian
+    served = make_nginx(sites["al2023"])
+    assert served.installed_site == sites["al2023"]  # read as generated
+    result = served.test()
+    assert result.returncode == 0, result.stderr
 
 
 def django_env(project):

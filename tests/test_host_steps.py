@@ -146,7 +146,7 @@ def facts(**values):
 def test_step_list_for_debian_with_uv_and_rabbitmq(ctx, project):
     names = [s.name for s in host.steps(ctx, project)]
     assert names == [
-        "host: ssh", "host: broker configuration", "host: packages", "host: uv",
+        "host: ssh", "host: preflight", "host: broker configuration", "host: packages", "host: uv",
         "host: service user and directories", "host: postgresql", "host: broker",
         "host: .env", "host: release", "host: migrate", "host: switch release",
         "host: systemd units", "host: nginx site (HTTP)", "host: certificate",
@@ -160,7 +160,7 @@ def test_step_list_for_al2023_with_pip_and_a_ca_bundle(tmp_path, project):
     ctx = make_ctx(tmp_path, project, {"ca_bundle": "/x.pem"}, os="al2023")
     names = [s.name for s in host.steps(ctx, project)]
     assert "host: uv" not in names and "host: broker configuration" not in names
-    assert names[1] == "host: trusted CA certificates"
+    assert names[1:3] == ["host: preflight", "host: trusted CA certificates"]
 
 
 def test_a_project_needing_a_newer_python_is_refused(ctx, project):
@@ -216,15 +216,56 @@ def test_ca_bundle_is_split_one_certificate_a_file_and_trusted(tmp_path, project
     anchor = "/usr/local/share/ca-certificates/helios-aws"
     assert change.action == engine.CREATE
     assert sorted(ctx.ssh.files) == [f"{anchor}/helios-aws-000.crt", f"{anchor}/helios-aws-001.crt"]
-    assert ctx.ssh.commands[-2:] == [f"rm -rf {anchor} && mkdir -p {anchor}",
-                                     "update-ca-certificates >/dev/null"]
+    assert ctx.ssh.commands[-2:] == [
+        f"mkdir -p -- {anchor} && rm -f -- {anchor}/helios-aws-*.crt",
+        "update-ca-certificates >/dev/null"]
+
+
+def test_al2023_anchors_are_files_directly_in_the_anchors_directory(tmp_path, project):
+    """p11-kit ignores subfolders of the anchors directory: ours are plain files there,
+    named so that only they are ever read back or removed."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(CERT.format(1))
+    ctx = make_ctx(tmp_path, project, {"ca_bundle": str(bundle)}, os="al2023", broker="redis")
+    run_step(host.TrustCA(target(ctx, project)), ctx)
+    anchors = "/etc/pki/ca-trust/source/anchors"
+    assert list(ctx.ssh.files) == [f"{anchors}/helios-aws-000.pem"]
+    assert ctx.ssh.commands[-2:] == [
+        f"mkdir -p -- {anchors} && rm -f -- {anchors}/helios-aws-*.pem",
+        "update-ca-trust extract"]
+
+
+def test_ca_anchor_commands_touch_only_our_own_files(tmp_path, project):
+    """The read and the clean-up, run by a real shell in a directory that also holds
+    the system's and another tool's anchors."""
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    others = {"system-root.pem": "theirs", "corp-proxy.pem": "theirs too"}
+    for name, text in {**others, "helios-aws-000.pem": "ours", "helios-aws-001.pem": "ours 2"
+                       }.items():
+        (anchors / name).write_text(text)
+    recipe = recipes.AmazonLinux2023()
+    recipe.ca_anchor_dir = str(anchors)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(CERT.format(1))
+    ctx = make_ctx(tmp_path, project, {"ca_bundle": str(bundle)}, os="al2023", broker="redis")
+    step = host.TrustCA(target(ctx, project))
+    step.target.recipe = recipe
+    step.read(ctx)
+    read = subprocess.run(["sh", "-c", ctx.ssh.commands[0]], capture_output=True, text=True)
+    assert sorted(line.split()[1] for line in read.stdout.splitlines()) == [
+        f"{anchors}/helios-aws-000.pem", f"{anchors}/helios-aws-001.pem"]
+    step.apply(ctx, {}, engine.Change(engine.UPDATE))
+    subprocess.run(["sh", "-c", ctx.ssh.commands[1]], check=True)
+    assert sorted(p.name for p in anchors.iterdir()) == sorted(others)
 
 
 def test_ca_bundle_already_trusted_is_a_no_op(tmp_path, project):
     bundle = tmp_path / "bundle.pem"
     bundle.write_text(CERT.format(1))
     ctx = make_ctx(tmp_path, project, {"ca_bundle": str(bundle)})
-    ctx.ssh.reply("sha256sum *", f"{sha(CERT.format(1) + chr(10))}  helios-aws-000.crt\n")
+    ctx.ssh.reply("sha256sum ", f"{sha(CERT.format(1) + chr(10))}  "
+                                "/usr/local/share/ca-certificates/helios-aws/helios-aws-000.crt\n")
     _, outcome = run_step(host.TrustCA(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED
     assert len(ctx.ssh.commands) == 1
@@ -343,17 +384,18 @@ def test_packages_all_present_is_a_no_op(ctx, project):
     assert outcome == engine.UNCHANGED and len(ctx.ssh.commands) == 1
 
 
-def test_al2023_packages_use_dnf_and_redis6(tmp_path, project):
-    ctx = make_ctx(tmp_path, project, os="al2023")
+def test_al2023_packages_use_dnf_and_valkey(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, os="al2023", broker="redis")
     ctx.ssh.reply("rpm -q", "nginx\n")
     run_step(host.Packages(target(ctx, project)), ctx)
     install = ctx.ssh.commands[-1]
+    dnf = next(line for line in install.splitlines() if "dnf install" in line).split()
     # Not quiet: dnf's transaction lines are the step's progress.
-    assert install.startswith("dnf install -y ") and " -q " not in install
+    assert "-q" not in dnf
     for name in ("python3.13-devel", "openldap-devel", "cyrus-sasl-devel",
-                 "postgresql15-server", "redis6", "certbot", "python3-certbot-nginx"):
-        assert name in install.split()
-    assert "nginx" not in install.split()
+                 "postgresql15-server", "valkey", "certbot", "util-linux"):
+        assert name in dnf
+    assert "nginx" not in dnf and "redis6" not in dnf
 
 
 def test_git_deploys_add_git(tmp_path, project):
@@ -567,15 +609,15 @@ def test_broker_on_loopback_is_a_no_op(ctx, project):
     assert outcome == engine.UNCHANGED
 
 
-def test_redis_gets_a_loopback_bind_line(tmp_path, project):
-    ctx = make_ctx(tmp_path, project, os="al2023")
-    ctx.ssh.reply("cd /\n", facts(**{"enabled.redis6.service": "enabled",
-                                     "active.redis6.service": "active",
+def test_valkey_gets_a_loopback_bind_line(tmp_path, project):
+    ctx = make_ctx(tmp_path, project, os="al2023", broker="redis")
+    ctx.ssh.reply("cd /\n", facts(**{"enabled.valkey.service": "enabled",
+                                     "active.valkey.service": "active",
                                      "listen": "127.0.0.1:6379", "bind": "bind 0.0.0.0"}))
     run_step(host.Broker(target(ctx, project)), ctx)
-    assert ctx.ssh.commands[1] == ("echo 'bind 127.0.0.1 -::1' >> /etc/redis6/redis6.conf && "
-                                   "systemctl enable -- redis6.service >/dev/null 2>&1 && "
-                                   "systemctl restart redis6.service")
+    assert ctx.ssh.commands[1] == ("echo 'bind 127.0.0.1 -::1' >> /etc/valkey/valkey.conf && "
+                                   "systemctl enable -- valkey.service >/dev/null 2>&1 && "
+                                   "systemctl restart valkey.service")
 
 
 # ------------------------------------------------------------------------ .env

@@ -348,6 +348,10 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
 
     plan = run(project, "--plan")
 
+    assert plan.stdout.startswith("OS: Debian 13 (trixie) (the default: the test suite proves "
+                                  "it end to end).\n")
+    assert ("latest Debian 13 (trixie) (x86_64) from /aws/service/debian/release/13/latest/"
+            "amd64") in plan.stdout
     assert [line.split(": ")[1] for line in plan.stdout.splitlines()
             if STEP_LINE.match(line + " (")] == (
         ["keep", "keep"] + ["create"] * 9)
@@ -374,6 +378,18 @@ def test_ssh_open_to_the_world_is_allowed_only_when_asked_and_warned_about(proje
     assert re.search(r"EC2 m5\.2xlarge \(on demand, all month\)\s+price unknown$", plan.stdout,
                      re.M)
     assert re.search(r"Total\s+6\.23 \+ unknown$", plan.stdout, re.M)
+
+
+def test_plan_says_when_the_os_is_not_the_one_proven_end_to_end(project):
+    create_zone()
+    configure(project, "--ssh-cidr", CIDR, "--os", "al2023")
+
+    plan = run(project, "--plan")
+
+    assert plan.stdout.startswith("OS: Amazon Linux 2023 (not the default: its recipe is "
+                                  "checked command by command but has not run end to end "
+                                  "here; --os debian13 has).\n")
+    assert "latest Amazon Linux 2023 (x86_64)" in plan.stdout
 
 
 def _no_credentials():

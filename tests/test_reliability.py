@@ -93,7 +93,7 @@ def test_sigkill_at_random_moments_of_the_aws_half_then_rerun(project, aws_env):
     timed.communicate(timeout=300)
     duration = time.monotonic() - started
     assert timed.returncode == 0
-    rig.moto_reset(aws_env)
+    rig.moto_fresh(aws_env)
     create_zone()
 
     rng = random.Random(SEED)

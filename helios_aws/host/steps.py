@@ -289,14 +289,15 @@ class TrustCA(HostStep):
             raise ConfigError(f"{path} holds no PEM certificate.",
                               "Give a file with -----BEGIN CERTIFICATE----- blocks.")
         recipe = self.target.recipe
-        return {f"{recipe.ca_anchor_dir}/helios-aws-{i:03d}{recipe.ca_suffix}": c + "\n"
+        return {f"{recipe.ca_anchor_dir}/{recipe.ca_prefix}{i:03d}{recipe.ca_suffix}": c + "\n"
                 for i, c in enumerate(dict.fromkeys(certs))}
 
     def read(self, ctx):
-        out = self.sh(ctx, f"cd {q(self.target.recipe.ca_anchor_dir)} 2>/dev/null && "
-                           "sha256sum * 2>/dev/null || true").stdout
-        anchor = self.target.recipe.ca_anchor_dir
-        return {f"{anchor}/{line.split()[1]}": line.split()[0]
+        # Only our own anchors: the directory may hold others' (on AL2023 it is the
+        # system's own anchors directory).
+        out = self.sh(ctx, f"sha256sum -- {self.target.recipe.ca_anchor_glob} 2>/dev/null "
+                           "|| true").stdout
+        return {line.split()[1]: line.split()[0]
                 for line in out.splitlines() if len(line.split()) == 2}
 
     def plan(self, ctx, current):
@@ -308,8 +309,8 @@ class TrustCA(HostStep):
                       f"{self.target.options['ca_bundle']}")
 
     def apply(self, ctx, current, change):
-        anchor = self.target.recipe.ca_anchor_dir
-        self.sh(ctx, f"rm -rf {q(anchor)} && mkdir -p {q(anchor)}")
+        recipe = self.target.recipe
+        self.sh(ctx, f"mkdir -p -- {q(recipe.ca_anchor_dir)} && rm -f -- {recipe.ca_anchor_glob}")
         connection(ctx).put_files(self.desired(), step=self.name)
         self.sh(ctx, self.target.recipe.ca_update, timeout=900)
 
@@ -1199,7 +1200,9 @@ def steps(ctx, project=None):
                 f"The project requires Python {target.project.python}; the host recipes "
                 f"install Python {'.'.join(map(str, recipes.PYTHON_VERSION))}.",
                 "Deploy a Helios release that runs on Python 3.13.")
-    result = [Connect(target)]
+    from .preflight import Preflight  # it builds on HostStep, defined here
+
+    result = [Connect(target), Preflight(target)]
     if target.options.get("ca_bundle"):
         result.append(TrustCA(target))
     if target.recipe.broker_files(target.broker):

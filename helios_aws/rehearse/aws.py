@@ -112,3 +112,26 @@ def publish_public_parameter(name: str, value: str, region: str = "us-east-1",
         description=None, allowed_pattern=None, keyid=None,
         last_modified_date=datetime.datetime.now(datetime.timezone.utc), version=1,
         data_type="aws:ec2:image"))
+
+
+# Debian 13's public image parameters (the default OS), and the Amazon Linux ones moto
+# ships for the same architecture.
+DEBIAN_13_IMAGES = {
+    "/aws/service/debian/release/13/latest/amd64":
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "/aws/service/debian/release/13/latest/arm64":
+        "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+}
+
+
+def publish_debian_images(url: str, regions: Sequence[str] = ("us-east-1", "us-west-2")) -> None:
+    """Publish Debian 13's image parameters in the in-process moto server at url, each
+    pointing at an image moto knows (its Amazon Linux image of the same architecture)."""
+    import boto3
+
+    for region in regions:
+        ssm = boto3.client("ssm", endpoint_url=url, region_name=region,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        for debian, amazon in DEBIAN_13_IMAGES.items():
+            image = ssm.get_parameter(Name=amazon)["Parameter"]["Value"]
+            publish_public_parameter(debian, image, region=region)

@@ -96,12 +96,9 @@ class Rehearsal:
         )
         route53 = boto3.client("route53", endpoint_url=moto.url, **CREDENTIALS)
         route53.create_hosted_zone(Name=ZONE, CallerReference=ZONE)
-        # The local AWS knows Amazon Linux's image parameters, not Debian's: publish
-        # Debian 13's, pointing at an image it knows.
-        ssm = boto3.client("ssm", endpoint_url=moto.url, **CREDENTIALS)
-        image = ssm.get_parameter(Name="/aws/service/ami-amazon-linux-latest/"
-                                  "al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
-        aws.publish_public_parameter("/aws/service/debian/release/13/latest/amd64", image)
+        # The local AWS knows Amazon Linux's image parameters, not those of Debian 13 (the
+        # default OS): publish them, pointing at images it knows.
+        aws.publish_debian_images(moto.url)
         print(f"AWS endpoint {moto.url}; hosted zone {ZONE}")
 
     def serve_host_keys(self, public_keys):
@@ -156,8 +153,7 @@ class Rehearsal:
             self.serve_host_keys([key.with_suffix(".pub").read_text()])
         self.step("aws_configure")
         self.manage("aws_configure", "--domain", DOMAIN, "--email", SENDER,
-                    "--auth-systems", "password", "--ssh-cidr", "127.0.0.1/32",
-                    "--os", "debian13", "--no-input")
+                    "--auth-systems", "password", "--ssh-cidr", "127.0.0.1/32", "--no-input")
         self.step("aws_provision --plan")
         self.manage("aws_provision", "--plan", *self.host_flags())
         self.step("aws_provision")

@@ -54,7 +54,7 @@ class Command(BaseCommand):
                           help="Address of the server (default: the Elastic IP).")
         host.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22).")
         host.add_argument("--ssh-user", default=None,
-                          help="SSH login user (default: the deployment's, e.g. ec2-user).")
+                          help="SSH login user (default: the deployment's, e.g. admin).")
         host.add_argument("--ssh-key", default=None,
                           help="Private key for SSH (default: the key pair's key in the "
                                "output directory).")
