@@ -1284,6 +1284,7 @@ def test_every_step_quotes_every_value_and_runs_nothing_a_value_names(tmp_path, 
         service_user=f"helios{value}")
     shell = ctx.ssh = RecordingShell(tmp_path, f"v1{word}")
     shell.user_ = ctx.deployment.service_user
+    ctx.facts["backup_bucket"] = f"helios-backups-{word}"
     chosen = host.steps(ctx, project)
     assert len(chosen) >= 17
     for step in chosen:

@@ -314,7 +314,7 @@ def test_on_a_terminal_each_step_line_is_rewritten_in_place(project):
     for index, name in enumerate(["AWS account", "machine image", "key pair", "security group",
                                   "mail permissions (IAM role)", "EC2 instance", "Elastic IP",
                                   "DNS record", "mail (SES)", "SSH host key"], 1):
-        assert f"\r\x1b[K[{index:>2}/10] {name}: running, 0s" in received
+        assert f"\r\x1b[K[{index:>2}/11] {name}: running, 0s" in received
     # What stays on the screen: one line per step, with its outcome, no start lines.
     screen = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r\x1b[K")[-1])
               for line in received.split("\r\n")]
@@ -518,7 +518,7 @@ def test_provisioning_again_after_destroy_imports_the_saved_key(project):
     run(project)
     saved = key_file.read_bytes()
     before, = ec2.describe_key_pairs(Filters=TAGGED)["KeyPairs"]
-    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot")
+    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup")
     assert (f"kept the private key {key_file} (provisioning this deployment again imports "
             "its public half as the new key pair)") in destroyed.stdout
 
@@ -813,7 +813,7 @@ def test_with_skip_host_a_host_key_not_yet_published_is_left_for_the_next_run(
     assert outcomes(first.stdout)["SSH host key"] == "deferred"
     assert "is not in its console output yet" in first.stdout
     assert "the next run reads it before it connects to the server" in first.stdout
-    assert "Done: 7 created, 1 deferred, 2 unchanged." in first.stdout
+    assert "Done: 8 created, 1 deferred, 2 unchanged." in first.stdout
     assert "host_key" not in state(deploy)
 
     monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT",
@@ -837,8 +837,14 @@ LOST_STATE = ("none", "first", "second", "both")
 def shared_ctx(tmp_path, name):
     domain, email = SHARING[name]
     ctx, out, lines = in_process(tmp_path / name, name=name, domain=domain, email=email)
-    ctx.options["no_snapshot"] = True
+    ctx.options["no_snapshot"] = ctx.options["no_backup"] = True  # no server to back up
     return ctx, out, lines
+
+
+def only_the_backups_are_kept(remaining):
+    """What --destroy leaves is the backup bucket alone, kept on purpose."""
+    [(kept, _)] = remaining
+    return kept.startswith("S3 bucket ") and "kept on purpose" in kept
 
 
 def destroy_shared(tmp_path, name, lose_state):
@@ -877,17 +883,17 @@ def test_destroying_one_of_two_deployments_keeps_what_the_other_uses(tmp_path, o
 
     remaining, output = destroy_shared(tmp_path, first, lost in ("first", "both"))
 
-    assert remaining == []
+    assert only_the_backups_are_kept(remaining)
     assert mail_of(second) == whole
     gone = mail_of(first)
     assert (gone["sender"], gone["A"]) == (False, False)
     assert (f"deployment {first}'s claim on SES identity {ZONE} (the identity and its mail "
             f"records stay: deployment {second} uses it)") in output
-    assert f"Nothing tagged helios-aws:deployment={first} remains" in output
+    assert f"Still there, tagged helios-aws:deployment={first}:" in output
 
     remaining, output = destroy_shared(tmp_path, second, lost in ("second", "both"))
 
-    assert remaining == []
+    assert only_the_backups_are_kept(remaining)
     assert inventory() == NOTHING
     assert f"deleted SES identity {ZONE}" in output
     assert "stay: deployment" not in output
@@ -902,7 +908,7 @@ def test_an_identity_that_was_there_before_is_never_deleted(tmp_path):
 
     remaining, output = destroy_shared(tmp_path, "vote", lose_state=True)
 
-    assert remaining == []
+    assert only_the_backups_are_kept(remaining)
     assert (f"deployment vote's claim on SES identity {ZONE} (the identity stays: it was "
             "there before helios-aws)") in output
     assert mail_of("vote") == {"domain identity": True, "sender": False, "A": False,

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 from ..aws.base import note
 from ..backup import CONFIG_PATH, Config
-from ..engine import CREATE, KEEP, UPDATE, Change
+from ..engine import CREATE, KEEP, UNCHANGED, UPDATE, Change
 from .steps import (
     APP_UNITS, HostStep, connection, file_hashes_script, sha256, unit_state_script,
 )
@@ -60,6 +60,8 @@ class BackupTimer(HostStep):
 
     def apply(self, ctx, current, change):
         text = self.config(ctx)
+        if text is None:
+            return UNCHANGED
         if current.get(f"sha.{self.path}") != sha256(text):
             connection(ctx).put_files({self.path: text}, step=self.name)
         self.sh(ctx, f"systemctl daemon-reload && systemctl enable --now {TIMER} "
