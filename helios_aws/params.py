@@ -336,6 +336,7 @@ def validate(d):
     validate_service_user(d.service_user, d.effective_ssh_user)
     validate_host_path("--app-dir", d.app_dir, "Use a directory of its own, e.g. /srv/helios.")
     _refuse_system_dir("--app-dir", d.app_dir, inside=True)
+    _refuse_layout_dir(d.app_dir)
     if d.host_prefix:
         validate_host_path("--host-prefix", d.host_prefix,
                            "Give an absolute directory, or leave it empty on a real server.")
@@ -407,6 +408,22 @@ def _refuse_system_dir(flag, path, inside):
     if inside and re.fullmatch(r"/home/[^/]+", normal):
         raise ConfigError(f"{flag} {path!r} is a home directory.",
                           "Use a directory of its own, e.g. /srv/helios.")
+
+
+# Where the host half keeps what is not the application's (layout.HostLayout.state_dir and
+# acme_root, host.steps.STATE_DIR and CACHE_DIR): the application directory may not be,
+# hold or lie inside one of them, or a release could overwrite them or be pruned with them.
+LAYOUT_DIRS = ("/var/lib/helios", "/var/lib/helios-aws", "/var/cache/helios-aws",
+               "/var/www/acme")
+
+
+def _refuse_layout_dir(path):
+    normal = posixpath.normpath(path)
+    for own in LAYOUT_DIRS:
+        if normal == own or normal.startswith(own + "/") or own.startswith(normal + "/"):
+            raise ConfigError(f"--app-dir {path!r} overlaps {own}, where helios-aws keeps "
+                              "its own state on the server.",
+                              "Use a directory of its own, e.g. /srv/helios.")
 
 
 def validate_service_user(user, ssh_user):

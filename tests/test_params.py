@@ -27,6 +27,8 @@ REFUSED = [
     ({"app_dir": "/etc"}, "system directory /etc"),
     ({"app_dir": "/var"}, "system directory /var"),
     ({"app_dir": "/var/lib"}, "system directory /var/lib"),
+    ({"app_dir": "/var/lib/helios"}, "overlaps /var/lib/helios, where helios-aws keeps"),
+    ({"app_dir": "/var/cache/helios-aws/app"}, "overlaps /var/cache/helios-aws"),
     ({"app_dir": "/lib64"}, "system directory /lib64"),
     ({"app_dir": "/boot"}, "system directory /boot"),
     ({"app_dir": "/srv"}, "system directory /srv"),
