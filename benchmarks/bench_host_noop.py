@@ -42,7 +42,7 @@ import helios_aws  # noqa: E402
 from helios_aws import layout as layout_mod  # noqa: E402
 from helios_aws.rehearse import vm as vm_mod  # noqa: E402
 from helios_aws.rehearse.tls import GuestPebble, LocalCA  # noqa: E402
-from helios_aws.host import recipes, steps as host  # noqa: E402
+from helios_aws.host import base as host_base, recipes, steps as host  # noqa: E402
 
 ANSIBLE_VENV = Path(os.environ.get("HELIOS_AWS_BENCH_CACHE", "/var/cache/helios-aws")) / \
     "ansible-venv"
@@ -91,7 +91,7 @@ def playbook(project, ca_bundle):
     units = sorted(p.name for p in (deploy / "systemd").iterdir())
     anchors = {f"{recipe.ca_anchor_dir}/helios-aws-{i:03d}{recipe.ca_suffix}": c + "\n"
                for i, c in enumerate(dict.fromkeys(
-                   host.PEM_RE.findall(Path(ca_bundle).read_text())))}
+                   host_base.PEM_RE.findall(Path(ca_bundle).read_text())))}
     copy = [
         {"dest": path, "content": text, "owner": "root", "group": "root", "mode": "0644"}
         for path, text in {**anchors, **recipe.broker_files("rabbitmq")}.items()

@@ -205,7 +205,7 @@ def final_backup(ctx, out, instance):
         out.line("No final backup (--no-backup): what changed since the last backup is lost.",
                  "WARNING")
         return
-    from .host.steps import connection
+    from .host.base import connection
 
     # The server has been up for a while: it answers at once, or not at all.
     if ctx.options.get("ssh_wait") is None:

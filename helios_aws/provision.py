@@ -1,14 +1,12 @@
 """``aws_provision``: plan, apply, tear down, stop and start one deployment.
 
-A run is the AWS steps (:mod:`helios_aws.aws.steps`) followed by the host steps of
-``helios_aws.host.steps`` when that half is installed and ``--skip-host`` is not given.
+A run is the AWS steps (:mod:`helios_aws.aws.steps`) followed by the host steps
+(:mod:`helios_aws.host.steps`) unless ``--skip-host`` is given.
 Before anything is changed every AWS step is read and planned: bad input (an instance
 type that does not exist, a domain without a hosted zone, a key file that would be
 overwritten, no credentials) stops the run while nothing exists yet.
 """
 
-import importlib
-import importlib.util
 from pathlib import Path
 
 from . import backup_commands, envfile, params
@@ -23,9 +21,8 @@ from .engine import (KEEP, LOG_NAME, STATE_NAME, Activity, Context, Output, Runn
                      summary)
 from .errors import ConfigError
 from .files import exclusive, refuse_symlinks
-from .host import rollback
+from .host import rollback, steps as host_steps
 
-HOST_STEPS = "helios_aws.host.steps"
 LOGGED_PARAMS_LENGTH = 400
 
 
@@ -107,31 +104,14 @@ def make_context(deployment, out_dir, options, out):
     return ctx
 
 
-def host_steps(ctx):
-    """The host half's steps, or None when that half is not installed."""
-    try:
-        if importlib.util.find_spec(HOST_STEPS) is None:
-            return None
-    except ModuleNotFoundError:
-        return None
-    return list(importlib.import_module(HOST_STEPS).steps(ctx))
-
-
-def _host_half(ctx, out):
-    if ctx.options.get("skip_host"):
-        return []
-    found = host_steps(ctx)
-    if found is None:
-        out.line("The host half is not installed in this version: only AWS is provisioned.",
-                 "NOTICE")
-        return []
-    return found
+def _host_half(ctx):
+    return [] if ctx.options.get("skip_host") else host_steps.steps(ctx)
 
 
 def provision(ctx, out):
     """The default action: every step that is not skipped."""
     chosen = [] if ctx.options.get("skip_aws") else aws_steps(ctx.deployment)
-    return apply(ctx, out, chosen, _host_half(ctx, out))
+    return apply(ctx, out, chosen, _host_half(ctx))
 
 
 def apply(ctx, out, aws, host=()):
@@ -207,7 +187,7 @@ def show_plan(ctx, out):
     else:
         facts_from_state(ctx)
         rows = []
-    host = _host_half(ctx, out)
+    host = _host_half(ctx)
     if host and all(change.action == KEEP for _, change in rows):
         Runner(host, ctx, out).plan()
     elif host:

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from helios_aws import params
 from helios_aws.errors import HostError
-from helios_aws.host import preflight, recipes, steps as host
+from helios_aws.host import base as host_base, preflight, recipes, steps as host
 
 from test_host_steps import facts, make_ctx, project  # noqa: F401 (a fixture)
 
@@ -213,7 +213,7 @@ def preflight_ctx(tmp_path, project, os_name, **answers):
     broker = "redis" if os_name == "al2023" else "rabbitmq"
     ctx = make_ctx(tmp_path, project, os=os_name, broker=broker)
     ctx.ssh.reply("getenforce", facts(**answers))
-    return ctx, preflight.Preflight(host.Target(ctx, project))
+    return ctx, preflight.Preflight(host_base.Target(ctx, project))
 
 
 def test_preflight_comes_right_after_the_login_and_changes_nothing(tmp_path, project):
@@ -233,8 +233,8 @@ def test_preflight_read_runs_in_a_real_shell(tmp_path, project):
     stub(tmp_path, "getenforce", "echo Enforcing\n")
     fake_dnf(tmp_path, (0, ""))
     out = run_with_stubs(tmp_path, ctx.ssh.commands[0]).stdout
-    assert host.parse_facts(out)["selinux"] == "Enforcing"
-    assert host.parse_facts(out)["python"] in ("installed", "available")
+    assert host_base.parse_facts(out)["selinux"] == "Enforcing"
+    assert host_base.parse_facts(out)["python"] in ("installed", "available")
 
 
 def test_preflight_refuses_an_ami_without_python_313(tmp_path, project):

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from helios_aws import configure, engine, params
 from helios_aws.errors import ConfigError, HostError
-from helios_aws.host import steps as host
+from helios_aws.host import base as host_base, steps as host
 from helios_aws.host.ssh import Connection, Result
 from helios_aws.project import Project
 
@@ -411,7 +411,7 @@ def host_ctx(sshd, server_dir, project, service_user):
         "host": sshd.host, "ssh_port": sshd.port, "ssh_key": str(sshd.client_key),
         "trust_host_key": sshd.host_key_fingerprint, "ssh_agent": False,
     })
-    return ctx, host.Target(ctx, project)
+    return ctx, host_base.Target(ctx, project)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from helios_aws import configure, engine, params
 from helios_aws.errors import ConfigError, HostError
-from helios_aws.host import recipes, release, steps as host
+from helios_aws.host import base as host_base, recipes, release, steps as host, web
 from helios_aws.host.progress import ToolProgress
 from helios_aws.host.ssh import Result
 from helios_aws.project import Project, StaticAlias
@@ -124,7 +124,7 @@ def ctx(tmp_path, project):
 
 
 def target(ctx, project):
-    return host.Target(ctx, project)
+    return host_base.Target(ctx, project)
 
 
 def run_step(step, ctx):
@@ -435,7 +435,7 @@ def test_uv_version_is_read_from_its_metadata(tmp_path, ctx, project):
     step.read(ctx2)
     script = ctx2.ssh.commands[0]
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
-    assert host.parse_facts(out) == {"version": "0.9.5"}
+    assert host_base.parse_facts(out) == {"version": "0.9.5"}
 
 
 # ------------------------------------------------------------------------ user, directories
@@ -845,7 +845,7 @@ def test_pruning_keeps_the_configured_number_of_releases(tmp_path, project):
     removed releases go with them."""
     ctx = make_ctx(tmp_path, project, {"keep_releases": 3},
                    host_prefix=str(tmp_path / "server"))
-    lay = host.Target(ctx, project).layout
+    lay = host_base.Target(ctx, project).layout
     releases = Path(str(lay.releases))
     state = tmp_path / "server" / "var" / "lib" / "helios-aws" / "releases"
     names = [rel_name(day, letter) for day, letter in zip(range(1, 6), "abcde")]
@@ -868,7 +868,7 @@ def test_pruning_keeps_the_configured_number_of_releases(tmp_path, project):
 
 # ------------------------------------------------------------------------ units
 
-UNITS_RUNNING = {f"{k}.{u}": v for u in host.APP_UNITS
+UNITS_RUNNING = {f"{k}.{u}": v for u in host_base.APP_UNITS
                  for k, v in (("enabled", "enabled"), ("active", "active"))}
 
 
@@ -986,7 +986,7 @@ def test_a_site_nginx_rejects_never_replaces_the_good_one(fake_nginx_host, tmp_p
     site.write_text("server { good }\n")
     staged = tmp_path / "staged"
     staged.write_text("server { broken }\n")
-    result = subprocess.run(["sh", "-c", host.install_site_script(site, staged)], env=env,
+    result = subprocess.run(["sh", "-c", web.install_site_script(site, staged)], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "unknown directive" in result.stderr and "previous one is kept" in result.stderr
@@ -1000,7 +1000,7 @@ def test_a_good_site_is_installed_and_nginx_reloaded(fake_nginx_host, tmp_path):
     site.write_text("server { old }\n")
     staged = tmp_path / "staged"
     staged.write_text("server { new }\n")
-    subprocess.run(["sh", "-c", host.install_site_script(site, staged)], env=env, check=True)
+    subprocess.run(["sh", "-c", web.install_site_script(site, staged)], env=env, check=True)
     assert site.read_text() == "server { new }\n"
     assert calls.read_text().splitlines()[0] == "enable nginx"
     assert sorted(p.name for p in site.parent.iterdir()) == ["helios.conf"]
@@ -1010,7 +1010,7 @@ def test_a_rejected_first_site_is_removed(fake_nginx_host, tmp_path):
     site, calls, env = fake_nginx_host
     staged = tmp_path / "staged"
     staged.write_text("broken\n")
-    result = subprocess.run(["sh", "-c", host.install_site_script(site, staged)], env=env,
+    result = subprocess.run(["sh", "-c", web.install_site_script(site, staged)], env=env,
                             capture_output=True)
     assert result.returncode == 1 and not site.exists()
 
@@ -1160,27 +1160,27 @@ def test_no_host_to_connect_to_is_explained(tmp_path, project):
     ctx = make_ctx(tmp_path, project)
     ctx.ssh = None
     with pytest.raises(HostError, match="no server to connect to"):
-        host.connection(ctx)
+        host_base.connection(ctx)
 
 
 def test_trusted_fingerprints_come_from_the_flag_and_the_aws_half(ctx):
     ctx.options["trust_host_key"] = f"{FINGERPRINT},SHA256:{'B' * 43}"
     ctx.facts["host_fingerprints"] = ["SHA256:" + "A" * 43]
-    assert host.pinned_fingerprints(ctx) == [FINGERPRINT, "SHA256:" + "B" * 43,
+    assert host_base.pinned_fingerprints(ctx) == [FINGERPRINT, "SHA256:" + "B" * 43,
                                              "SHA256:" + "A" * 43]
 
 
 def test_a_malformed_fingerprint_is_refused(ctx):
     ctx.options["trust_host_key"] = "MD5:aa:bb"
     with pytest.raises(HostError, match="not an OpenSSH SHA256"):
-        host.pinned_fingerprints(ctx)
+        host_base.pinned_fingerprints(ctx)
 
 
 def test_layout_paths_match_the_rendered_units(ctx, project):
     unit = (ctx.out_dir / "systemd" / "gunicorn.service").read_text()
     assert "EnvironmentFile=/srv/helios/shared/.env" in unit
     assert "WorkingDirectory=/srv/helios/current" in unit
-    assert Path(host.Target(ctx, project).layout.env_file).as_posix() == "/srv/helios/shared/.env"
+    assert Path(host_base.Target(ctx, project).layout.env_file).as_posix() == "/srv/helios/shared/.env"
 
 
 # ------------------------------------------------------------------------ hostile values
@@ -1523,10 +1523,10 @@ def test_wsgi_and_celery_names_from_the_project_are_plain_names(project, field, 
 def test_a_fact_with_a_line_break_cannot_pass_for_another_fact(tmp_path):
     """Facts are NUL-terminated: a file name or link target with a line break in it
     stays one value, run through a real shell."""
-    script = host.fact("current", "printf 'releases/x\\nready=../../etc'") + \
-        host.fact("other", "echo yes")
+    script = host_base.fact("current", "printf 'releases/x\\nready=../../etc'") + \
+        host_base.fact("other", "echo yes")
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
-    assert host.parse_facts(out) == {"current": "releases/x\nready=../../etc", "other": "yes"}
+    assert host_base.parse_facts(out) == {"current": "releases/x\nready=../../etc", "other": "yes"}
 
 
 FAKE_GIT = """#!/bin/sh

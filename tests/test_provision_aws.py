@@ -34,7 +34,7 @@ from helios_aws.aws.mail import MailStep
 from helios_aws.aws.steps import steps as aws_steps
 from helios_aws.engine import Output, Runner, Step, StepFailed
 from helios_aws.errors import ConfigError
-from helios_aws.host import steps as host_steps
+from helios_aws.host import base as host_base
 
 NAME = "helios"
 DOMAIN = "vote.example.org"
@@ -799,7 +799,7 @@ def test_with_trust_host_key_the_console_is_not_awaited(tmp_path, monkeypatch, h
     assert ("      the host key is the one --trust-host-key names: the console output is "
             "not awaited") in lines
     assert "GetConsoleOutput" not in (ctx.out_dir / "provision.log").read_text()
-    assert host_steps.pinned_fingerprints(ctx) == [trusted]
+    assert host_base.pinned_fingerprints(ctx) == [trusted]
 
 
 def test_with_skip_host_a_host_key_not_yet_published_is_left_for_the_next_run(

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from ..aws.base import note
 from ..backup import CONFIG_PATH, Config
 from ..engine import CREATE, KEEP, UNCHANGED, UPDATE, Change
-from .steps import (
+from .base import (
     APP_UNITS, HostStep, connection, file_hashes_script, sha256, unit_state_script,
 )
 

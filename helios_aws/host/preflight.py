@@ -10,7 +10,7 @@ paths this tool writes carry no SELinux labels).
 from ..engine import KEEP, Change
 from ..errors import HostError
 from . import recipes
-from .steps import HostStep, fact, q
+from .base import HostStep, fact, q
 
 
 class Preflight(HostStep):

@@ -1,7 +1,7 @@
 """What differs between the supported host operating systems.
 
-A recipe names the packages, services, paths and commands of one OS; the steps in
-``steps.py`` are written once against this interface. Amazon Linux 2 has no recipe: it
+A recipe names the packages, services, paths and commands of one OS; the host steps are
+written once against this interface. Amazon Linux 2 has no recipe: it
 is refused before any connection (see ``params.AL2_END_OF_SUPPORT``).
 """
 

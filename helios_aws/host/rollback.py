@@ -18,8 +18,10 @@ import datetime
 
 from ..engine import KEEP, UPDATE, Change
 from ..errors import HostError
-from . import steps as host
-from .steps import HostStep, fact, q, release_name, restart_running
+from .base import RELEASE_GLOB, HostStep, Target, fact, q, release_name, restart_running
+from .database import Postgres
+from .deploy import Switch
+from .system import Connect
 
 MIGRATIONS = ("find . -type f -path '*/migrations/*.py' ! -name '__init__.py' 2>/dev/null "
               "| sed -E 's,^.*/([^/]+)/migrations/([^/]+)[.]py$,\\1.\\2,' | sort -u")
@@ -34,7 +36,7 @@ class Releases(HostStep):
         lay, target = self.target.layout, self.target
         records = target.state_dir / "releases"
         script = (f"cd -- {q(lay.releases)} 2>/dev/null || exit 0\n"
-                  f"for d in {host.RELEASE_GLOB}; do\n"
+                  f"for d in {RELEASE_GLOB}; do\n"
                   "  { [ -d \"$d\" ] && [ ! -L \"$d\" ]; } || continue\n"
                   f"  r={q(records)}/\"$d\"\n"
                   "  printf '%s=%s\\0' \"installed.$d\" "
@@ -45,7 +47,7 @@ class Releases(HostStep):
                   "done\n"
                   + fact("current", f"readlink -- {q(lay.current)}")
                   + fact("applied", "runuser -u postgres -- psql -XAtq -d "
-                                    f"{q(host.Postgres.database)} -c "
+                                    f"{q(Postgres.database)} -c "
                                     f"{q(APPLIED_SQL)} 2>/dev/null"))
         facts = self.facts(ctx, script)
         releases = []
@@ -59,7 +61,7 @@ class Releases(HostStep):
                     "migrations": set(facts.get(f"migrations.{name}", "").split()),
                 })
         releases.sort(key=lambda r: r["name"], reverse=True)
-        serving = host.Switch.serving(facts)
+        serving = Switch.serving(facts)
         return {"releases": releases, "serving": serving,
                 "applied": set(facts.get("applied", "").split())}
 
@@ -126,5 +128,5 @@ class Rollback(Releases):
 
 def steps(ctx, action):
     """The host steps of ``--releases`` or ``--rollback``: log in, then the action."""
-    target = host.Target(ctx)
-    return [host.Connect(target), (Rollback if action == "rollback" else Releases)(target)]
+    target = Target(ctx)
+    return [Connect(target), (Rollback if action == "rollback" else Releases)(target)]

@@ -16,7 +16,7 @@ import threading
 from .. import layout as layout_mod
 from ..host import recipes
 from ..host.ssh import Connection
-from ..host.steps import APP_UNITS, RELEASE_NAME_RE, RENEW_TIMER, STATE_DIR, q
+from ..host.base import APP_UNITS, RELEASE_NAME_RE, RENEW_TIMER, STATE_DIR, q
 from . import django_side as django_side_mod, forwarding
 from .base import TIMEOUT_HINTS, Skip, failed, passed, probe, warned
 

@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 
-from ..host.steps import LIVENESS_PATH  # Helios answers it without the database
+from ..host.base import LIVENESS_PATH  # Helios answers it without the database
 from .base import Skip, failed, passed, probe, warned
 
 READINESS_PATH = "/"  # reads elections and writes a session: needs the database
