@@ -1,6 +1,7 @@
 """The files aws_configure writes, read by the real programs that will read them on the host:
 nginx, systemd-analyze, Django and gunicorn."""
 
+import contextlib
 import http.client
 import os
 import re
@@ -181,7 +182,11 @@ def request(port, path, *, https=False, ca=None, host=DOMAIN):
     return response, body
 
 
-def test_gunicorn_behind_the_rendered_nginx_site(tmp_path, make_nginx, local_ca):
+@contextlib.contextmanager
+def served(tmp_path, make_nginx, local_ca, site="helios-https.conf", **env):
+    """The project as the host serves it, under a prefix: gunicorn on the unit's socket
+    (``env`` on top of the .env), behind real nginx with the rendered ``site``. Yields
+    (http_port, https_port, the certificate, gunicorn's process)."""
     http_port, https_port = rig.free_port(), rig.free_port()
     project, prefix = prefixed(tmp_path, http_port, https_port)
     cert = install_certificate(prefix, local_ca)
@@ -193,12 +198,19 @@ def test_gunicorn_behind_the_rendered_nginx_site(tmp_path, make_nginx, local_ca)
     gunicorn = rig.Process(
         [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"unix:{socket_path}",
          "--access-logfile", "-", "wsgi:application"],
-        tmp_path / "gunicorn.log", env=django_env(project), cwd=app_dir / "current")
+        tmp_path / "gunicorn.log", env={**django_env(project), **env}, cwd=app_dir / "current")
     try:
         gunicorn.wait_until(socket_path.exists, "gunicorn did not create its socket")
-        nginx = make_nginx(project / "deploy/nginx/helios-https.conf")
-        nginx.start(ports=[http_port, https_port])
+        https = site == "helios-https.conf"
+        make_nginx(project / "deploy/nginx" / site).start(
+            ports=[http_port, https_port] if https else [http_port])
+        yield http_port, https_port, cert, gunicorn
+    finally:
+        gunicorn.stop()
 
+
+def test_gunicorn_behind_the_rendered_nginx_site(tmp_path, make_nginx, local_ca):
+    with served(tmp_path, make_nginx, local_ca) as (http_port, https_port, cert, gunicorn):
         response, _ = request(http_port, "/helios/elections/params?x=1")
         assert response.status == 301
         assert response.getheader("Location") == \
@@ -216,5 +228,3 @@ def test_gunicorn_behind_the_rendered_nginx_site(tmp_path, make_nginx, local_ca)
         static_hits = [line for line in Path(gunicorn.log_path).read_text().splitlines()
                        if "logo.png" in line]
         assert static_hits == []
-    finally:
-        gunicorn.stop()

@@ -4,15 +4,12 @@ whatever forwarding headers the client sent."""
 
 import http.client
 import json
-import os
 import re
-import sys
 
 import pytest
 
-import rig
 from helios_aws import configure as configure_mod
-from test_configure_real import TLSConnection, django_env, install_certificate, prefixed
+from test_configure_real import TLSConnection, prefixed, served
 
 DOMAIN = "vote.example.org"
 SPOOFED = "203.0.113.66"
@@ -57,30 +54,12 @@ def ask_address(port, *, https, ca=None):
 
 @pytest.mark.parametrize("site", ["helios-https.conf", "helios-http.conf"])
 def test_helios_sees_only_the_peer_address(tmp_path, make_nginx, local_ca, site):
-    http_port, https_port = rig.free_port(), rig.free_port()
-    project, prefix = prefixed(tmp_path, http_port, https_port)
-    cert = install_certificate(prefix, local_ca)
-    app_dir = prefix / "srv/helios"
-    app_dir.mkdir(parents=True)
-    os.symlink(project, app_dir / "current")
-    socket_path = prefix / "run/gunicorn.sock"
-    socket_path.parent.mkdir(parents=True)
-    env = django_env(project)
     https = site == "helios-https.conf"
-    if not https:
-        env["SSL"] = "0"  # the first-boot site serves Helios over HTTP, before the certificate
-    gunicorn = rig.Process(
-        [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", f"unix:{socket_path}",
-         "wsgi:application"],
-        tmp_path / "gunicorn.log", env=env, cwd=app_dir / "current")
-    try:
-        gunicorn.wait_until(socket_path.exists, "gunicorn did not create its socket")
-        nginx = make_nginx(project / "deploy/nginx" / site)
-        nginx.start(ports=[http_port, https_port] if https else [http_port])
-
+    # The first-boot site serves Helios over HTTP, before the certificate.
+    env = {} if https else {"SSL": "0"}
+    with served(tmp_path, make_nginx, local_ca, site, **env) as (http_port, https_port, cert,
+                                                                  _):
         seen = ask_address(https_port if https else http_port, https=https, ca=cert.ca)
-    finally:
-        gunicorn.stop()
     assert seen["cast_ip"] == "127.0.0.1"
     headers = seen["headers"]
     assert headers["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
