@@ -487,7 +487,15 @@ def run_backup(config, db, media_root, kind="daily", release="", progress=None, 
     """
     if kind not in KINDS:
         raise BackupError(f"Unknown backup kind {kind!r}.", f"Use one of {', '.join(KINDS)}.")
-    os.umask(0o077)
+    # Whatever this process writes meanwhile is its own alone; the caller's umask returns.
+    umask = os.umask(0o077)
+    try:
+        return _run_backup(config, db, media_root, kind, release, progress, when)
+    finally:
+        os.umask(umask)
+
+
+def _run_backup(config, db, media_root, kind, release, progress, when):
     s3 = config.s3()
     when = when or now()
     folder = config.folder(kind, when)

@@ -47,12 +47,19 @@ def bucket(project):
     return name
 
 
-def test_a_fresh_bucket_has_no_backup_and_no_drill_yet(project, bucket):
+def test_a_fresh_bucket_has_no_backup_and_no_drill_yet(project, bucket, monkeypatch):
     results = check(project)
 
-    assert results["aws.E020"].status == "fail"
-    assert results["aws.E020"].message == (
-        f"There is no complete backup in s3://{bucket}/helios/.")
+    # A new deployment's first backup comes with the timer's first night: a warning...
+    assert results["aws.E020"].status == "warn"
+    assert results["aws.E020"].message.startswith(
+        f"There is no backup in s3://{bucket}/helios/ yet; the bucket is ")
+    # ...and an error once the bucket is older than the 26 hours a backup may be.
+    later = backup.now() + datetime.timedelta(hours=27)
+    monkeypatch.setattr("helios_aws.probes.backup.now", lambda: later)
+    late = check(project)["aws.E020"]
+    assert late.status == "fail"
+    assert late.message == f"There is no complete backup in s3://{bucket}/helios/."
     assert results["aws.W020"].status == "warn"
     assert results["aws.E021"].status == "pass"
     assert results["aws.E022"].status == "pass"

@@ -312,15 +312,16 @@ def test_on_a_terminal_each_step_line_is_rewritten_in_place(project):
 
     assert status == 0
     for index, name in enumerate(["AWS account", "machine image", "key pair", "security group",
-                                  "mail permissions (IAM role)", "EC2 instance", "Elastic IP",
-                                  "DNS record", "mail (SES)", "SSH host key"], 1):
+                                  "mail permissions (IAM role)", "backup bucket (S3)",
+                                  "EC2 instance", "Elastic IP", "DNS record", "mail (SES)",
+                                  "SSH host key"], 1):
         assert f"\r\x1b[K[{index:>2}/11] {name}: running, 0s" in received
     # What stays on the screen: one line per step, with its outcome, no start lines.
     screen = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r\x1b[K")[-1])
               for line in received.split("\r\n")]
     steps = [line for line in screen if line.startswith("[")]
-    assert len(steps) == 10 and all(STEP_LINE.match(line) for line in steps)
-    assert "Done: 8 created, 2 unchanged." in screen
+    assert len(steps) == 11 and all(STEP_LINE.match(line) for line in steps)
+    assert "Done: 9 created, 2 unchanged." in screen
 
 
 def test_a_lost_state_file_means_adopting_by_tag_not_creating(project):
@@ -612,7 +613,7 @@ class CrashAfter(Step):
 # Steps 1 and 2 (account, image) change nothing: a crash after them is a crash before 3.
 # Crashes and Ctrl-C (which the runner catches to save the state file) take turns.
 @pytest.mark.parametrize("index, crash", [(i, (Crash, KeyboardInterrupt)[i % 2])
-                                          for i in range(2, 10)])
+                                          for i in range(2, 11)])
 def test_a_run_that_dies_after_any_step_is_finished_by_the_next(tmp_path, index, crash):
     create_zone()
     ctx, out, _ = in_process(tmp_path)

@@ -448,8 +448,8 @@ def test_ctrl_c_in_the_destroy_loop_says_to_run_it_again_which_finishes(project)
     run(project)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "aws_provision", SETTINGS, "--destroy", "--no-input",
-         "--no-snapshot"], cwd=project, env=helios_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+         "--no-snapshot", "--no-backup"], cwd=project, env=helios_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     listed = False
     for text in process.stdout:
         listed = listed or text.startswith("No snapshot")
@@ -462,7 +462,8 @@ def test_ctrl_c_in_the_destroy_loop_says_to_run_it_again_which_finishes(project)
     assert ("Interrupted during the teardown (--destroy). Some resources may be deleted "
             "already: run --destroy again") in stderr
     assert inventory() != NOTHING
-    again = run(project, "--destroy", "--no-input", "--no-snapshot")
+    again = run(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup",
+                "--delete-backups", "helios")
     assert "Nothing tagged helios-aws:deployment=" in again.stdout
     assert inventory() == NOTHING
 
@@ -480,7 +481,9 @@ def test_a_run_killed_by_a_timeout_still_shows_every_step_it_finished(project):
         server.accept()  # the AWS half is done; the host half waits for SSH
         process.kill()  # as a CI timeout does: no chance to flush anything
         printed = process.communicate(timeout=60)[0]
-    finished = [int(n) for n, total in re.findall(r"^\[\s*(\d+)/(\d+)\] ", printed, re.M)]
+    # Each step's outcome line ("[ n/N] step: outcome (T s)"), after its start line.
+    finished = [int(n) for n, total in re.findall(r"^\[\s*(\d+)/(\d+)\] .+: \w+ \([\d.]+s\)$",
+                                                  printed, re.M)]
     assert finished == list(range(1, len(finished) + 1)) and len(finished) >= 10, printed
     assert inventory() == ONE_OF_EACH
 

@@ -9,7 +9,7 @@ from ..aws.base import iam_name
 from ..aws.session import call, translate
 from ..backup import Config, describe_age, list_backups, list_drills, now
 from .aws import session
-from .base import Skip, failed, passed, probe
+from .base import Skip, failed, passed, probe, warned
 
 MAX_BACKUP_AGE = datetime.timedelta(hours=26)
 MAX_DRILL_AGE = datetime.timedelta(days=8)
@@ -30,6 +30,11 @@ def bucket(ctx):
     return ctx.once("backup-bucket", lambda: _find(ctx))
 
 
+def _created_at(ctx, name):
+    listed = call("list the account's S3 buckets", _s3(ctx).list_buckets)["Buckets"]
+    return next((b["CreationDate"] for b in listed if b["Name"] == name), None)
+
+
 def _s3(ctx):
     return session(ctx).aws.client("s3")
 
@@ -41,6 +46,11 @@ def recent_backup(ctx):
     config = bucket(ctx)
     found = list_backups(config, _s3(ctx))
     if not found:
+        made = _created_at(ctx, config.bucket)
+        if made is not None and now() - made < MAX_BACKUP_AGE:
+            # A new deployment: the nightly timer has not had its first night yet.
+            return warned(f"There is no backup in s3://{config.bucket}/{config.prefix}/ yet; "
+                          f"the bucket is {describe_age(now() - made)} old.")
         return failed(f"There is no complete backup in s3://{config.bucket}/{config.prefix}/.")
     newest = found[0]
     age = now() - newest["created_at"]

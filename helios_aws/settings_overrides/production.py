@@ -20,9 +20,11 @@ not reach them. This module therefore:
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from helios_aws.configure import ENV_NAME
 from helios_aws.params import DEFAULT_OUTPUT
@@ -37,8 +39,24 @@ def _env_file():
     return root / DEFAULT_OUTPUT / ENV_NAME
 
 
+def _load(path):
+    """Load ``path`` into os.environ. A file named by HELIOS_ENV_FILE that cannot be read
+    stops Helios (it would start with its development defaults); the default file, on the
+    operator's machine, is skipped with a warning so that aws_configure can say what is
+    wrong with it and how to fix it."""
+    try:
+        environ.Env.read_env(path, overwrite=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else (
+            f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}")
+        if os.environ.get("HELIOS_ENV_FILE"):
+            raise ImproperlyConfigured(f"HELIOS_ENV_FILE {path} cannot be read ({reason}).")
+        sys.stderr.write(f"helios-aws: {path} cannot be read ({reason}); its values were "
+                         "not loaded.\n")
+
+
 HELIOS_AWS_ENV_FILE = str(_env_file())
-environ.Env.read_env(HELIOS_AWS_ENV_FILE, overwrite=False)
+_load(HELIOS_AWS_ENV_FILE)
 
 from settings import *  # noqa: E402,F401,F403
 from settings import INSTALLED_APPS as _PROJECT_APPS  # noqa: E402
