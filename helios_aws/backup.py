@@ -726,7 +726,9 @@ def drill(config, db, admin, backup=None, progress=None):
             _restore(scratch, Download(s3, config.bucket, part["key"], part["sha256"]))
             counts = scratch.row_counts()
         finally:
-            admin.query(f'DROP DATABASE IF EXISTS "{scratch.name}"')
+            # FORCE: a restore cut short (a damaged backup) may leave its server session
+            # a moment longer than the killed client (PostgreSQL 13 and newer).
+            admin.query(f'DROP DATABASE IF EXISTS "{scratch.name}" WITH (FORCE)')
             _log(progress, f"drill {folder}: dropped scratch database {scratch.name}")
         expected = manifest["row_counts"]
         differ = sorted(t for t in set(expected) | set(counts)

@@ -665,6 +665,9 @@ def test_new_release_is_uploaded_and_installed_with_uv(ctx, project):
     assert f"UV_PROJECT_ENVIRONMENT={rel}/.venv" in script
     assert "UV_PYTHON=/usr/bin/python3.13" in script
     assert "UV_CACHE_DIR=/var/cache/helios-aws/uv" in script
+    # Copies, not hard links into the cache: the release becomes root's, the cache stays the
+    # service user's.
+    assert "UV_LINK_MODE=copy" in script
     assert "/srv/helios/tools/uv/bin/uv sync --frozen --no-dev" in script
     assert re.search(r"uv pip install --python \S+/.venv/bin/python -- "
                      rf"{state}/helios_aws-[\w.]+-py3-none-any.whl gunicorn django-environ\n",

@@ -196,7 +196,7 @@ class Release(HostStep):
     def uv_commands(self, venv, extras):
         cache = q(self.target.cache_dir / "uv")
         env = (f"{self.as_service_user()} UV_PYTHON={recipes.PYTHON} UV_PYTHON_DOWNLOADS=never "
-               f"UV_NATIVE_TLS=1 UV_CACHE_DIR={cache} UV_COMPILE_BYTECODE=1 "
+               f"UV_NATIVE_TLS=1 UV_CACHE_DIR={cache} UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 "
                f"UV_PROJECT_ENVIRONMENT={q(venv)}")
         uv = q(self.target.uv)
         return (f"{env} {uv} sync --frozen --no-dev && "
