@@ -72,9 +72,11 @@ def known_hosts_name(host, port):
     return host if port == 22 else f"[{host}]:{port}"
 
 
-# paramiko reports every connection at INFO; the run's own log says what matters.
+# paramiko reports every connection at INFO, and its transport thread logs at ERROR what
+# the caller also gets as an exception (a connection reset while reading the banner, say,
+# after Ctrl-C): the run's own log and its HostError say what matters, once.
 if logging.getLogger("paramiko").level == logging.NOTSET:
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class Result:
