@@ -13,8 +13,11 @@ that changes a resource drops what it read with :meth:`AWS.forget`.
 import contextlib
 import logging
 
+import functools
+
 import boto3
 import botocore.exceptions
+import botocore.loaders
 from botocore.config import Config
 
 from ..errors import AWSError, StepTimeout
@@ -42,6 +45,19 @@ def quiet_aws_libraries():
             logger.setLevel(logging.WARNING)
 
 
+@functools.cache
+def _model_loader():
+    """botocore's reader of service models, shared by every session of this process.
+
+    A client's first creation parses its service's model (EC2's alone takes a few hundred
+    milliseconds of CPU), and botocore keeps what it parsed in the loader of the session
+    that asked. Each run builds a new session, so without this every run in a process (the
+    probes of aws_check, a test suite, a rehearsal) parsed every model again, under the
+    interpreter lock, one probe after another. The models are read-only data.
+    """
+    return botocore.loaders.create_loader()
+
+
 class AWS:
     """A boto3 session and its clients, built once per run."""
 
@@ -54,6 +70,8 @@ class AWS:
         except botocore.exceptions.ProfileNotFound:
             raise AWSError(f"The AWS profile {profile!r} does not exist.",
                            "Check `aws configure list-profiles`, or drop --profile.")
+        if not self.session._session.get_config_variable("data_path"):
+            self.session._session.register_component("data_loader", _model_loader())
         self._clients = {}
         self._cache = {}
 
