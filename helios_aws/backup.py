@@ -32,6 +32,7 @@ import tarfile
 import threading
 from pathlib import Path
 
+from . import elections
 from .aws.session import AWS, call, translate
 from .errors import HeliosAWSError
 
@@ -49,18 +50,6 @@ TABLES_SQL = ("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c
               "AND c.relname LIKE 'helios\\_%' ORDER BY 1")
 MIGRATIONS_SQL = ("SELECT md5(coalesce(string_agg(app || '.' || name, ',' "
                   "ORDER BY app, name), '')) FROM django_migrations")
-# HELIOS.md: started = frozen and voting_starts_at unset or past (voting_started_at, when
-# set, is the start that counts); stopped = voting_ended_at, else voting_extended_until,
-# else voting_ends_at is past, or a tally exists. Times are naive UTC.
-OPEN_ELECTIONS_SQL = """
-SELECT coalesce(string_agg(short_name, ' ' ORDER BY short_name), '') FROM helios_election
-WHERE frozen_at IS NOT NULL
-  AND (voting_starts_at IS NULL
-       OR coalesce(voting_started_at, voting_starts_at) <= (now() AT TIME ZONE 'UTC'))
-  AND NOT coalesce(coalesce(voting_ended_at, voting_extended_until, voting_ends_at)
-                   <= (now() AT TIME ZONE 'UTC'), false)
-  AND encrypted_tally IS NULL
-"""
 ERROR_TAIL = 2000
 
 
@@ -161,7 +150,8 @@ def row_counts(query):
 @dataclasses.dataclass(frozen=True)
 class Database:
     """How the PostgreSQL client programs reach one database: libpq parameters and, on a
-    host where this runs as root, the OS user to run them as (peer authentication)."""
+    host where this runs as root, the OS user to run them as (peer authentication); and
+    the time zone Helios's Django session gives its stored times (see elections.py)."""
 
     name: str
     host: str = ""
@@ -170,15 +160,16 @@ class Database:
     password: str = ""
     sslmode: str = ""
     run_as: str = ""
+    time_zone: str = ""
 
     @classmethod
-    def from_django(cls, settings_dict, run_as=""):
+    def from_django(cls, settings_dict, run_as="", time_zone=""):
         options = settings_dict.get("OPTIONS") or {}
         return cls(name=settings_dict.get("NAME") or "", host=settings_dict.get("HOST") or "",
                    port=str(settings_dict.get("PORT") or ""),
                    user=settings_dict.get("USER") or "",
                    password=settings_dict.get("PASSWORD") or "",
-                   sslmode=options.get("sslmode", ""), run_as=run_as)
+                   sslmode=options.get("sslmode", ""), run_as=run_as, time_zone=time_zone)
 
     def other(self, name, run_as=None):
         """The same server's database ``name``."""
@@ -222,10 +213,9 @@ class Database:
         return self.query(MIGRATIONS_SQL)
 
     def open_elections(self):
-        """Short names of the elections open for voting now (HELIOS.md's definition)."""
-        if not self.query("SELECT to_regclass('public.helios_election') IS NOT NULL") == "t":
-            return []
-        return self.query(OPEN_ELECTIONS_SQL).split()
+        """Short names of the elections open for voting now (elections.py's definition);
+        ElectionsUnreadable when that cannot be decided."""
+        return elections.open_now(elections.read(self.query, self.time_zone))
 
 
 # ------------------------------------------------------------------------- streaming

@@ -54,11 +54,14 @@ def add_host_side_arguments(parser):
 def _here(options):
     """The backup configuration, the database, MEDIA_ROOT and release of this host."""
     from django.conf import settings
+    from django.db import connection
 
     config = backup.Config.load(options["config"])
     root = os.geteuid() == 0
     run_as = config.service_user if root and config.service_user not in ("", "root") else ""
-    db = backup.Database.from_django(settings.DATABASES["default"], run_as=run_as)
+    # The zone Helios's session stores its times in (elections.py): Django's own answer.
+    db = backup.Database.from_django(settings.DATABASES["default"], run_as=run_as,
+                                     time_zone=connection.timezone_name)
     return config, db, settings.MEDIA_ROOT, Path.cwd().name
 
 
