@@ -136,6 +136,12 @@ E015 = Error(
          "helios_auth/auth_systems package registers.",
     id="helios_aws.E015",
 )
+E016 = Error(
+    "The deployment's .env could not be read, so Helios runs with its development defaults.",
+    hint="Make it readable by the user running this (chmod 600, owned by that user) and valid "
+         "UTF-8; aws_configure rewrites it.",
+    id="helios_aws.E016",
+)
 W001 = Warning(
     "HSTS is off: browsers are not told to insist on HTTPS.",
     hint="Set HSTS=1 in the .env: Helios's own middleware then sends "
@@ -309,6 +315,14 @@ def env_file_path():
     return getattr(settings, "HELIOS_AWS_ENV_FILE", None) or os.environ.get("HELIOS_ENV_FILE")
 
 
+@register(Tags.security, TAG)
+def check_env_file_read(app_configs=None, **kwargs):
+    # The overlay refuses to start on an unreadable HELIOS_ENV_FILE; an unreadable default
+    # .env (the operator's machine) it only skips, and records why here.
+    error = getattr(settings, "HELIOS_AWS_ENV_FILE_ERROR", "")
+    return [_with_detail(E016, error)] if error else []
+
+
 @register(Tags.security, TAG, deploy=True)
 def check_env_file_mode(app_configs=None, **kwargs):
     path = env_file_path()
@@ -454,6 +468,7 @@ MESSAGES = (
     (E013, "LDAP login, if enabled, uses the deployment's own directory"),
     (E014, "Every enabled login system has its credentials"),
     (E015, "Every enabled login system exists in the project"),
+    (E016, "The .env was read"),
     (W001, "HSTS is on"),
     (W002, "Mail goes through Amazon SES"),
     (W003, "EMAIL_OPTOUT_SECRET is strong"),
