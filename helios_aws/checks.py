@@ -116,8 +116,9 @@ E012 = Error(
     id="helios_aws.E012",
 )
 E013 = Error(
-    "LDAP login is enabled without the deployment's own directory: the LDAP server is "
-    "unset or Helios's public test directory, whose accounts are published.",
+    "LDAP login is enabled without the deployment's own directory over TLS: the LDAP "
+    "server is unset, several, Helios's public test directory, or reached in the clear; "
+    "or its user filter is not a filter.",
     hint="Run aws_configure with --ldap-uri (ldaps://, or ldap:// with --ldap-start-tls), "
          "--ldap-bind-dn, --ldap-user-search-base and HELIOS_LDAP_BIND_PASSWORD, and use "
          "the helios_aws settings overlay; or remove ldap from AUTH_ENABLED_SYSTEMS.",
@@ -397,14 +398,25 @@ def check_devlogin(app_configs=None, **kwargs):
 
 @register(Tags.security, TAG, deploy=True)
 def check_ldap_directory(app_configs=None, **kwargs):
-    # django-auth-ldap reads django.conf.settings, where the overlay's values are.
+    # What django-auth-ldap will do, judged as aws_configure judges its options: the
+    # settings it reads (django.conf.settings, where the overlay's values are), and the
+    # environment variables OpenLDAP itself obeys.
     if "ldap" not in _auth_systems():
         return []
-    uris = str(getattr(settings, "AUTH_LDAP_SERVER_URI", "") or "").split()
-    demo = [uri for uri in uris if logins.is_demo_directory(uri)]
-    if demo:
-        return [_with_detail(E013, f"AUTH_LDAP_SERVER_URI={' '.join(demo)}")]
-    return [] if uris else [_with_detail(E013, "AUTH_LDAP_SERVER_URI is empty")]
+    problems = logins.ldap_uri_problems(
+        getattr(settings, "AUTH_LDAP_SERVER_URI", "") or "",
+        bool(getattr(settings, "AUTH_LDAP_START_TLS", False)), name="AUTH_LDAP_SERVER_URI")
+    if os.environ.get("LDAPTLS_REQCERT", "").strip().lower() in ("never", "allow", "try"):
+        problems.append(f"LDAPTLS_REQCERT={os.environ['LDAPTLS_REQCERT']} lets anyone "
+                        "between the server and the directory read the passwords")
+    search = getattr(settings, "AUTH_LDAP_USER_SEARCH", None)
+    filterstr = getattr(search, "filterstr", None)
+    if filterstr is not None:
+        problem = logins.ldap_filter_problem(filterstr, name="AUTH_LDAP_USER_FILTER")
+        if problem:
+            problems.append(problem)
+    return [_with_detail(E013, " ".join(p.rstrip(".") + "." for p in problems))] \
+        if problems else []
 
 
 # Systems with a check of their own: google (E009), ldap (E013).
