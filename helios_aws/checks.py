@@ -23,7 +23,7 @@ from django.core.checks.security.base import (
 )
 from django.http.request import split_domain_port, validate_host
 
-from . import logins
+from . import logins, params
 from .project import PLACEHOLDER_SENDERS, find_root
 
 TAG = "helios_aws"
@@ -142,6 +142,14 @@ E016 = Error(
     hint="Make it readable by the user running this (chmod 600, owned by that user) and valid "
          "UTF-8; aws_configure rewrites it.",
     id="helios_aws.E016",
+)
+E017 = Error(
+    "A development switch of Helios is open: URL_HOST or SECURE_URL_HOST contains "
+    "'localhost' or '127.0.0.1' (its autologin makes any visitor the first site "
+    "administrator), or ALLOWED_HOSTS lets a local host name through (its devlogin).",
+    hint="Set URL_HOST and SECURE_URL_HOST to https://DOMAIN and ALLOWED_HOSTS to DOMAIN in "
+         "the .env (aws_configure writes them); choose a domain without those strings.",
+    id="helios_aws.E017",
 )
 W001 = Warning(
     "HSTS is off: browsers are not told to insist on HTTPS.",
@@ -316,6 +324,23 @@ def env_file_path():
     return getattr(settings, "HELIOS_AWS_ENV_FILE", None) or os.environ.get("HELIOS_ENV_FILE")
 
 
+LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1", "testserver", "*")
+
+
+@register(Tags.security, TAG, deploy=True)
+def check_development_switches(app_configs=None, **kwargs):
+    # The values Helios's own modules read (raw settings) and Django's.
+    found = []
+    for name in ("URL_HOST", "SECURE_URL_HOST"):
+        value = str(helios_setting(name, "") or "")
+        found += [f"{name}={value} contains {m!r}" for m in params.DEVELOPMENT_URL_MARKERS
+                  if m in value]
+    hosts = [str(h).strip().lower() for h in getattr(settings, "ALLOWED_HOSTS", [])]
+    found += [f"ALLOWED_HOSTS has {h}" for h in hosts
+              if h in LOCAL_HOST_NAMES or h.endswith(".localhost")]
+    return [_with_detail(E017, "; ".join(found))] if found else []
+
+
 @register(Tags.security, TAG)
 def check_env_file_read(app_configs=None, **kwargs):
     # The overlay refuses to start on an unreadable HELIOS_ENV_FILE; an unreadable default
@@ -481,6 +506,7 @@ MESSAGES = (
     (E014, "Every enabled login system has its credentials"),
     (E015, "Every enabled login system exists in the project"),
     (E016, "The .env was read"),
+    (E017, "Helios's development switches are shut"),
     (W001, "HSTS is on"),
     (W002, "Mail goes through Amazon SES"),
     (W003, "EMAIL_OPTOUT_SECRET is strong"),

@@ -476,6 +476,11 @@ def validate_git_ref(ref):
             "not start with '-', contain '..', spaces, control characters or ~^:?*[\\.")
 
 
+# Helios's development autologin (/helios/autologin logs the visitor in as the first site
+# administrator) is open whenever URL_HOST contains one of these strings, anywhere.
+DEVELOPMENT_URL_MARKERS = ("localhost", "127.0.0.1")
+
+
 def validate_domain(domain):
     if not DOMAIN_RE.fullmatch(domain):
         raise ConfigError(
@@ -483,6 +488,12 @@ def validate_domain(domain):
             "Give the public name of the site in lowercase, without scheme or path, "
             "e.g. vote.example.org.",
         )
+    marker = next((m for m in DEVELOPMENT_URL_MARKERS if m in domain), None)
+    if marker:
+        raise ConfigError(
+            f"--domain {domain} contains {marker!r}: Helios opens its development autologin "
+            "(anyone becomes the first site administrator) when its URL contains that.",
+            "Give a public name without it.")
 
 
 @functools.lru_cache(maxsize=None)
