@@ -32,7 +32,7 @@ import tarfile
 import threading
 from pathlib import Path
 
-from . import elections
+from . import elections, records
 from .aws.session import AWS, call, translate
 from .errors import HeliosAWSError
 
@@ -99,12 +99,11 @@ class Config:
                               "file), then try again.")
         except (OSError, ValueError) as exc:
             raise BackupError(f"Cannot read {path}: {exc}.", "Run aws_provision again.")
-        try:
-            return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
-                       service_user=data.get("service_user", ""),
-                       units=tuple(data.get("units", ())))
-        except (KeyError, TypeError) as exc:
-            raise BackupError(f"{path} lacks {exc}.", "Run aws_provision again.")
+        records.check(data, records.BACKUP_CONFIG, str(path),
+                      "Run aws_provision again (it writes this file).", BackupError)
+        return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
+                   service_user=data.get("service_user") or "",
+                   units=tuple(data.get("units") or ()))
 
     def as_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -571,7 +570,10 @@ def list_drills(config, s3=None):
     with translate(f"list the drills in s3://{config.bucket}/{config.prefix}/{DRILLS}/"):
         keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     for key in sorted(keys, reverse=True):
-        drills.append(read_json(s3, config.bucket, key))
+        drills.append(records.check(
+            read_json(s3, config.bucket, key), records.DRILL, f"s3://{config.bucket}/{key}",
+            "A damaged drill record: delete it (aws_restore --drill records a new one).",
+            BackupError))
     return drills
 
 
@@ -585,7 +587,10 @@ def read_json(s3, bucket, key):
 
 
 def read_manifest(config, folder, s3=None):
-    return read_json(s3 or config.s3(), config.bucket, folder + MANIFEST)
+    return records.check(read_json(s3 or config.s3(), config.bucket, folder + MANIFEST),
+                         records.MANIFEST, f"s3://{config.bucket}/{folder}{MANIFEST}",
+                         "The backup's manifest is damaged: choose another backup.",
+                         BackupError)
 
 
 def choose(config, backup=None, s3=None):

@@ -30,6 +30,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
 from . import envfile
+from . import records
 from .errors import ConfigError
 from .files import read_text, write_atomic
 
@@ -251,16 +252,14 @@ def read_record(out_dir):
             f"{path} is not valid JSON ({exc}).",
             "Fix the file by hand or delete it and run aws_configure again.",
         )
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} does not hold a JSON object.",
-                          "Delete it and run aws_configure again.")
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"{path} has unknown keys: {', '.join(unknown)}.",
-            "Remove them; aws_configure --help lists the parameters.",
-        )
-    return data
+    return records.check(data, record_schema(), str(path),
+                         "Fix that field by hand (aws_configure --help lists the parameters "
+                         "and their values), or delete the file and run aws_configure again.",
+                         ConfigError)
+
+
+def record_schema():
+    return records.deployment_schema({name: f.default for name, f in FIELDS.items()})
 
 
 def write_record(out_dir, deployment):
@@ -277,6 +276,10 @@ def build(layers):
                 raise ConfigError(f"Unknown deployment parameter {key!r}.",
                                   f"Known parameters: {', '.join(FIELDS)}.")
             if value is not None:
+                # A value of another type is never read as this one (true is no address).
+                records.check({key: value}, record_schema(), "deployment parameters",
+                              f"Give {flag_name(key)} as {type(FIELDS[key].default).__name__}.",
+                              ConfigError)
                 values[key] = value
     deployment = Deployment(**values)
     validate(deployment)
