@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import backup, layout as layout_mod
+from . import backup, layout as layout_mod, params
 from .aws.backups import find_bucket
 from .aws.compute import KEY_FILE
 from .aws.session import AWS
@@ -35,7 +35,7 @@ def add_ssh_arguments(parser):
     group = parser.add_argument_group("reaching the host (default: what aws_provision "
                                       "recorded)")
     group.add_argument("--host", default="", help="Address of the server.")
-    group.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22).")
+    group.add_argument("--ssh-port", type=params.tcp_port("--ssh-port"), default=None, help="SSH port (default 22).")
     group.add_argument("--ssh-key", default="", help="Private key for SSH.")
     group.add_argument("--known-hosts", default="", help="A known_hosts file to trust.")
     group.add_argument("--trust-host-key", default="", metavar="FINGERPRINT",

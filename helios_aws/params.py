@@ -464,10 +464,36 @@ def validate_git_url(url):
     else:
         ok = ok and bool(GIT_SCP_RE.fullmatch(url))
     if not ok:
-        shown = re.sub(r"//[^/]*@", "//***@", url)  # never a password
         raise ConfigError(
-            f"--git-url {shown!r} is not a repository URL this tool deploys from.",
-            "Give an https:// or ssh:// URL, or the scp-style user@host:path form.")
+            f"--git-url {shown_url(url)!r} is not a repository URL this tool deploys from.",
+            "Give an https:// or ssh:// URL, or the scp-style user@host:path form; in a "
+            "password, write /, ?, # and @ as %2F, %3F, %23 and %40.")
+
+
+def shown_url(url):
+    """``url`` as it may be shown: everything between the scheme and the last '@' (where a
+    user and password are, whatever characters the password holds) masked."""
+    url = str(url or "")
+    scheme, sep, rest = url.rpartition("://")
+    if "@" not in (rest if sep else url):
+        return url
+    return f"{scheme}{sep}***@{(rest if sep else url).rpartition('@')[2]}"
+
+
+def tcp_port(flag):
+    """An argparse type for ``flag``: a TCP port, 1-65535 (0 is no port, never 'default')."""
+    def parse(text):
+        try:
+            port = int(text)
+        except ValueError:
+            port = None
+        if port is None or not 1 <= port <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r} is not a TCP port: give 1-65535 (leave it out for the "
+                "default)")
+        return port
+
+    return parse
 
 
 def validate_git_ref(ref):
