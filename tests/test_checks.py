@@ -82,6 +82,7 @@ def test_helios_defaults_fail_each_production_check(configured, tmp_path):
         "helios_aws.E012",  # devlogin, added by DEBUG
         "helios_aws.E013",  # ldap enabled by default; the overlay gives it no directory
         "helios_aws.E014",  # facebook enabled by default, without app id and secret
+        "helios_aws.E017",  # URL_HOST has 'localhost' (autologin), ALLOWED_HOSTS localhost
         "helios_aws.W001",  # HSTS off
         "helios_aws.W002",  # SMTP, not SES
     }, result.stderr
