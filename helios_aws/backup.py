@@ -32,6 +32,7 @@ import tarfile
 import threading
 from pathlib import Path
 
+from . import elections, records
 from .aws.session import AWS, call, translate
 from .errors import HeliosAWSError
 
@@ -49,18 +50,6 @@ TABLES_SQL = ("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c
               "AND c.relname LIKE 'helios\\_%' ORDER BY 1")
 MIGRATIONS_SQL = ("SELECT md5(coalesce(string_agg(app || '.' || name, ',' "
                   "ORDER BY app, name), '')) FROM django_migrations")
-# HELIOS.md: started = frozen and voting_starts_at unset or past (voting_started_at, when
-# set, is the start that counts); stopped = voting_ended_at, else voting_extended_until,
-# else voting_ends_at is past, or a tally exists. Times are naive UTC.
-OPEN_ELECTIONS_SQL = """
-SELECT coalesce(string_agg(short_name, ' ' ORDER BY short_name), '') FROM helios_election
-WHERE frozen_at IS NOT NULL
-  AND (voting_starts_at IS NULL
-       OR coalesce(voting_started_at, voting_starts_at) <= (now() AT TIME ZONE 'UTC'))
-  AND NOT coalesce(coalesce(voting_ended_at, voting_extended_until, voting_ends_at)
-                   <= (now() AT TIME ZONE 'UTC'), false)
-  AND encrypted_tally IS NULL
-"""
 ERROR_TAIL = 2000
 
 
@@ -110,12 +99,11 @@ class Config:
                               "file), then try again.")
         except (OSError, ValueError) as exc:
             raise BackupError(f"Cannot read {path}: {exc}.", "Run aws_provision again.")
-        try:
-            return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
-                       service_user=data.get("service_user", ""),
-                       units=tuple(data.get("units", ())))
-        except (KeyError, TypeError) as exc:
-            raise BackupError(f"{path} lacks {exc}.", "Run aws_provision again.")
+        records.check(data, records.BACKUP_CONFIG, str(path),
+                      "Run aws_provision again (it writes this file).", BackupError)
+        return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
+                   service_user=data.get("service_user") or "",
+                   units=tuple(data.get("units") or ()))
 
     def as_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -161,7 +149,8 @@ def row_counts(query):
 @dataclasses.dataclass(frozen=True)
 class Database:
     """How the PostgreSQL client programs reach one database: libpq parameters and, on a
-    host where this runs as root, the OS user to run them as (peer authentication)."""
+    host where this runs as root, the OS user to run them as (peer authentication); and
+    the time zone Helios's Django session gives its stored times (see elections.py)."""
 
     name: str
     host: str = ""
@@ -170,15 +159,16 @@ class Database:
     password: str = ""
     sslmode: str = ""
     run_as: str = ""
+    time_zone: str = ""
 
     @classmethod
-    def from_django(cls, settings_dict, run_as=""):
+    def from_django(cls, settings_dict, run_as="", time_zone=""):
         options = settings_dict.get("OPTIONS") or {}
         return cls(name=settings_dict.get("NAME") or "", host=settings_dict.get("HOST") or "",
                    port=str(settings_dict.get("PORT") or ""),
                    user=settings_dict.get("USER") or "",
                    password=settings_dict.get("PASSWORD") or "",
-                   sslmode=options.get("sslmode", ""), run_as=run_as)
+                   sslmode=options.get("sslmode", ""), run_as=run_as, time_zone=time_zone)
 
     def other(self, name, run_as=None):
         """The same server's database ``name``."""
@@ -222,10 +212,9 @@ class Database:
         return self.query(MIGRATIONS_SQL)
 
     def open_elections(self):
-        """Short names of the elections open for voting now (HELIOS.md's definition)."""
-        if not self.query("SELECT to_regclass('public.helios_election') IS NOT NULL") == "t":
-            return []
-        return self.query(OPEN_ELECTIONS_SQL).split()
+        """Short names of the elections open for voting now (elections.py's definition);
+        ElectionsUnreadable when that cannot be decided."""
+        return elections.open_now(elections.read(self.query, self.time_zone))
 
 
 # ------------------------------------------------------------------------- streaming
@@ -581,7 +570,10 @@ def list_drills(config, s3=None):
     with translate(f"list the drills in s3://{config.bucket}/{config.prefix}/{DRILLS}/"):
         keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
     for key in sorted(keys, reverse=True):
-        drills.append(read_json(s3, config.bucket, key))
+        drills.append(records.check(
+            read_json(s3, config.bucket, key), records.DRILL, f"s3://{config.bucket}/{key}",
+            "A damaged drill record: delete it (aws_restore --drill records a new one).",
+            BackupError))
     return drills
 
 
@@ -595,7 +587,10 @@ def read_json(s3, bucket, key):
 
 
 def read_manifest(config, folder, s3=None):
-    return read_json(s3 or config.s3(), config.bucket, folder + MANIFEST)
+    return records.check(read_json(s3 or config.s3(), config.bucket, folder + MANIFEST),
+                         records.MANIFEST, f"s3://{config.bucket}/{folder}{MANIFEST}",
+                         "The backup's manifest is damaged: choose another backup.",
+                         BackupError)
 
 
 def choose(config, backup=None, s3=None):

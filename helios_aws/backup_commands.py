@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import backup, layout as layout_mod
+from . import backup, layout as layout_mod, params
 from .aws.backups import find_bucket
 from .aws.compute import KEY_FILE
 from .aws.session import AWS
@@ -35,7 +35,7 @@ def add_ssh_arguments(parser):
     group = parser.add_argument_group("reaching the host (default: what aws_provision "
                                       "recorded)")
     group.add_argument("--host", default="", help="Address of the server.")
-    group.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22).")
+    group.add_argument("--ssh-port", type=params.tcp_port("--ssh-port"), default=None, help="SSH port (default 22).")
     group.add_argument("--ssh-key", default="", help="Private key for SSH.")
     group.add_argument("--known-hosts", default="", help="A known_hosts file to trust.")
     group.add_argument("--trust-host-key", default="", metavar="FINGERPRINT",
@@ -54,11 +54,14 @@ def add_host_side_arguments(parser):
 def _here(options):
     """The backup configuration, the database, MEDIA_ROOT and release of this host."""
     from django.conf import settings
+    from django.db import connection
 
     config = backup.Config.load(options["config"])
     root = os.geteuid() == 0
     run_as = config.service_user if root and config.service_user not in ("", "root") else ""
-    db = backup.Database.from_django(settings.DATABASES["default"], run_as=run_as)
+    # The zone Helios's session stores its times in (elections.py): Django's own answer.
+    db = backup.Database.from_django(settings.DATABASES["default"], run_as=run_as,
+                                     time_zone=connection.timezone_name)
     return config, db, settings.MEDIA_ROOT, Path.cwd().name
 
 

@@ -23,7 +23,7 @@ from django.core.checks.security.base import (
 )
 from django.http.request import split_domain_port, validate_host
 
-from . import logins
+from . import logins, params
 from .project import PLACEHOLDER_SENDERS, find_root
 
 TAG = "helios_aws"
@@ -116,8 +116,9 @@ E012 = Error(
     id="helios_aws.E012",
 )
 E013 = Error(
-    "LDAP login is enabled without the deployment's own directory: the LDAP server is "
-    "unset or Helios's public test directory, whose accounts are published.",
+    "LDAP login is enabled without the deployment's own directory over TLS: the LDAP "
+    "server is unset, several, Helios's public test directory, or reached in the clear; "
+    "or its user filter is not a filter.",
     hint="Run aws_configure with --ldap-uri (ldaps://, or ldap:// with --ldap-start-tls), "
          "--ldap-bind-dn, --ldap-user-search-base and HELIOS_LDAP_BIND_PASSWORD, and use "
          "the helios_aws settings overlay; or remove ldap from AUTH_ENABLED_SYSTEMS.",
@@ -135,6 +136,20 @@ E015 = Error(
     hint="Remove it from AUTH_ENABLED_SYSTEMS; the project's systems are those its "
          "helios_auth/auth_systems package registers.",
     id="helios_aws.E015",
+)
+E016 = Error(
+    "The deployment's .env could not be read, so Helios runs with its development defaults.",
+    hint="Make it readable by the user running this (chmod 600, owned by that user) and valid "
+         "UTF-8; aws_configure rewrites it.",
+    id="helios_aws.E016",
+)
+E017 = Error(
+    "A development switch of Helios is open: URL_HOST or SECURE_URL_HOST contains "
+    "'localhost' or '127.0.0.1' (its autologin makes any visitor the first site "
+    "administrator), or ALLOWED_HOSTS lets a local host name through (its devlogin).",
+    hint="Set URL_HOST and SECURE_URL_HOST to https://DOMAIN and ALLOWED_HOSTS to DOMAIN in "
+         "the .env (aws_configure writes them); choose a domain without those strings.",
+    id="helios_aws.E017",
 )
 W001 = Warning(
     "HSTS is off: browsers are not told to insist on HTTPS.",
@@ -309,6 +324,31 @@ def env_file_path():
     return getattr(settings, "HELIOS_AWS_ENV_FILE", None) or os.environ.get("HELIOS_ENV_FILE")
 
 
+LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1", "testserver", "*")
+
+
+@register(Tags.security, TAG, deploy=True)
+def check_development_switches(app_configs=None, **kwargs):
+    # The values Helios's own modules read (raw settings) and Django's.
+    found = []
+    for name in ("URL_HOST", "SECURE_URL_HOST"):
+        value = str(helios_setting(name, "") or "")
+        found += [f"{name}={value} contains {m!r}" for m in params.DEVELOPMENT_URL_MARKERS
+                  if m in value]
+    hosts = [str(h).strip().lower() for h in getattr(settings, "ALLOWED_HOSTS", [])]
+    found += [f"ALLOWED_HOSTS has {h}" for h in hosts
+              if h in LOCAL_HOST_NAMES or h.endswith(".localhost")]
+    return [_with_detail(E017, "; ".join(found))] if found else []
+
+
+@register(Tags.security, TAG)
+def check_env_file_read(app_configs=None, **kwargs):
+    # The overlay refuses to start on an unreadable HELIOS_ENV_FILE; an unreadable default
+    # .env (the operator's machine) it only skips, and records why here.
+    error = getattr(settings, "HELIOS_AWS_ENV_FILE_ERROR", "")
+    return [_with_detail(E016, error)] if error else []
+
+
 @register(Tags.security, TAG, deploy=True)
 def check_env_file_mode(app_configs=None, **kwargs):
     path = env_file_path()
@@ -383,14 +423,25 @@ def check_devlogin(app_configs=None, **kwargs):
 
 @register(Tags.security, TAG, deploy=True)
 def check_ldap_directory(app_configs=None, **kwargs):
-    # django-auth-ldap reads django.conf.settings, where the overlay's values are.
+    # What django-auth-ldap will do, judged as aws_configure judges its options: the
+    # settings it reads (django.conf.settings, where the overlay's values are), and the
+    # environment variables OpenLDAP itself obeys.
     if "ldap" not in _auth_systems():
         return []
-    uris = str(getattr(settings, "AUTH_LDAP_SERVER_URI", "") or "").split()
-    demo = [uri for uri in uris if logins.is_demo_directory(uri)]
-    if demo:
-        return [_with_detail(E013, f"AUTH_LDAP_SERVER_URI={' '.join(demo)}")]
-    return [] if uris else [_with_detail(E013, "AUTH_LDAP_SERVER_URI is empty")]
+    problems = logins.ldap_uri_problems(
+        getattr(settings, "AUTH_LDAP_SERVER_URI", "") or "",
+        bool(getattr(settings, "AUTH_LDAP_START_TLS", False)), name="AUTH_LDAP_SERVER_URI")
+    if os.environ.get("LDAPTLS_REQCERT", "").strip().lower() in ("never", "allow", "try"):
+        problems.append(f"LDAPTLS_REQCERT={os.environ['LDAPTLS_REQCERT']} lets anyone "
+                        "between the server and the directory read the passwords")
+    search = getattr(settings, "AUTH_LDAP_USER_SEARCH", None)
+    filterstr = getattr(search, "filterstr", None)
+    if filterstr is not None:
+        problem = logins.ldap_filter_problem(filterstr, name="AUTH_LDAP_USER_FILTER")
+        if problem:
+            problems.append(problem)
+    return [_with_detail(E013, " ".join(p.rstrip(".") + "." for p in problems))] \
+        if problems else []
 
 
 # Systems with a check of their own: google (E009), ldap (E013).
@@ -454,6 +505,8 @@ MESSAGES = (
     (E013, "LDAP login, if enabled, uses the deployment's own directory"),
     (E014, "Every enabled login system has its credentials"),
     (E015, "Every enabled login system exists in the project"),
+    (E016, "The .env was read"),
+    (E017, "Helios's development switches are shut"),
     (W001, "HSTS is on"),
     (W002, "Mail goes through Amazon SES"),
     (W003, "EMAIL_OPTOUT_SECRET is strong"),

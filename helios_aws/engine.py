@@ -21,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import HeliosAWSError
+from . import records
+from .errors import ConfigError, HeliosAWSError
 from .files import read_text, write_atomic
 from .host.release import url_secrets
 
@@ -99,10 +100,13 @@ class State:
     def __init__(self, path):
         self.path = Path(path)
         text = read_text(self.path)
+        fix = ("It records the AWS resources of the deployment: fix that field by hand, or "
+               "move the file away and run aws_provision, which adopts the tagged resources.")
         try:
-            self.data = json.loads(text) if text else {}
-        except ValueError:
-            self.data = {}
+            data = json.loads(text) if text else {}
+        except ValueError as exc:
+            raise ConfigError(f"{self.path} is not valid JSON ({exc}).", fix)
+        self.data = records.check(data, records.STATE, str(self.path), fix, ConfigError)
         self._saved = self._serialize()
 
     def _serialize(self):

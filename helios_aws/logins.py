@@ -14,6 +14,7 @@ enabled only with all of its credentials; every problem is reported at once.
 import ast
 import dataclasses
 import pkgutil
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -184,29 +185,163 @@ def problems(deployment, systems, offered, known_secrets):
 
 def is_demo_directory(uri):
     """Whether an LDAP URI points at Helios's public test directory."""
-    host = (urlsplit(uri).hostname or "").lower().rstrip(".")
+    try:
+        host = (urlsplit(uri).hostname or "").lower().rstrip(".")
+    except ValueError:
+        return False
     return host in DEMO_LDAP_HOSTS
 
 
 def ldap_problems(deployment):
-    found = []
-    if "%(user)s" not in deployment.ldap_user_filter:
-        found.append(f"--ldap-user-filter {deployment.ldap_user_filter!r} does not contain "
-                     "%(user)s, where the name typed at login goes.")
-    for uri in deployment.ldap_uri.split():
+    found = ldap_uri_problems(deployment.ldap_uri, deployment.ldap_start_tls)
+    problem = ldap_filter_problem(deployment.ldap_user_filter)
+    return found + ([problem] if problem else [])
+
+
+# OpenLDAP (ldap_initialize, under python-ldap and django-auth-ldap) takes a list of
+# servers separated by spaces or commas and binds to whichever answers: every one is
+# judged, and helios-aws accepts only one.
+LDAP_URI_SEPARATORS = re.compile(r"[\s,]+")
+LDAP_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+"
+                          r"|\[[0-9A-Fa-f:.]+\]")
+
+
+def _ldap_address_ok(uri):
+    try:
         parts = urlsplit(uri)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        return False
+    host = parts.netloc.rsplit(":", 1)[0] if not parts.netloc.endswith("]") and \
+        ":" in parts.netloc else parts.netloc
+    return (parts.scheme in ("ldap", "ldaps") and bool(parts.hostname)
+            and "@" not in parts.netloc and parts.path in ("", "/") and not parts.query
+            and not parts.fragment and bool(LDAP_HOST_RE.fullmatch(host)))
+
+
+def _shown(uri):
+    """``uri`` without what could be a password (userinfo) in it."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def ldap_uri_problems(value, start_tls, name="--ldap-uri"):
+    """What is wrong with the LDAP server address(es) ``value`` used with (or without)
+    StartTLS: several servers, the test directory, passwords in the clear, not an address.
+    One judgement for aws_configure's options and for the installed settings (E013)."""
+    value = str(value or "")
+    uris = [u for u in LDAP_URI_SEPARATORS.split(value.strip()) if u]
+    if not uris:
+        return [f"{name} is empty: there is no directory to log in against."]
+    found = []
+    if len(uris) > 1:
+        found.append(f"{name} {value!r} names {len(uris)} servers (separated by spaces or "
+                     "commas): the bind password would go to whichever answers. Give one.")
+    for uri in uris:
         if is_demo_directory(uri):
-            found.append(f"--ldap-uri {uri} is Helios's public test directory, whose "
+            found.append(f"{name} {uri} is Helios's public test directory, whose "
                          "accounts are published: give your own directory.")
-        elif parts.scheme == "ldap" and not deployment.ldap_start_tls:
-            found.append(f"--ldap-uri {uri} would send passwords in the clear: use "
+        elif not _ldap_address_ok(uri):
+            found.append(f"{name} {_shown(uri)!r} is not an ldaps://HOST[:PORT] address.")
+        elif uri.startswith("ldap:") and not start_tls:
+            found.append(f"{name} {uri} would send passwords in the clear: use "
                          "ldaps:// or add --ldap-start-tls.")
-        elif parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
-            found.append(f"--ldap-uri {uri!r} is not an ldaps://HOST[:PORT] address.")
-        elif parts.scheme == "ldaps" and deployment.ldap_start_tls:
+        elif uri.startswith("ldaps:") and start_tls:
             found.append(f"--ldap-start-tls is for ldap:// addresses: {uri} is encrypted "
                          "already (drop one of the two).")
     return found
+
+
+def ldap_filter_problem(text, name="--ldap-user-filter"):
+    """Why ``text`` is not an LDAP search filter (RFC 4515) with ``%(user)s`` where the
+    login name goes, as django-auth-ldap fills it in; None when it is one."""
+    text = str(text or "")
+    if "%(user)s" not in text:
+        return (f"{name} {text!r} does not contain %(user)s, where the name typed at "
+                "login goes.")
+    try:
+        filled = text % {"user": "alice"}
+    except (KeyError, ValueError, TypeError):
+        return (f"{name} {text!r} has a % that is not %(user)s (write a literal % as %%): "
+                "every login would fail.")
+    where = _filter_error(filled if filled.startswith("(") else f"({filled})")
+    if where is not None:
+        return (f"{name} {text!r} is not an LDAP filter ({where}): every login would fail. "
+                "For example: (uid=%(user)s) or (&(objectClass=person)(uid=%(user)s)).")
+    return None
+
+
+_ATTRIBUTE = re.compile(r"(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(?:;[A-Za-z0-9-]+)*")
+_RULE = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+")
+_VALUE = re.compile(r"(?:[^\x00()*\\]|\\[0-9A-Fa-f]{2})*")
+
+
+def _filter_error(text):
+    """None if ``text`` is one RFC 4515 filter, else what is wrong and where."""
+    position = _filter(text, 0)
+    if isinstance(position, str):
+        return position
+    return None if position == len(text) else f"unexpected {text[position:][:10]!r}"
+
+
+def _at(text, i):
+    return repr(text[i:][:10]) if text[i:] else "the end"
+
+
+def _filter(text, i):
+    """Parse the ``(...)`` at ``i``: the position after it, or an error string."""
+    if text[i:i + 1] != "(":
+        return f"'(' expected at {_at(text, i)}"
+    i += 1
+    kind = text[i:i + 1]
+    if kind in ("&", "|", "!"):
+        i += 1
+        count = 0
+        while text[i:i + 1] == "(":
+            i = _filter(text, i)
+            if isinstance(i, str):
+                return i
+            count += 1
+        if count == 0 or (kind == "!" and count != 1):
+            return f"{kind} needs {'one filter' if kind == '!' else 'filters'}"
+    else:
+        i = _item(text, i)
+        if isinstance(i, str):
+            return i
+    if text[i:i + 1] != ")":
+        return f"')' expected at {_at(text, i)}"
+    return i + 1
+
+
+def _item(text, i):
+    attribute = _ATTRIBUTE.match(text, i)
+    end = attribute.end() if attribute else i
+    if text.startswith(":", end):  # an extensible match: attr[:dn][:rule]:=value
+        if text.startswith(":dn", end) and not text.startswith(":dn=", end):
+            end += 3
+        if text.startswith(":", end) and not text.startswith(":=", end):
+            rule = _RULE.match(text, end + 1)
+            if not rule:
+                return f"a matching rule expected at {_at(text, end + 1)}"
+            end = rule.end()
+        if not text.startswith(":=", end) or (not attribute and ":" not in text[i + 1:end]):
+            return f"':=' expected at {_at(text, end)}"
+        return _VALUE.match(text, end + 2).end()
+    if not attribute:
+        return f"an attribute expected at {_at(text, i)}"
+    for operator in ("~=", ">=", "<="):
+        if text.startswith(operator, end):
+            return _VALUE.match(text, end + 2).end()
+    if not text.startswith("=", end):
+        return f"'=' expected at {_at(text, end)}"
+    position = end + 1
+    while True:  # a value, or a presence/substring pattern: values separated by '*'
+        position = _VALUE.match(text, position).end()
+        if text[position:position + 1] != "*":
+            return position
+        position += 1
 
 
 def _flag(field):

@@ -30,6 +30,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
 from . import envfile
+from . import records
 from .errors import ConfigError
 from .files import read_text, write_atomic
 
@@ -251,16 +252,14 @@ def read_record(out_dir):
             f"{path} is not valid JSON ({exc}).",
             "Fix the file by hand or delete it and run aws_configure again.",
         )
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} does not hold a JSON object.",
-                          "Delete it and run aws_configure again.")
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"{path} has unknown keys: {', '.join(unknown)}.",
-            "Remove them; aws_configure --help lists the parameters.",
-        )
-    return data
+    return records.check(data, record_schema(), str(path),
+                         "Fix that field by hand (aws_configure --help lists the parameters "
+                         "and their values), or delete the file and run aws_configure again.",
+                         ConfigError)
+
+
+def record_schema():
+    return records.deployment_schema({name: f.default for name, f in FIELDS.items()})
 
 
 def write_record(out_dir, deployment):
@@ -277,6 +276,10 @@ def build(layers):
                 raise ConfigError(f"Unknown deployment parameter {key!r}.",
                                   f"Known parameters: {', '.join(FIELDS)}.")
             if value is not None:
+                # A value of another type is never read as this one (true is no address).
+                records.check({key: value}, record_schema(), "deployment parameters",
+                              f"Give {flag_name(key)} as {type(FIELDS[key].default).__name__}.",
+                              ConfigError)
                 values[key] = value
     deployment = Deployment(**values)
     validate(deployment)
@@ -461,10 +464,36 @@ def validate_git_url(url):
     else:
         ok = ok and bool(GIT_SCP_RE.fullmatch(url))
     if not ok:
-        shown = re.sub(r"//[^/]*@", "//***@", url)  # never a password
         raise ConfigError(
-            f"--git-url {shown!r} is not a repository URL this tool deploys from.",
-            "Give an https:// or ssh:// URL, or the scp-style user@host:path form.")
+            f"--git-url {shown_url(url)!r} is not a repository URL this tool deploys from.",
+            "Give an https:// or ssh:// URL, or the scp-style user@host:path form; in a "
+            "password, write /, ?, # and @ as %2F, %3F, %23 and %40.")
+
+
+def shown_url(url):
+    """``url`` as it may be shown: everything between the scheme and the last '@' (where a
+    user and password are, whatever characters the password holds) masked."""
+    url = str(url or "")
+    scheme, sep, rest = url.rpartition("://")
+    if "@" not in (rest if sep else url):
+        return url
+    return f"{scheme}{sep}***@{(rest if sep else url).rpartition('@')[2]}"
+
+
+def tcp_port(flag):
+    """An argparse type for ``flag``: a TCP port, 1-65535 (0 is no port, never 'default')."""
+    def parse(text):
+        try:
+            port = int(text)
+        except ValueError:
+            port = None
+        if port is None or not 1 <= port <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r} is not a TCP port: give 1-65535 (leave it out for the "
+                "default)")
+        return port
+
+    return parse
 
 
 def validate_git_ref(ref):
@@ -476,6 +505,11 @@ def validate_git_ref(ref):
             "not start with '-', contain '..', spaces, control characters or ~^:?*[\\.")
 
 
+# Helios's development autologin (/helios/autologin logs the visitor in as the first site
+# administrator) is open whenever URL_HOST contains one of these strings, anywhere.
+DEVELOPMENT_URL_MARKERS = ("localhost", "127.0.0.1")
+
+
 def validate_domain(domain):
     if not DOMAIN_RE.fullmatch(domain):
         raise ConfigError(
@@ -483,6 +517,12 @@ def validate_domain(domain):
             "Give the public name of the site in lowercase, without scheme or path, "
             "e.g. vote.example.org.",
         )
+    marker = next((m for m in DEVELOPMENT_URL_MARKERS if m in domain), None)
+    if marker:
+        raise ConfigError(
+            f"--domain {domain} contains {marker!r}: Helios opens its development autologin "
+            "(anyone becomes the first site administrator) when its URL contains that.",
+            "Give a public name without it.")
 
 
 @functools.lru_cache(maxsize=None)

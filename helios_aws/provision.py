@@ -54,6 +54,13 @@ def run(deployment, out_dir, options, out, confirm):
                 ctx.ssh.close()
 
 
+# (option, the option it only works with)
+DEPENDENT_OPTIONS = (("delete_backups", "destroy"), ("no_backup", "destroy"),
+                     ("no_snapshot", "destroy"))
+HOST_ONLY_OPTIONS = tuple((o, "skip_host") for o in ("git_url", "git_ref", "server",
+                                                     "ca_bundle"))
+
+
 def check_options(deployment, options):
     missing = [params.flag_name(n) for n in ("domain", "email") if not getattr(deployment, n)]
     if missing:
@@ -69,6 +76,19 @@ def check_options(deployment, options):
     port = options.get("ssh_port")
     if port is not None and not 1 <= port <= 65535:
         raise ConfigError(f"--ssh-port {port} is not a TCP port.", "Use 1-65535.")
+    # Options that mean something only with another one are refused without it, never
+    # silently ignored.
+    for option, needs in DEPENDENT_OPTIONS:
+        if options.get(option) and not options.get(needs):
+            flag, needed = (f"--{n.replace('_', '-')}" for n in (option, needs))
+            raise ConfigError(f"{flag} means something only with {needed}: without it, "
+                              "nothing would be done with it.",
+                              f"Add {needed}, or drop {flag}.")
+    for option, other in HOST_ONLY_OPTIONS:
+        if options.get(option) and options.get(other):
+            flag = f"--{option.replace('_', '-')}"
+            raise ConfigError(f"{flag} is for the server's software, which --skip-host leaves "
+                              "alone: it would be ignored.", f"Drop {flag} or --skip-host.")
     if options.get("skip_aws") and options.get("skip_host"):
         raise ConfigError("--skip-aws and --skip-host together leave nothing to do.",
                           "Drop one of them.")

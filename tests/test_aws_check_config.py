@@ -50,7 +50,8 @@ def test_local_on_helios_defaults_fails_with_every_id(project, tmp_path):
     assert {i for i in ours if checks_by_id[i]["status"] != "pass"} == {
         "helios_aws.E001", "helios_aws.E002", "helios_aws.E003", "helios_aws.E005",
         "helios_aws.E006", "helios_aws.E007", "helios_aws.E008", "helios_aws.E009",
-        "helios_aws.E012", "helios_aws.E013", "helios_aws.E014", "helios_aws.W001",
+        "helios_aws.E012", "helios_aws.E013", "helios_aws.E014", "helios_aws.E017",
+        "helios_aws.W001",
         "helios_aws.W002"}
     assert checks_by_id["helios_aws.E001"] == {
         "id": "helios_aws.E001", "area": "config", "level": "error", "status": "fail",
@@ -61,7 +62,7 @@ def test_local_on_helios_defaults_fails_with_every_id(project, tmp_path):
     assert "false positive" in checks_by_id["security.W003"]["message"]
     assert checks_by_id["security.W004"]["status"] == "warn"
     assert report["verdict"] == "fail"
-    assert report["counts"]["fail"] == 11
+    assert report["counts"]["fail"] == 12
 
 
 def test_local_on_the_deployment_env_passes(project):

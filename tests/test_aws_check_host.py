@@ -365,3 +365,30 @@ def test_the_installed_site_must_send_the_peer_address_alone(deployed, sshd, cas
         assert result.status == "fail"
         assert message in result.message
         assert str(deployed.site) in result.message
+
+
+def test_the_deployed_env_must_be_there_and_private_host_E010(deployed, sshd):
+    env_file = deployed.env_file
+    assert run_host_probes(deployed, sshd, only=("host.E010",))["host.E010"].status == "pass"
+    kept = env_file.with_name(".env.kept")
+    env_file.rename(kept)
+    try:
+        missing = run_host_probes(deployed, sshd, only=("host.E010",))["host.E010"]
+        env_file.mkdir()
+        directory = run_host_probes(deployed, sshd, only=("host.E010",))["host.E010"]
+        env_file.rmdir()
+        kept.rename(env_file)
+        env_file.chmod(0o644)
+        shared = run_host_probes(deployed, sshd, only=("host.E010",))["host.E010"]
+    finally:
+        if env_file.is_dir():
+            env_file.rmdir()
+        if kept.exists():
+            kept.rename(env_file)
+        env_file.chmod(0o600)
+
+    assert (missing.status, missing.message) == (
+        "fail", f"{env_file} does not exist: Helios refuses to start without it.")
+    assert (directory.status, directory.message) == ("fail", f"{env_file} is not a regular file.")
+    assert (shared.status, shared.message) == (
+        "fail", f"{env_file} has mode 644: others can read its secrets.")

@@ -253,3 +253,24 @@ def test_dns_probe_compares_the_domain_with_the_elastic_ip():
     assert wrong.status == "fail" and wrong.id == "site.E001"
     assert wrong.message == "localhost resolves to 127.0.0.1, not to the Elastic IP 127.0.0.2."
     assert "A record" in wrong.hint
+
+
+@pytest.mark.parametrize("switch, extra, said", [
+    ("shut", {}, None),
+    ("autologin", {"URL_HOST": "http://localhost:8000"}, "Open: the autologin"),
+    ("debug", {"DEBUG": "1"}, "DEBUG is on"),
+    ("debug and local hosts", {"DEBUG": "1", "ALLOWED_HOSTS": f"{DOMAIN},localhost"},
+     "the development login for Host: localhost"),
+])
+def test_helios_development_switches_are_shut_site_E008(fresh, switch, extra, said):
+    socket_path = fresh.prefix / f"run/{switch.replace(' ', '-')}.sock"
+    fresh.gunicorns.append(fresh.gunicorn(socket_path, **extra))
+    fresh.serve(site_text=fresh.good_site.replace(str(fresh.socket), str(socket_path)))
+
+    _, report, _ = fresh.check("--only", "site.E008")
+
+    check = by_id(report)["site.E008"]
+    if said is None:
+        assert check["status"] == "pass", check
+    else:
+        assert check["status"] == "fail" and said in check["message"], check

@@ -2,6 +2,8 @@
 with the .env aws_configure writes, and with that .env broken one way at a time."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,7 @@ def test_helios_defaults_fail_each_production_check(configured, tmp_path):
         "helios_aws.E012",  # devlogin, added by DEBUG
         "helios_aws.E013",  # ldap enabled by default; the overlay gives it no directory
         "helios_aws.E014",  # facebook enabled by default, without app id and secret
+        "helios_aws.E017",  # URL_HOST has 'localhost' (autologin), ALLOWED_HOSTS localhost
         "helios_aws.W001",  # HSTS off
         "helios_aws.W002",  # SMTP, not SES
     }, result.stderr
@@ -171,3 +174,53 @@ def test_every_id_is_documented_with_its_level():
     expected = {c.id: "error" if c.level >= ERROR else "warning" for c, _ in checks.MESSAGES}
     expected.update({p.id: p.level for p in REGISTRY.values()})
     assert documented == expected
+
+
+@pytest.mark.parametrize("case", ["missing", "a directory", "not UTF-8"])
+def test_helios_does_not_start_without_its_deployed_env(configured, tmp_path, case):
+    env_file = tmp_path / "helios.env"
+    if case == "a directory":
+        env_file.mkdir()
+    elif case == "not UTF-8":
+        env_file.write_bytes(b"DEBUG=0\nSECRET_KEY=\xff\n")
+    reason = {"missing": "does not exist", "a directory": "Is a directory",
+              "not UTF-8": "not UTF-8: byte 0xff"}[case]
+
+    checked = run_manage(configured, "check", SETTINGS,
+                         env=helios_env(HELIOS_ENV_FILE=str(env_file)))
+    # gunicorn as the unit starts it: the worker cannot load the application, so no
+    # request is ever answered with Helios's development defaults.
+    served = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "wsgi:application"], cwd=configured, capture_output=True, text=True, timeout=60,
+        env=helios_env(HELIOS_ENV_FILE=str(env_file),
+                       DJANGO_SETTINGS_MODULE="helios_aws.settings_overrides.production"))
+
+    for result in (checked, served):
+        assert result.returncode != 0
+        assert f"HELIOS_ENV_FILE {env_file}" in result.stderr
+        assert reason in result.stderr
+        assert "development defaults, so it does not start" in result.stderr
+    assert "Worker failed to boot" in served.stderr
+
+
+def test_an_unreadable_default_env_is_skipped_and_fails_E016(configured):
+    default = configured / "deploy/.env"
+    kept = default.read_bytes()
+    default.write_bytes(b"DEBUG=0\n\xfe\n")
+    try:
+        result = run_manage(configured, "check", SETTINGS, env=helios_env())
+    finally:
+        default.write_bytes(kept)
+
+    assert result.returncode == 1
+    assert f"helios-aws: {default} cannot be read (not UTF-8" in result.stderr
+    assert "helios_aws.E016" in result.stderr + result.stdout
+
+
+def test_a_default_env_not_written_yet_is_no_error(configured, tmp_path):
+    project = make_fixture_project(tmp_path, "requirements")
+
+    result = run_manage(project, "check", SETTINGS, env=helios_env())
+
+    assert "helios_aws.E016" not in result.stdout + result.stderr
+    assert "cannot be read" not in result.stderr

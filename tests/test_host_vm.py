@@ -373,6 +373,30 @@ def test_secrets_are_private_to_the_service_user(deployment):
     assert role.stdout.strip() == "f"
 
 
+def test_helios_does_not_start_without_its_readable_env(deployment):
+    env = "/srv/helios/shared/.env"
+    restart = "sudo systemctl restart gunicorn.service"
+    journal = ("sudo journalctl -u gunicorn.service --no-pager -n 80 "
+               "--since \"$(date -d '-2 min' '+%Y-%m-%d %H:%M:%S')\"")
+    try:
+        # systemd reads EnvironmentFile= as root: the overlay, as the service user, refuses.
+        deployment.guest(f"sudo chmod 000 {env}")
+        unreadable = deployment.guest(restart, check=False, timeout=120)
+        said = deployment.guest(journal).stdout
+        deployment.guest(f"sudo chmod 600 {env} && sudo mv {env} {env}.kept")
+        missing = deployment.guest(restart, check=False, timeout=120)
+        said_missing = deployment.guest(journal).stdout
+    finally:
+        deployment.guest(f"sudo test -e {env} || sudo mv {env}.kept {env}; sudo chmod 600 {env}; "
+                         "sudo systemctl reset-failed gunicorn.service; " + restart, timeout=180)
+
+    assert unreadable.returncode != 0
+    assert f"HELIOS_ENV_FILE {env} cannot be read (Permission denied)" in said, said
+    assert missing.returncode != 0
+    assert "Failed to load environment files" in said_missing, said_missing
+    assert deployment.guest("systemctl is-active gunicorn.service").stdout.strip() == "active"
+
+
 def test_systemd_reads_the_deployed_env_as_the_overlay_does(deployment):
     dump = "import json, os; print(json.dumps(dict(os.environ)))"
     python = "/srv/helios/current/.venv/bin/python"

@@ -119,13 +119,30 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(project, tmp_p
     ("http://ldap.example.org", "is not an ldaps://HOST[:PORT] address"),
     ("ldaps://ldap.example.org --ldap-start-tls", "--ldap-start-tls is for ldap:// addresses"),
     ("ldaps://ldap.example.org --ldap-user-filter (uid=alice)", "does not contain %(user)s"),
+    ("ldaps://ldap.example.org,ldap://other.example.org", "names 2 servers"),
+    ("ldaps://ldap.example.org,ldap://other.example.org", "other.example.org would send "
+                                                          "passwords in the clear"),
+    ("ldaps://ldap.example.org\tldaps://ldap.forumsys.com", "contains a control character"),
+    (("ldaps://ldap.example.org ldaps://ldap.forumsys.com",), "is Helios's public test dir"),
+    ("ldaps://ldap.example.org,,ldaps://b.example.org", "names 2 servers"),
+    ("ldaps://reader:pw-Zq8@ldap.example.org", "'ldaps://***@ldap.example.org' is not an "
+                                               "ldaps://HOST[:PORT] address"),
+    ("ldaps://ldap.example.org/dc=example", "is not an ldaps://HOST[:PORT] address"),
+    ("ldaps://ldap.example.org --ldap-user-filter (uid=%(user)s", "is not an LDAP filter "
+                                                                   "(')' expected at the end)"),
+    ("ldaps://ldap.example.org --ldap-user-filter (&(uid=%(user)s)(objectClass=person",
+     "is not an LDAP filter"),
+    ("ldaps://ldap.example.org --ldap-user-filter (uid=%(user)s)%", "has a % that is not"),
+    ("ldaps://ldap.example.org --ldap-user-filter (uid=%(user)s\\z)", "is not an LDAP filter"),
 ])
 def test_ldap_only_with_the_operators_own_directory_over_tls(project, tmp_path, uri, problem):
-    uri, *more = uri.split()
+    uri, *more = uri if isinstance(uri, tuple) else uri.split(" ")
+    uri = uri.replace("\\t", "\t")
     result = configure(project, *output_dir(tmp_path), "--ldap-uri", uri, *more, "--ldap-bind-dn",
                        "cn=reader,dc=example,dc=org", "--ldap-user-search-base",
                        "dc=example,dc=org", HELIOS_LDAP_BIND_PASSWORD="pw-Zq8")
     assert result.returncode == 1 and problem in result.stderr
+    assert "pw-Zq8" not in result.stdout + result.stderr
     assert not (tmp_path / "deploy").exists()
 
 
@@ -202,6 +219,76 @@ def test_a_directory_user_logs_in_through_django_auth_ldap(project, tmp_path, di
                 if i.startswith("helios_aws.")}, checks.stderr
 
 
+# A filter helios-aws refuses is one OpenLDAP refuses, and one it accepts finds alice.
+FILTERS = ["(uid=%(user)s)", "uid=%(user)s", "(&(objectClass=inetOrgPerson)(uid=%(user)s))",
+           "(|(uid=%(user)s)(mail=%(user)s))", "(&(uid=%(user)s)(!(cn=nobody)))",
+           "(uid=*%(user)s*)", "(uid:caseIgnoreMatch:=%(user)s)", "(uid~=%(user)s)",
+           "(uid=%(user)s", "(uid=%(user)s))", "((uid=%(user)s)", "(u id=%(user)s)",
+           "(&(uid=%(user)s)", "(uid=%(user)s)(cn=x)", "(!(uid=%(user)s)(cn=x))",
+           "(uid=%(user)s\\zz)", "(=%(user)s)", "(uid:=%(user)s)"]
+
+
+def test_the_filter_check_agrees_with_openldap(directories):
+    import ldap
+
+    ours, _, ca = directories
+    connection = ldap.initialize(ours.url)
+    connection.set_option(ldap.OPT_X_TLS_CACERTFILE, str(ca.ca_file))
+    connection.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+    connection.start_tls_s()
+    connection.simple_bind_s(ours.reader_dn, ours.reader_password)
+    verdicts = {}
+    for text in FILTERS:
+        filled = text % {"user": "alice"}
+        try:
+            found = connection.search_s(ours.people, ldap.SCOPE_SUBTREE, filled, ["uid"])
+            openldap = bool(found)
+        except ldap.FILTER_ERROR:
+            openldap = False
+        verdicts[text] = (logins.ldap_filter_problem(text) is None, openldap)
+    connection.unbind_s()
+
+    assert {t: ours_ for t, (ours_, theirs) in verdicts.items() if ours_ != theirs} == {}
+    assert sum(ok for ok, _ in verdicts.values()) == 9
+
+
+def test_E013_judges_the_installed_ldap_settings(project, tmp_path):
+    result = configure(project, *output_dir(tmp_path), "--ldap-uri", "ldaps://ldap.example.org",
+                       "--ldap-bind-dn", "cn=reader,dc=example,dc=org",
+                       "--ldap-user-search-base", "dc=example,dc=org",
+                       HELIOS_LDAP_BIND_PASSWORD="pw-Zq8")
+    assert result.returncode == 0, result.stderr
+    env_file = tmp_path / "deploy/.env"
+    configured = env_file.read_text()
+
+    def e013(**edits):
+        text = configured
+        for key, value in edits.items():
+            text = "".join(line for line in text.splitlines(keepends=True)
+                           if not line.startswith(f"{key}=")) + f"{key}={value}\n"
+        env_file.write_text(text)
+        checked = run_manage(project, "check", "--deploy", SETTINGS,
+                             env=helios_env(HELIOS_ENV_FILE=str(env_file)))
+        said = checked.stdout + checked.stderr
+        return [line for line in said.splitlines() if "helios_aws.E013" in line], said
+
+    assert e013()[0] == []
+    for edits, problem in [
+        ({"AUTH_LDAP_SERVER_URI": "ldap://ldap.example.org"},
+         "AUTH_LDAP_SERVER_URI ldap://ldap.example.org would send passwords in the clear"),
+        ({"AUTH_LDAP_SERVER_URI": "ldap://ldap.example.org", "AUTH_LDAP_START_TLS": "0"},
+         "would send passwords in the clear"),
+        ({"AUTH_LDAP_SERVER_URI": "ldaps://ldap.example.org,ldap://ldap.example.net"},
+         "names 2 servers"),
+        ({"AUTH_LDAP_USER_FILTER": "(uid=%(user)s"}, "AUTH_LDAP_USER_FILTER '(uid=%(user)s' "
+                                                     "is not an LDAP filter"),
+        ({"LDAPTLS_REQCERT": "never"}, "LDAPTLS_REQCERT=never lets anyone"),
+    ]:
+        lines, said = e013(**edits)
+        assert lines and problem in said, (edits, said)
+    assert e013(AUTH_LDAP_SERVER_URI="ldap://ldap.example.org", AUTH_LDAP_START_TLS="1")[0] == []
+
+
 # ----------------------------------------------------------------------------- checks
 
 def check_ids(project, settings, **env):
@@ -220,7 +307,8 @@ def test_checks_find_the_demo_directory_missing_credentials_and_unknown_systems(
                             AUTH_ENABLED_SYSTEMS="password,ldap,github,twitter",
                             GH_CLIENT_ID="gh-id")
     assert {"helios_aws.E013", "helios_aws.E014", "helios_aws.E015"} <= ids, result.stderr
-    assert "AUTH_LDAP_SERVER_URI=ldap://ldap.forumsys.com" in result.stderr
+    assert "AUTH_LDAP_SERVER_URI ldap://ldap.forumsys.com is Helios's public test directory" \
+        in result.stderr
     assert "github without GH_CLIENT_SECRET" in result.stderr
     assert "github without GH_CLIENT_ID" not in result.stderr
     assert "(helios_aws.E015) " in result.stderr and "twitter" in result.stderr

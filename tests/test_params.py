@@ -80,6 +80,17 @@ REFUSED = [
     ({"from_name": "back\\slash"}, "does not survive in the mail header"),
     ({"from_name": "Votes <admin@evil.example>"}, "does not survive in the mail header"),
     ({"from_name": "(c) Org"}, "reads as 'Org'"),
+    # Helios's development switches: its autologin opens on a URL containing these.
+    ({"domain": "localhost.example.org"}, "contains 'localhost'"),
+    ({"domain": "vote.mylocalhost.net"}, "contains 'localhost'"),
+    ({"domain": "127.0.0.1.nip.io"}, "contains '127.0.0.1'"),
+    # A value of another type is never read as this one.
+    ({"ssh_cidr": True}, "ssh_cidr must be a string, not true"),
+    ({"volume_size": True}, "volume_size must be an integer, not true"),
+    ({"http_port": "80"}, "http_port must be an integer, not a string '80'"),
+    ({"backup_days": 3.5}, "backup_days must be an integer, not a number 3.5"),
+    ({"ldap_start_tls": "yes"}, "ldap_start_tls must be true or false"),
+    ({"domain": ["vote.example.org"]}, "domain must be a string, not a list"),
 ]
 
 
@@ -130,3 +141,49 @@ def test_git_url_credentials_leave_the_url_and_travel_in_a_header():
     assert release.split_credentials("https://git.example.org/h.git") == (
         "https://git.example.org/h.git", None)
     assert release.split_credentials("git@github.com:h/h.git")[1] is None
+
+
+# Options whose value would be silently reinterpreted or ignored: (options, refusal).
+OPTIONS_REFUSED = [
+    ({"delete_backups": "helios"}, "--delete-backups means something only with --destroy"),
+    ({"no_backup": True}, "--no-backup means something only with --destroy"),
+    ({"no_snapshot": True}, "--no-snapshot means something only with --destroy"),
+    ({"git_url": "https://example.org/h.git", "skip_host": True},
+     "--git-url is for the server's software"),
+    ({"ca_bundle": "/tmp/ca.pem", "skip_host": True}, "--ca-bundle is for the server's"),
+    ({"ssh_port": 0}, "--ssh-port 0 is not a TCP port"),
+]
+
+
+@pytest.mark.parametrize("options,message", OPTIONS_REFUSED,
+                         ids=[m[:40] for _, m in OPTIONS_REFUSED])
+def test_an_option_that_would_be_ignored_or_reinterpreted_is_refused(options, message):
+    from helios_aws import provision
+
+    with pytest.raises(ConfigError) as refused:
+        provision.check_options(build(), options)
+    assert message in refused.value.message and refused.value.hint
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "65536", "22x", ""])
+def test_ssh_port_zero_or_out_of_range_is_refused_by_every_command(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=f"--ssh-port {text!r} is not a TCP "
+                                                          "port: give 1-65535"):
+        params.tcp_port("--ssh-port")(text)
+    assert params.tcp_port("--ssh-port")("2222") == 2222
+
+
+@pytest.mark.parametrize("url", [
+    "https://deploy:pa/ss-Zq8@git.example.org/helios.git",
+    "https://deploy:pa?ss-Zq8@git.example.org/helios.git",
+    "https://deploy:pa#ss-Zq8@git.example.org/helios.git",
+    "https://deploy:pa@ss-Zq8@git.example.org:99999/helios.git",
+    "ftp://deploy:pass-Zq8@git.example.org/helios.git",
+])
+def test_a_refused_git_url_never_shows_its_password(url):
+    with pytest.raises(ConfigError) as refused:
+        params.validate_git_url(url)
+    assert "Zq8" not in str(refused.value)
+    assert "***@git.example.org" in refused.value.message

@@ -31,10 +31,14 @@ class Liveness(HostStep):
             return Change(KEEP, f"{url} -> 200")
         return Change(UPDATE, f"wait for {url} (now: {current['status'] or current['error']})")
 
+    def wait_script(self):
+        """Wait up to ``wait_seconds`` for a 200; else print the last status (first line)
+        and gunicorn's journal, and exit 1."""
+        return (f"for i in $(seq {max(self.wait_seconds // 5, 1)}); do "
+                f"s=$({self.probe()} 2>/dev/null); [ \"$s\" = 200 ] && exit 0; sleep 5; "
+                "done; echo \"last status: ${s:-none}\"; "
+                "journalctl -u gunicorn.service -n 30 --no-pager; exit 1")
+
     def apply(self, ctx, current, change):
-        script = (f"for i in $(seq {self.wait_seconds // 5}); do "
-                  f"s=$({self.probe()} 2>/dev/null); [ \"$s\" = 200 ] && exit 0; sleep 5; "
-                  "done; echo \"last status: $s\"; "
-                  "journalctl -u gunicorn.service -n 30 --no-pager; exit 1")
-        self.sh(ctx, script, timeout=self.wait_seconds + 120)
+        self.sh(ctx, self.wait_script(), timeout=self.wait_seconds + 120)
         return UNCHANGED

@@ -298,7 +298,7 @@ class Connection:
         config = self._config(ssh_config, host)
         self.alias = host
         self.host = config.get("hostname", host)
-        self.port = int(port or config.get("port", 22))
+        self.port = int(port if port is not None else config.get("port", 22))
         self.user = user or config.get("user") or default_user or os.environ.get("USER", "")
         self.key_filenames = ([str(Path(key_filename).expanduser())] if key_filename else
                               [str(Path(p).expanduser()) for p in config.get("identityfile", [])

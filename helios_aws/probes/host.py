@@ -316,3 +316,29 @@ def serving_release(ctx):
         return failed(f"Release {name} is serving, but it was never completely installed.")
     installed, _, source = result.stdout.partition("\n")
     return passed(f"Serving release {name}, installed {installed[:16]}: {source.strip()}.")
+
+
+@probe("host.E010", "The deployed .env is a file only the service user can read, and it can",
+       "Run aws_provision, which writes it (0600, owned by the service user); Helios does "
+       "not start without it.")
+def env_file_readable(ctx):
+    lay = _layout(ctx)
+    env = q(lay.env_file)
+    result = ctx.ssh().run(
+        f"if [ ! -e {env} ]; then echo missing; elif [ ! -f {env} ]; then echo not-a-file; "
+        f"elif ! runuser -u {q(lay.service_user)} -- test -r {env}; then echo unreadable; "
+        f"else stat -c 'ok %a %U' -- {env}; fi", timeout=ctx.timeout)
+    answer = result.stdout.split()
+    if result.status != 0 or not answer:
+        return failed(f"Cannot tell whether {lay.env_file} can be read: {_tail(result)}")
+    if answer[0] == "missing":
+        return failed(f"{lay.env_file} does not exist: Helios refuses to start without it.")
+    if answer[0] == "not-a-file":
+        return failed(f"{lay.env_file} is not a regular file.")
+    if answer[0] == "unreadable":
+        return failed(f"{lay.service_user} cannot read {lay.env_file}: Helios refuses to "
+                      "start.")
+    mode, owner = answer[1], answer[2]
+    if int(mode, 8) & 0o077:
+        return failed(f"{lay.env_file} has mode {mode}: others can read its secrets.")
+    return passed(f"{lay.env_file} ({mode}, {owner}) is readable by {lay.service_user}.")

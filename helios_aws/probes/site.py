@@ -69,9 +69,9 @@ def _host_header(target, https):
     return target.domain if port == default else f"{target.domain}:{port}"
 
 
-def fetch(ctx, path, https=True):
+def fetch(ctx, path, https=True, host=None):
     """GET ``path`` from the site (HTTPS without verifying the certificate, or plain
-    HTTP); redirects are not followed."""
+    HTTP); redirects are not followed. ``host``: another Host header than the domain."""
     target = ctx.target
     if https:
         sock = tls_socket(target, ctx.timeout, verify=False)
@@ -82,7 +82,7 @@ def fetch(ctx, path, https=True):
     connection.sock = sock
     try:
         connection.request("GET", path, headers={
-            "Host": _host_header(target, https), "User-Agent": "helios-aws-check",
+            "Host": host or _host_header(target, https), "User-Agent": "helios-aws-check",
             "Accept": "*/*"})
         response = connection.getresponse()
         return Response(response.status, response.headers, response.read(MAX_BODY))
@@ -277,3 +277,40 @@ def static_served_by_nginx(ctx):
                       f"{', '.join(reference)}).")
     evidence = ", ".join(from_django) or "no nginx ETag"
     return failed(f"{url} is served by Django ({evidence}).")
+
+
+# Helios's development switches (HELIOS.md), each asked for over HTTPS: (what, path, Host
+# header or None for the domain). Shut, each answers 404 (or, for a host nginx or Django
+# refuses, an error), never a page or a redirect.
+DEV_AUTOLOGIN = "/helios/autologin"  # open while URL_HOST contains localhost/127.0.0.1
+DEV_LOGIN = "/auth/devlogin/login"  # open with DEBUG, for a local Host
+MISSING_PATH = "/helios-aws-check/no-such-page"
+DEBUG_MARKER = b"DEBUG = True"  # in Django's technical 404 and 500 pages
+SWITCHES = (
+    ("the autologin", DEV_AUTOLOGIN, None),
+    ("the development login", DEV_LOGIN, None),
+    ("the development login for Host: localhost", DEV_LOGIN, "localhost"),
+    ("the development login for Host: 127.0.0.1", DEV_LOGIN, "127.0.0.1"),
+)
+
+
+@probe("site.E008", "Helios's development switches are shut (autologin, devlogin, DEBUG)",
+       "Set DEBUG=0, URL_HOST=https://DOMAIN and ALLOWED_HOSTS=DOMAIN in the .env "
+       "(aws_configure writes them; helios_aws.E001, E012, E017 say which is wrong) and "
+       "restart gunicorn.")
+def development_switches(ctx):
+    target = _require_target(ctx)
+    open_ = []
+    for what, path, host in SWITCHES:
+        response = fetch(ctx, path, host=host)
+        if 200 <= response.status < 400:
+            open_.append(f"{what} ({_url(target, path)}"
+                         + (f" with Host: {host}" if host else "")
+                         + f" answers {response.status})")
+    missing = fetch(ctx, MISSING_PATH)
+    if DEBUG_MARKER in missing.body:
+        open_.append(f"DEBUG is on ({_url(target, MISSING_PATH)} shows Django's debug page)")
+    if open_:
+        return failed("Open: " + "; ".join(open_) + ".")
+    return passed("The autologin and the development login answer 404 (also for a local "
+                  "Host), and a missing page shows no debug information.")

@@ -19,6 +19,7 @@ not reach them. This module therefore:
 """
 
 import importlib.util
+import io
 import os
 import sys
 from pathlib import Path
@@ -40,23 +41,42 @@ def _env_file():
 
 
 def _load(path):
-    """Load ``path`` into os.environ. A file named by HELIOS_ENV_FILE that cannot be read
-    stops Helios (it would start with its development defaults); the default file, on the
-    operator's machine, is skipped with a warning so that aws_configure can say what is
-    wrong with it and how to fix it."""
+    """Load ``path`` into os.environ. A file named by HELIOS_ENV_FILE (always, on the server:
+    the units and every command set it) that is missing or cannot be read stops Helios,
+    which would otherwise start with its development defaults (DEBUG on, the placeholder
+    SECRET_KEY, devlogin). The default file, on the operator's machine, may not exist yet
+    (aws_configure writes it); one that cannot be read is skipped with a warning, so that
+    aws_configure can say what is wrong with it, and recorded for helios_aws.E016.
+
+    The file is read here, not by django-environ: its read_env() takes a file it cannot
+    open for an empty one, and only logs it."""
     try:
-        environ.Env.read_env(path, overwrite=False)
+        content = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if os.environ.get("HELIOS_ENV_FILE"):
+            raise ImproperlyConfigured(
+                f"HELIOS_ENV_FILE {path} does not exist: Helios would start with its "
+                "development defaults, so it does not start. Run aws_provision (or "
+                "aws_configure) to write it.")
+        return ""
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else (
             f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}")
         if os.environ.get("HELIOS_ENV_FILE"):
-            raise ImproperlyConfigured(f"HELIOS_ENV_FILE {path} cannot be read ({reason}).")
+            raise ImproperlyConfigured(
+                f"HELIOS_ENV_FILE {path} cannot be read ({reason}): Helios would start with "
+                "its development defaults, so it does not start. Give the user Helios runs "
+                "as read access (it is 0600, owned by that user), or run aws_provision.")
         sys.stderr.write(f"helios-aws: {path} cannot be read ({reason}); its values were "
                          "not loaded.\n")
+        return f"{path} cannot be read ({reason})"
+    environ.Env.read_env(io.StringIO(content), overwrite=False)
+    return ""
 
 
 HELIOS_AWS_ENV_FILE = str(_env_file())
-_load(HELIOS_AWS_ENV_FILE)
+# Why the .env was not loaded, when it could not be (helios_aws.E016); "" when it was.
+HELIOS_AWS_ENV_FILE_ERROR = _load(HELIOS_AWS_ENV_FILE)
 
 from settings import *  # noqa: E402,F401,F403
 from settings import INSTALLED_APPS as _PROJECT_APPS  # noqa: E402

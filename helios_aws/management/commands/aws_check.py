@@ -52,7 +52,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="",
                             help="SSH host (default: the Elastic IP in state.json); may be "
                                  "an alias of ~/.ssh/config.")
-        parser.add_argument("--ssh-port", type=int, default=None, help="SSH port.")
+        parser.add_argument("--ssh-port", type=params.tcp_port("--ssh-port"), default=None, help="SSH port.")
         parser.add_argument("--ssh-user", default="",
                             help="SSH login user (default: the deployment's, e.g. ec2-user).")
         parser.add_argument("--ssh-key", default="",

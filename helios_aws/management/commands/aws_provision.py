@@ -52,7 +52,7 @@ class Command(BaseCommand):
         host = parser.add_argument_group("host half")
         host.add_argument("--host", default=None,
                           help="Address of the server (default: the Elastic IP).")
-        host.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22).")
+        host.add_argument("--ssh-port", type=params.tcp_port("--ssh-port"), default=None, help="SSH port (default 22).")
         host.add_argument("--ssh-user", default=None,
                           help="SSH login user (default: the deployment's, e.g. admin).")
         host.add_argument("--ssh-key", default=None,

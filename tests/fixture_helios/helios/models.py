@@ -1,6 +1,7 @@
 """The fixture's models: enough of Helios's elections, voters and ballots that migrations,
 queries, backups and the "open election" rule (HELIOS.md) are real."""
 
+import datetime
 import uuid
 
 from django.db import models
@@ -24,6 +25,27 @@ class Election(models.Model):
 
     def __str__(self):
         return self.name
+
+    # Helios's own rule, in this fixture's words: its times are naive UTC, written and
+    # compared with datetime.utcnow() (USE_TZ is off; the session's zone is TIME_ZONE).
+    @staticmethod
+    def utcnow():
+        return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+    def freeze(self):
+        self.frozen_at = self.utcnow()
+        self.save()
+
+    def voting_has_started(self):
+        if self.frozen_at is None:
+            return False
+        if self.voting_starts_at is None:
+            return True
+        return self.utcnow() >= (self.voting_started_at or self.voting_starts_at)
+
+    def voting_has_stopped(self):
+        end = self.voting_ended_at or self.voting_extended_until or self.voting_ends_at
+        return bool((end is not None and self.utcnow() >= end) or self.encrypted_tally)
 
 
 class Voter(models.Model):

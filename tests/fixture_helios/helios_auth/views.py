@@ -5,7 +5,7 @@ a settings overlay that redefines URL_HOST or SECURE_URL_HOST changes what Djang
 sees, not what these views see. Only the environment reaches both.
 """
 
-from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect, JsonResponse
 
 import settings
 
@@ -34,6 +34,8 @@ def start(request, system):
     from .auth_systems import AUTH_SYSTEMS
 
     login_system = AUTH_SYSTEMS[system]  # KeyError for an unknown name: a 500
+    if hasattr(login_system, "allowed") and not login_system.allowed(request):
+        raise Http404
     request.session["auth_system_name"] = system
     request.session["auth_login_message"] = login_system.LOGIN_MESSAGE
     return HttpResponseRedirect(after_login_url())
