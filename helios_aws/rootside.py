@@ -351,7 +351,13 @@ def _restore_from(host, services, migrate, manifest, versions, record, advance, 
         phase(PREPARING)
     new = db.other(record["new_database"])
     owner = db.user or db.run_as
-    host.admin.query(f'CREATE DATABASE "{new.name}"' + (f' OWNER "{owner}"' if owner else ""))
+    # Made like the database it replaces: same encoding and collation.
+    encoding, collate, ctype = host.admin.query(
+        "SELECT pg_encoding_to_char(encoding) || '|' || datcollate || '|' || datctype "
+        f"FROM pg_database WHERE datname = '{db.name}'").split("|")
+    host.admin.query(f'CREATE DATABASE "{new.name}"' + (f' OWNER "{owner}"' if owner else "")
+                     + f" ENCODING '{encoding}' LC_COLLATE '{collate}' LC_CTYPE '{ctype}' "
+                     "TEMPLATE template0")
     _log(progress, f"restoring {backup.DUMP} into the new database {new.name}...")
     part = manifest["database"]
     backup._restore(new, backup.Download(s3, config.bucket, part["key"], part["sha256"],
@@ -554,8 +560,8 @@ def main(argv=None):
             after = read_journal(host.journal)
             started = after is not None and after != before
             record = recover(host, services, write) if started else None
-            if record is not None:
-                write(outcome(record))
+            write(outcome(record) if record is not None else
+                  "The restore did not happen: nothing on the server changed.")
             return 0 if worker.returncode == 0 and record and record["phase"] == DONE \
                 else 1
         record = recover(host, services, write)

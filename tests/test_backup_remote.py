@@ -58,7 +58,7 @@ def test_backup_then_drill_run_on_the_host_over_ssh(host, deployed, tmp_path):
 
     backup_commands.on_host(deployment, tmp_path, options, "aws_backup",
                             ["--kind", "daily"], lines.append, as_service=True)
-    backup_commands.on_host(deployment, tmp_path, options, "aws_restore", ["--drill"],
+    backup_commands.on_host(deployment, tmp_path, options, "drill", [],
                             lines.append)
 
     config = backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
@@ -73,8 +73,7 @@ def test_a_failure_on_the_host_is_reported_with_its_message(host, deployed, tmp_
     _, deployment, options = deployed
 
     with pytest.raises(HostError) as failed:
-        backup_commands.on_host(deployment, tmp_path, options, "aws_restore",
-                                ["--drill"], print)
+        backup_commands.on_host(deployment, tmp_path, options, "drill", [], print)
 
-    assert "aws_restore failed on the host (exit 1)" in failed.value.message
+    assert "drill failed on the host (exit 1)" in failed.value.message
     assert "There is no backup in s3://" in failed.value.message

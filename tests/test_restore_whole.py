@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import boto3
 import pytest
@@ -227,3 +228,31 @@ def test_root_side_refuses_to_leave_half_a_restore_when_checks_fail(site, bucket
     assert "row counts differ" in refused.stderr
     assert "did not happen" in refused.stdout
     assert state(site) == old
+
+
+def test_ctrl_c_on_the_server_undoes_the_restore(site, bucket):
+    """SIGINT to the restore's process group (Ctrl-C in a terminal on the server): the
+    worker stops, the supervisor undoes what it began and says so."""
+    take_backup(site)
+    folder, _ = newest(bucket)
+    damage(site)
+    old = state(site)
+    site.journal.unlink(missing_ok=True)
+    running = subprocess.Popen(
+        [sys.executable, "-I", "-m", "helios_aws.rootside", "restore", *arguments(site),
+         "--backup", folder], env={"PATH": rootside.SAFE_PATH}, cwd="/",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (site.journal.exists()
+               and rootside.read_journal(site.journal)["phase"] == rootside.PREPARING):
+        assert running.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(running.pid, signal.SIGINT)
+    out, err = running.communicate(timeout=300)
+
+    assert running.returncode == 1
+    assert f"The restore of {folder} did not happen" in out
+    assert state(site) == old
+    assert rootside.read_journal(site.journal)["phase"] == rootside.UNDONE
+    restored = run_root(site, "restore", "--backup", folder)  # back to a known state
+    assert restored.returncode == 0, restored.stderr

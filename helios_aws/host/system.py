@@ -164,9 +164,16 @@ class ServiceUser(HostStep):
     def read(self, ctx):
         user = self.target.layout.service_user
         script = fact("user", f"getent passwd -- {q(user)} | cut -d: -f1,6,7")
-        script += "".join(fact(f"dir.{d}", f"stat -c '%U %G %a' -- {q(d)} 2>/dev/null")
+        script += "".join(fact(f"dir.{d}", f"stat -c '%U %G %a %F' -- {q(d)} 2>/dev/null")
                           for d, *_ in self.dirs())
         return self.facts(ctx, script)
+
+    def users_own(self):
+        """The directories inside one the service user owns: it may have replaced them
+        with a link, so root neither follows nor changes them (made as that user)."""
+        lay, user = self.target.layout, self.target.layout.service_user
+        owned = {path for path, owner, *_ in self.dirs() if owner == user}
+        return {path for path, *_ in self.dirs() if path.parent in owned}
 
     def plan(self, ctx, current):
         lay = self.target.layout
@@ -180,8 +187,17 @@ class ServiceUser(HostStep):
         details = []
         if not current.get("user"):
             details.append(f"create the system user {lay.service_user}")
+        for path in sorted(self.users_own()):
+            kind = current.get(f"dir.{path}", "").split(" ", 3)[3:]
+            if kind and kind != ["directory"]:
+                raise HostError(
+                    f"{path} is a {kind[0]}, not a directory. The service user may have put "
+                    "it there; root neither follows nor replaces it.",
+                    f"Look at what it is; move it away (its content, if it is the uploaded "
+                    f"files, into a directory {path}), then run aws_provision again.")
         for path, owner, group, mode in self.dirs():
-            if current.get(f"dir.{path}") != f"{owner} {group} {mode}":
+            if " ".join(current.get(f"dir.{path}", "").split(" ")[:3]) != \
+                    f"{owner} {group} {mode}":
                 details.append(f"directory {path} ({owner}:{group} {mode})")
         if not details:
             return Change(KEEP)
@@ -195,10 +211,17 @@ class ServiceUser(HostStep):
                             f"{q(self.target.layout.root)} --no-create-home "
                             f"--shell {recipes.NOLOGIN} -- {q(user)}")
         caches = {self.target.cache_dir / "uv", self.target.cache_dir / "pip"}
+        users_own = self.users_own()
         for path, owner, group, mode in self.dirs():
-            if path in caches and current.get(f"dir.{path}") not in (
-                    None, "", f"{owner} {group} {mode}"):
+            stated = " ".join(current.get(f"dir.{path}", "").split(" ")[:3])
+            if path in caches and stated not in ("", f"{owner} {group} {mode}"):
                 # Filled by root before the installs ran as the service user: start afresh.
                 commands.append(f"rm -rf -- {q(path)}")
-            commands.append(f"install -d -o {q(owner)} -g {q(group)} -m {mode} -- {q(path)}")
+            if path in users_own:
+                commands.append(f"runuser -u {q(user)} -- env -i PATH=/usr/bin:/bin "
+                                f"sh -c 'mkdir -p -m {mode} -- \"$1\" && chmod {mode} -- "
+                                f"\"$1\"' sh {q(path)}")
+            else:
+                commands.append(f"install -d -o {q(owner)} -g {q(group)} -m {mode} -- "
+                                f"{q(path)}")
         self.sh(ctx, " && ".join(commands))
