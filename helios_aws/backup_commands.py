@@ -94,12 +94,13 @@ def host_command(deployment, command, args, as_service):
 
 
 def root_command(deployment, action, args):
-    """The shell command running :mod:`helios_aws.rootside` ACTION as root: the release's
-    Python (root's) in isolated mode, from ``/``, with an empty environment."""
+    """The shell command running :mod:`helios_aws.rootside` ACTION as root: root's own
+    helios-aws environment (never a release's), Python in isolated mode, from ``/``,
+    with an empty environment."""
     lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
     prefix = deployment.host_prefix.rstrip("/")
     argv = ["env", "-i", f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8",
-            str(lay.venv_bin / "python"), "-I", "-m", "helios_aws.rootside", action,
+            str(lay.root_tool / "bin" / "python"), "-I", "-m", "helios_aws.rootside", action,
             "--config", config_path(deployment), "--env-file", str(lay.env_file),
             "--media", str(lay.shared / "media"), "--release", str(lay.current),
             "--journal", prefix + rootside.JOURNAL, *args]

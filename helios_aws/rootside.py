@@ -10,9 +10,10 @@ Runs as root on the host. It reads only:
   link planted there shows only what that user may read) and parsed as data: of its
   lines only :data:`DATABASE_VARIABLE` (split into libpq's parameters) and
   :data:`PASSED_ON` are used, nothing else reaches this process or a program it starts;
-* the code of the ``current`` release and its virtualenv, which are root's
-  (``deploy.Release`` hands them back to root once installed); ``-I`` keeps Python from
-  reading ``PYTHON*`` variables, the user's site directory or the working directory.
+* its own code, from root's own virtualenv ``/srv/helios/tools/helios-aws``
+  (``host.system.RootTool``: installed by root from wheels only, never from a release,
+  which the service user builds); ``-I`` keeps Python from reading ``PYTHON*``
+  variables, the user's site directory or the working directory.
 
 Every program it starts gets :func:`clean_env`: a fixed ``PATH``, ``LANG`` and the
 allow-listed values, never the caller's environment. Everything under the service

@@ -27,6 +27,8 @@ def host(tmp_path_factory, postgres):
     (app / "shared").mkdir(parents=True)
     (app / "current").symlink_to(site.project)
     (site.project / ".venv").symlink_to(sys.prefix)
+    (app / "tools").mkdir()
+    (app / "tools/helios-aws").symlink_to(sys.prefix)  # root's own helios-aws
     site.shared_env = app / "shared/.env"
     return site
 

@@ -147,7 +147,7 @@ def test_step_list_for_debian_with_uv_and_rabbitmq(ctx, project):
     names = [s.name for s in host.steps(ctx, project)]
     assert names == [
         "host: ssh", "host: preflight", "host: broker configuration", "host: packages", "host: uv",
-        "host: service user and directories", "host: postgresql", "host: broker",
+        "host: root's helios-aws", "host: service user and directories", "host: postgresql", "host: broker",
         "host: .env", "host: release", "host: migrate", "host: switch release",
         "host: systemd units", "host: nginx site (HTTP)", "host: certificate",
         "host: nginx site (HTTPS)", "host: certificate renewal", "host: liveness",
@@ -421,6 +421,28 @@ def test_uv_present_is_a_no_op(ctx, project):
     change, outcome = run_step(host.UvTool(target(ctx, project)), ctx)
     assert outcome == engine.UNCHANGED and change.details == ["uv 0.9.5"]
     assert len(ctx.ssh.commands) == 1
+
+
+def test_root_has_its_own_helios_aws_installed_from_wheels_only(ctx, project):
+    """What root runs on the server (drills, restores) never comes from a release, which
+    the service user builds."""
+    step = host.RootTool(target(ctx, project))
+    change, _ = run_step(step, ctx)
+    assert change.action == engine.CREATE
+    name, data, digest = step.wanted()
+    assert ctx.ssh.staged == [data]
+    script = ctx.ssh.commands[-1].splitlines()
+    assert script[:5] == ["set -e", "umask 022", "cd /", "rm -rf -- /srv/helios/tools/helios-aws",
+                          "/usr/bin/python3.13 -m venv -- /srv/helios/tools/helios-aws"]
+    pip = ("PIP_CERT=/etc/ssl/certs/ca-certificates.crt /srv/helios/tools/helios-aws/bin/pip "
+           "install -q --disable-pip-version-check --only-binary=:all:")
+    assert f"{pip} --no-deps -- /srv/helios/tools/helios-aws/{name}" in script
+    assert f"{pip} -- boto3" in script
+    assert script[-1] == f"printf '%s\\n' {digest} > /srv/helios/tools/helios-aws/installed"
+
+    ctx.ssh.reply("/srv/helios/tools/helios-aws/installed", facts(installed=digest))
+    _, outcome = run_step(host.RootTool(target(ctx, project)), ctx)
+    assert outcome == engine.UNCHANGED
 
 
 def test_uv_version_is_read_from_its_metadata(tmp_path, ctx, project):

@@ -80,8 +80,8 @@ def host(tmp_path_factory, postgres):
     shared = app / "shared"
     shared.mkdir(parents=True)
     (app / "current").symlink_to(site.project)
-    if not (site.project / ".venv").exists():
-        (site.project / ".venv").symlink_to(sys.prefix)
+    (app / "tools").mkdir()
+    (app / "tools/helios-aws").symlink_to(sys.prefix)  # root's own helios-aws
     shutil.copytree(site.media, shared / "media")
     for path in [shared, *(shared / "media").rglob("*"), shared / "media"]:
         os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -1,11 +1,12 @@
 """The server itself: the login and its OS, trusted CA certificates, the packages,
-uv, and the service user with the layout's directories."""
+uv, root's own helios-aws, and the service user with the layout's directories."""
 
+import shlex
 from pathlib import Path
 
 from ..engine import CREATE, Change, KEEP, UPDATE
 from ..errors import ConfigError, HostError
-from . import recipes
+from . import recipes, release as release_mod
 from .base import OS_RELEASE, PEM_RE, HostStep, connection, fact, q, sha256
 
 
@@ -137,6 +138,52 @@ class UvTool(HostStep):
                      f"PIP_CERT={q(self.target.recipe.ca_bundle)} {q(home)}/bin/pip install "
                      "-q --disable-pip-version-check --only-binary=:all: 'uv>=0.8'",
                 timeout=1200)
+
+
+class RootTool(HostStep):
+    """helios-aws in root's own virtualenv, for what root runs on the server
+    (``helios_aws.rootside``: drills and restores). A release is built as the service
+    user, so root never runs code from one; this environment is root's from the start
+    and installed from wheels only (nothing is built, so no package's code runs)."""
+
+    name = "host: root's helios-aws"
+    # What helios_aws.rootside imports beyond the standard library and helios_aws.
+    PACKAGES = ("boto3",)
+
+    @property
+    def home(self):
+        return self.target.layout.root_tool
+
+    def wanted(self):
+        name, data = release_mod.wheel()
+        return name, data, sha256(data + " ".join(self.PACKAGES).encode())
+
+    def read(self, ctx):
+        return self.facts(ctx, fact("installed", f"cat -- {q(self.home)}/installed "
+                                                 "2>/dev/null"))
+
+    def plan(self, ctx, current):
+        if current.get("installed") == self.wanted()[2]:
+            return Change(KEEP, f"{self.home}")
+        return Change(UPDATE if current.get("installed") else CREATE,
+                      f"install helios-aws and {', '.join(self.PACKAGES)} into {self.home}")
+
+    def apply(self, ctx, current, change):
+        name, data, digest = self.wanted()
+        staged = connection(ctx).stage(data)
+        home = q(self.home)
+        pip = (f"PIP_CERT={q(self.target.recipe.ca_bundle)} {home}/bin/pip install -q "
+               "--disable-pip-version-check --only-binary=:all:")
+        self.sh(ctx, "\n".join([
+            "set -e", "umask 022", "cd /",
+            f"rm -rf -- {home}",
+            f"{recipes.PYTHON} -m venv -- {home}",
+            f"install -m 0644 -T -- {q(staged)} {home}/{q(name)}",
+            f"{pip} --no-deps -- {home}/{q(name)}",
+            f"{pip} -- {shlex.join(self.PACKAGES)}",
+            f"rm -f -- {home}/{q(name)} {q(staged)}",
+            f"printf '%s\\n' {q(digest)} > {home}/installed",
+        ]), timeout=1200)
 
 
 class ServiceUser(HostStep):
