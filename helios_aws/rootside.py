@@ -39,6 +39,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -56,6 +57,7 @@ DATABASE_VARIABLE = "DATABASE_URL"
 PASSED_ON = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
              "AWS_DEFAULT_REGION")
 DEFAULT_DATABASE = "helios"
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 JOURNAL = "/var/lib/helios-aws/restore.json"
 PREPARING, SWITCHING, MIGRATING, DONE, UNDONE = (
     "preparing", "switching", "migrating", "done", "undone")
@@ -123,9 +125,14 @@ def database_of(values, user):
         return backup.Database(DEFAULT_DATABASE, run_as=user)
     parts = urllib.parse.urlsplit(url)
     name = urllib.parse.unquote(parts.path.lstrip("/"))
-    if parts.scheme not in ("postgres", "postgresql", "pgsql") or not name:
+    role = urllib.parse.unquote(parts.username or "")
+    # The names go into SQL run as PostgreSQL's superuser: plain identifiers only.
+    if parts.scheme not in ("postgres", "postgresql", "pgsql") or not NAME_RE.fullmatch(
+            name) or (role and not NAME_RE.fullmatch(role)):
         raise backup.BackupError(f"{DATABASE_VARIABLE} in the .env names no PostgreSQL "
-                                 "database.", "Fix it with aws_configure and aws_provision.")
+                                 "database and role that root accepts (letters, digits and "
+                                 "underscores).",
+                                 "Fix it with aws_configure and aws_provision.")
     query = urllib.parse.parse_qs(parts.query)
     try:
         port = str(parts.port or "")
@@ -137,8 +144,7 @@ def database_of(values, user):
         else parts.hostname or ""
     # Helios connects with ssl_require=True: over TCP, so does root.
     sslmode = (query.get("sslmode") or ["" if socket or not host else "require"])[0]
-    return backup.Database(name, host=host, port=port,
-                           user=urllib.parse.unquote(parts.username or ""),
+    return backup.Database(name, host=host, port=port, user=role,
                            password=urllib.parse.unquote(parts.password or ""),
                            sslmode=sslmode, run_as=user)
 
@@ -202,14 +208,29 @@ def load_host(args):
 # ------------------------------------------------------------------------- journal
 
 
+JOURNAL_KEYS = ("backup", "database", "new_database", "previous_database", "media",
+                "new_media", "previous_media", "phase")
+PHASES = (PREPARING, SWITCHING, MIGRATING, DONE, UNDONE)
+
+
 def read_journal(path):
+    """The journal's record, checked (None when there is none): a record this module
+    did not write stops the restore with a sentence, never guides it."""
     try:
-        return json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
     except ValueError as exc:
-        raise RestoreError(f"The restore journal {path} is damaged ({exc}).",
-                           "Look at it, and at the databases, before removing it.")
+        record, problem = None, str(exc)
+    else:
+        problem = "" if isinstance(record, dict) and all(
+            isinstance(record.get(key), str) and record[key] for key in JOURNAL_KEYS) \
+            and record["phase"] in PHASES else "not a restore's record"
+    if problem:
+        raise RestoreError(f"The restore journal {path} is damaged ({problem}).",
+                           "Look at it, and at the databases and media directories it "
+                           "names, before removing it.")
+    return record
 
 
 def write_journal(path, record):
@@ -336,8 +357,11 @@ def restore(host, services, migrate, backup_name, force=False, progress=None, ph
     except BaseException as exc:
         message = exc.message if isinstance(exc, HeliosAWSError) else (
             str(exc) or type(exc).__name__)
-        _log(progress, f"restore {folder} stopped ({message}): undoing...")
-        recover(host, services, progress)
+        _log(progress, f"restore {folder} stopped in phase {record['phase']} ({message})")
+        finished = recover(host, services, progress)
+        if finished["phase"] == DONE:
+            raise RestoreError(f"Restore of {folder}: {message}. {outcome(finished)}",
+                               "See the message above.") from exc
         raise RestoreError(f"Restore of {folder} failed: {message}. Nothing changed: the "
                            f"database that served before ({db.name}) serves, with its "
                            "media, and the services run.",
@@ -387,7 +411,10 @@ def _restore_from(host, services, migrate, manifest, versions, record, advance, 
     advance(DONE)
     services.start()
     _log(progress, f"restore {folder}: done")
-    _remove_older(host, record, progress)
+    try:
+        _remove_older(host, record, progress)
+    except HeliosAWSError as exc:
+        _log(progress, f"could not remove what earlier restores kept: {exc.message}")
     return record
 
 

@@ -423,10 +423,24 @@ def file_steps_ctx(sshd, tmp_path, service_user):
     project = Project(root=tmp_path / "project", wsgi="wsgi:application",
                       celery_app="helios", static=(), dependency_source="uv", python="3.13",
                       default_from_email="", login_systems=frozenset({"password"}))
-    ctx, target = host_ctx(sshd, tmp_path / "server", project, service_user)
+    # The service user writes under shared/ itself: a host it can reach (pytest's own
+    # directories are root's alone).
+    base = Path(tempfile.mkdtemp(prefix="helios-aws-files-"))
+    base.chmod(0o755)
+    for system_dir in ("srv", "var/lib", "var/cache", "var/www"):  # as on a real host
+        (base / "server" / system_dir).mkdir(parents=True)
+        for path in (base / "server", base / "server" / system_dir,
+                     (base / "server" / system_dir).parent):
+            path.chmod(0o755)
+    ctx, target = host_ctx(sshd, base / "server", project, service_user)
     yield ctx, [host.ServiceUser(target), host.EnvFile(target)]
     if ctx.ssh is not None:
         ctx.ssh.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def shared_env(ctx):
+    return Path(ctx.deployment.host_prefix) / "srv" / "helios" / "shared" / ".env"
 
 
 def run_steps(ctx, chosen):
@@ -437,7 +451,7 @@ def run_steps(ctx, chosen):
 def test_file_steps_change_things_once_then_nothing(file_steps_ctx, service_user, tmp_path):
     ctx, chosen = file_steps_ctx
     assert run_steps(ctx, chosen) == [engine.CREATED, engine.CREATED]
-    env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
+    env = shared_env(ctx)
     assert env.read_text() == (ctx.out_dir / ".env").read_text()
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
     assert pwd.getpwuid(env.stat().st_uid).pw_name == service_user
@@ -452,7 +466,7 @@ def test_file_steps_change_things_once_then_nothing(file_steps_ctx, service_user
 def test_a_hand_edited_env_on_the_server_is_put_back(file_steps_ctx, tmp_path):
     ctx, chosen = file_steps_ctx
     run_steps(ctx, chosen)
-    env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
+    env = shared_env(ctx)
     env.write_text("DEBUG=1\n")
     assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UPDATED]
     assert env.read_text() == (ctx.out_dir / ".env").read_text()

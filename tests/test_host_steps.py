@@ -147,7 +147,8 @@ def test_step_list_for_debian_with_uv_and_rabbitmq(ctx, project):
     names = [s.name for s in host.steps(ctx, project)]
     assert names == [
         "host: ssh", "host: preflight", "host: broker configuration", "host: packages", "host: uv",
-        "host: root's helios-aws", "host: service user and directories", "host: postgresql", "host: broker",
+        "host: root's helios-aws", "host: service user and directories", "host: postgresql",
+        "host: broker",
         "host: .env", "host: release", "host: migrate", "host: switch release",
         "host: systemd units", "host: nginx site (HTTP)", "host: certificate",
         "host: nginx site (HTTPS)", "host: certificate renewal", "host: liveness",

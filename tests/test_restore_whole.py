@@ -8,15 +8,18 @@ There is no systemd here: the services are a unit list that nothing runs (the VM
 covers the units), so the kill table observes them through a recording stand-in.
 """
 
+import json
 import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 
 import boto3
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from helios_aws import rootside
 from test_backup import VOTERS, Site, newest, provision_bucket, take_backup
@@ -256,3 +259,31 @@ def test_ctrl_c_on_the_server_undoes_the_restore(site, bucket):
     assert rootside.read_journal(site.journal)["phase"] == rootside.UNDONE
     restored = run_root(site, "restore", "--backup", folder)  # back to a known state
     assert restored.returncode == 0, restored.stderr
+
+
+RECORDS = st.fixed_dictionaries(
+    {key: st.text(min_size=1) for key in rootside.JOURNAL_KEYS if key != "phase"}
+    | {"phase": st.sampled_from(rootside.PHASES)},
+    optional={"pid": st.integers(), "units": st.lists(st.text())})
+
+
+@settings(max_examples=60, deadline=None)
+@given(record=RECORDS)
+def test_the_journal_reads_back_what_it_writes(tmp_path_factory, record):
+    path = tmp_path_factory.mktemp("journal") / "restore.json"
+    rootside.write_journal(path, record)
+    assert rootside.read_journal(path) == record
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@settings(max_examples=60, deadline=None)
+@given(record=RECORDS, broken=st.sampled_from(rootside.JOURNAL_KEYS),
+       value=st.one_of(st.none(), st.just(""), st.integers(), st.just("other phase")))
+def test_the_journal_refuses_a_record_it_did_not_write(tmp_path_factory, record, broken,
+                                                       value):
+    if broken != "phase" and value == "other phase":
+        value = None
+    path = tmp_path_factory.mktemp("journal") / "restore.json"
+    path.write_text(json.dumps({**record, broken: value}))
+    with pytest.raises(rootside.RestoreError, match="restore journal .* is damaged"):
+        rootside.read_journal(path)

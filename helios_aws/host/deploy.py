@@ -47,8 +47,9 @@ class EnvFile(HostStep):
         conn = connection(ctx)
         staged = conn.stage(self.target.local(configure.ENV_NAME))
         # Root opens the staged file for the user's stdin; the user writes its own file.
-        self.sh(ctx, self.as_user('umask 077 && t=$(mktemp -- "$1.XXXXXXXX") && cat >"$t" && '
-                                  'mv -fT -- "$t" "$1"') + f" <{q(staged)} && rm -f -- {q(staged)}")
+        write = ('umask 077 && t=$(mktemp --suffix=.helios-aws-new -- "$1.XXXXXXXX") && '
+                 'cat >"$t" && mv -fT -- "$t" "$1"')
+        self.sh(ctx, self.as_user(write) + f" <{q(staged)} && rm -f -- {q(staged)}")
         # Running services read the file only when they start.
         self.sh(ctx, restart_running())
 
