@@ -253,9 +253,9 @@ def test_ctrl_c_on_the_server_undoes_the_restore(site, bucket):
     os.killpg(running.pid, signal.SIGINT)
     out, err = running.communicate(timeout=300)
 
-    assert running.returncode == 1
-    assert f"The restore of {folder} did not happen" in out
-    assert state(site) == old
+    assert running.returncode == 1, (out, err)
+    assert f"The restore of {folder} did not happen" in out, (out, err)
+    assert state(site) == old, (out, err)
     assert rootside.read_journal(site.journal)["phase"] == rootside.UNDONE
     restored = run_root(site, "restore", "--backup", folder)  # back to a known state
     assert restored.returncode == 0, restored.stderr
