@@ -155,32 +155,45 @@ def on_host(deployment, out_dir, options, command, args, write, as_service=False
 
 
 def restore_on_host(deployment, out_dir, options, args, write):
-    """A restore into production; if this side is cut off from it (Ctrl-C here, the
-    connection lost), the server is asked, once the restore let go of the lock, which
-    database serves."""
+    """A restore into production. The server's answer to ``status`` is read first; if
+    this side is then cut off from the restore (Ctrl-C here, the connection lost), the
+    server is asked again once the restore let go of the lock: a new answer is this
+    restore's outcome, the same one means it never began."""
+    connection = connect(deployment, out_dir, options)
+    before, sent = [], False
     try:
-        on_host(deployment, out_dir, options, "restore", args, write)
+        run_on_host(connection, deployment, "status", [], before.append)
+        sent = True
+        run_on_host(connection, deployment, "restore", args, write)
         return
     except HostError as exc:
-        if "ended while running" not in exc.message and "was lost" not in exc.message:
+        if not sent or ("ended while running" not in exc.message
+                        and "was lost" not in exc.message):
             raise
         cut = "The connection to the server was lost during the restore"
     except KeyboardInterrupt:
+        if not sent:
+            raise HostError("Interrupted before the restore began: nothing on the server "
+                            "changed.", "Run the same command again.")
         cut = "Interrupted here"
+    finally:
+        connection.close()
     write(f"{cut}; the server finishes or undoes the restore on its own. Asking it which "
           "database serves (this waits for the restore to end; Ctrl-C again to stop "
           "asking)...")
     said = []
     try:
-        on_host(deployment, out_dir, options, "status", [],
-                lambda line: (said.append(line), write(line)))
+        on_host(deployment, out_dir, options, "status", [], said.append)
     except (KeyboardInterrupt, HeliosAWSError) as exc:
         raise HostError(f"{cut}, and the server could not be asked which database serves"
                         + (f": {exc.message}" if isinstance(exc, HeliosAWSError) else "."),
                         "Run manage.py aws_restore --status: it waits for the restore to "
                         "end, finishes or undoes it, and says which database serves.")
+    for line in said:
+        write(line)
+    began = [line for line in said if line not in before]
     if not any(line.startswith("The restore of ") and " is complete" in line
-               for line in said):
+               for line in began):
         raise HostError(f"{cut}: the restore did not happen (the server's answer is above).",
                         "Run the same command again.")
 
