@@ -4,8 +4,8 @@ empty environment as ``aws_restore`` starts it. The kill table kills the restore
 worker with SIGKILL at each phase, lets the supervisor's recovery run as it does on the
 server, and checks the database (row counts, indexes), the media and the services.
 
-There is no systemd here: the services are a unit list that nothing runs (the VM test
-covers the units), so the kill table observes them through a recording stand-in.
+There is no systemd here (the VM test covers the units): the kill table observes the
+services through a stand-in that records whether they were last stopped or started.
 """
 
 import json
@@ -129,6 +129,21 @@ KILL_TABLE = [
 ]
 
 
+def host_of(site):
+    """The Host root's side builds from its arguments (this process's environment kept:
+    loading it empties the environment, as root's side does)."""
+    class Args:
+        config, env_file, media = str(site.config), str(site.host_env), str(site.media)
+        release, journal = str(site.project), str(site.journal)
+
+    environment = dict(os.environ)
+    try:
+        return rootside.load_host(Args)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+
+
 def _killed_worker(site, point, folder):
     """The restore, as the worker runs it, SIGKILLed at ``point``."""
     def die(*_):
@@ -165,11 +180,7 @@ def _killed_worker(site, point, folder):
         if name == point:
             die()
 
-    class Args:
-        config, env_file, media = str(site.config), str(site.host_env), str(site.media)
-        release, journal = str(site.project), str(site.journal)
-
-    host = rootside.load_host(Args)
+    host = host_of(site)
 
     def migrate():
         if point == "migrating":
@@ -196,7 +207,11 @@ def test_kill_table(site, bucket, point, serving):
     worker.join(timeout=300)
     assert worker.exitcode == -signal.SIGKILL
 
-    asked = run_root(site, "status")  # what the supervisor, or the next command, runs
+    # What the supervisor (or the next command) does, with the services observed.
+    services = Recorded(site.base / "services")
+    rootside.recover(host_of(site), services)
+    assert services.path.read_text() == "running"
+    asked = run_root(site, "status")
     assert asked.returncode == 0, asked.stderr
     record = rootside.read_journal(site.journal)
     if serving == "old":
@@ -207,8 +222,6 @@ def test_kill_table(site, bucket, point, serving):
         assert state(site) == {**old, "votes": VOTERS, "e1": True}
         assert "is complete" in asked.stdout
     assert not os.path.exists(record["new_media"])
-    # The recording stand-in stays as the killed worker left it; the units are started
-    # by the status run's recovery (Services of the journal's config: none here).
     site.psql("DELETE FROM django_migrations WHERE name = '9999_since'")
     restored = run_root(site, "restore", "--backup", folder)  # back to a known state
     assert restored.returncode == 0, restored.stderr
