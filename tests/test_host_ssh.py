@@ -1,7 +1,7 @@
 """The SSH connection against a real OpenSSH server on loopback (the rig's ``sshd``).
 
-Host keys (pinned, known_hosts, unknown, changed), ~/.ssh/config, SFTP with modes and
-owners, sudo, failures reported with their step, command, status and output, the
+Host keys (pinned, known_hosts, unknown, changed), ~/.ssh/config, files put as root,
+sudo, failures reported with their step, command, status and output, the
 persistent shells (channels counted), and host steps that touch only files run twice.
 """
 
@@ -320,35 +320,6 @@ def test_the_lock_is_only_for_the_root_shell(sshd, tmp_path):
 
 
 # ------------------------------------------------------------------------ files
-
-
-@pytest.fixture
-def user_dir(conn):
-    """A directory the login user owns (pytest's own are root's and private)."""
-    path = Path(tempfile.mkdtemp(prefix="helios-aws-sftp-"))
-    os.chown(path, pwd.getpwnam(conn.user).pw_uid, -1)
-    yield path
-    shutil.rmtree(path)
-
-
-def test_sftp_put_with_a_mode(conn, user_dir):
-    target = user_dir
-    conn.put("KEY=value\n", target / "plain.txt", mode=0o640)
-    info = (target / "plain.txt").stat()
-    assert (target / "plain.txt").read_text() == "KEY=value\n"
-    assert stat.S_IMODE(info.st_mode) == 0o640
-    assert pwd.getpwuid(info.st_uid).pw_name == conn.user
-    assert sorted(p.name for p in target.iterdir()) == ["plain.txt"]
-
-
-def test_put_as_another_owner_goes_through_root(conn, tmp_path):
-    conn.put(b"SECRET_KEY=x\n", tmp_path / ".env", mode=0o600, owner="root")
-    info = (tmp_path / ".env").stat()
-    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
-    assert (tmp_path / ".env").read_bytes() == b"SECRET_KEY=x\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
-    conn.put(b"SECRET_KEY=y\n", tmp_path / ".env", mode=0o600, owner="root")
-    assert (tmp_path / ".env").read_bytes() == b"SECRET_KEY=y\n"
 
 
 def test_put_files_writes_many_files_in_one_command(conn, tmp_path):

@@ -67,9 +67,6 @@ class FakeConnection:
             raise HostError(f"`{command}` failed with exit status {status}.")
         return Result(command, status, stdout, "")
 
-    def put(self, data, remote_path, mode=0o644, owner=None, group=None, step=None):
-        self.files[str(remote_path)] = (data, mode, owner)
-
     def put_files(self, files, mode=0o644, owner="root", group=None, step=None):
         for path, data in files.items():
             self.files[str(path)] = (data, mode, owner)

@@ -282,7 +282,8 @@ class _LineRelay:
 
 
 class Connection:
-    """One SSH connection to the host: ``connect()``, ``run()``, ``put()``, ``close()``.
+    """One SSH connection to the host: ``connect()``, ``run()``, ``put_files()``,
+    ``stage()``, ``close()``.
 
     ``host`` may be an alias of ``~/.ssh/config``. ``user``, ``port`` and ``key_filename``
     override the config; ``default_user`` applies when neither names a user.
@@ -624,34 +625,6 @@ class Connection:
                                 "Look at the server's mktemp and /tmp.")
             self._staging = answer
         return self._staging
-
-    def put(self, data, remote_path, mode=0o644, owner=None, group=None, step=None):
-        """Write ``data`` (bytes, str, or a local Path) to ``remote_path`` atomically.
-
-        Without ``owner`` the file is written over SFTP as the login user. With
-        ``owner`` it goes to the staging directory first, then root installs it with
-        ``mode``/``owner``/``group`` under a temporary name beside the target and
-        renames it into place.
-        """
-        if isinstance(data, Path):
-            data = data.read_bytes()
-        elif isinstance(data, str):
-            data = data.encode()
-        remote_path = str(remote_path)
-        if owner is None:
-            temporary = f"{remote_path}.helios-aws-new"
-            self._sftp_write(temporary, data, mode)
-            self.sftp.posix_rename(temporary, remote_path)
-            return
-        staged = self.stage(data)
-        temporary = f"{remote_path}.helios-aws-new"
-        quoted = shlex.quote(remote_path)
-        self.run(
-            f"install -m {mode:04o} -o {shlex.quote(owner)} -g {shlex.quote(group or owner)} "
-            f"-T {shlex.quote(staged)} {shlex.quote(temporary)} && "
-            f"mv -fT {shlex.quote(temporary)} {quoted} && rm -f {shlex.quote(staged)}",
-            sudo=True, step=step,
-        )
 
     def put_files(self, files, mode=0o644, owner="root", group=None, step=None):
         """Write several small files as root in one go: ``files`` maps remote paths to
