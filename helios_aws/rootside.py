@@ -341,7 +341,7 @@ def restore(host, services, migrate, backup_name, force=False, progress=None, ph
         "previous_database": f"{db.name}_previous_{suffix}",
         "media": str(host.media), "new_media": f"{host.media}.restore-{suffix}",
         "previous_media": f"{host.media}.previous-{suffix}",
-        "units": list(services.units), "phase": PREPARING,
+        "units": list(services.units), "phase": PREPARING, "services": "running",
     }
     write_journal(host.journal, record)
 
@@ -401,6 +401,7 @@ def _restore_from(host, services, migrate, manifest, versions, record, advance, 
     after = new.migrations()
     _log(progress, f"checks passed ({sum(counts.values())} rows in {len(counts)} tables); "
                    f"stopping {' '.join(services.units) or 'nothing'} to switch")
+    record["services"] = "stopped"
     advance(SWITCHING)
     services.stop()
     _switch(host, record)
@@ -409,7 +410,7 @@ def _restore_from(host, services, migrate, manifest, versions, record, advance, 
         _log(progress, "the backup's migrations differ from the release's: migrate...")
         migrate()
     advance(DONE)
-    services.start()
+    _started(host, services, record)
     _log(progress, f"restore {folder}: done")
     try:
         _remove_older(host, record, progress)
@@ -455,8 +456,17 @@ def recover(host, services, progress=None):
         _undo(host, record)
         record["phase"] = UNDONE
         write_journal(host.journal, record)
-    services.start()
+    if record.get("services") == "stopped":
+        _started(host, services, record)
     return record
+
+
+def _started(host, services, record):
+    """The services started, and the journal saying so (a later ``status`` then leaves
+    alone services an operator stopped on purpose)."""
+    services.start()
+    record["services"] = "started"
+    write_journal(host.journal, record)
 
 
 def _remove_older(host, record, progress):
@@ -565,6 +575,11 @@ def main(argv=None):
     try:
         host = load_host(args)
         services = Services(host.config.units)
+        before = read_journal(host.journal)
+        if args.action != "worker" and before is not None and \
+                before["phase"] not in (DONE, UNDONE):
+            # A restore was cut short and its supervisor too: finish it first.
+            before = recover(host, services, write)
         if args.action == "drill":
             backup.drill(host.config, host.db, host.admin, args.backup or None,
                          progress=write)
@@ -576,9 +591,6 @@ def main(argv=None):
         if args.action == "restore":
             # The worker does the restore; this process stays to recover whatever the
             # worker leaves (killed, interrupted), then says which database serves.
-            before = read_journal(host.journal)
-            if before is not None and before["phase"] not in (DONE, UNDONE):
-                recover(host, services, write)
             for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
             worker = subprocess.run([sys.executable, "-I", "-m", "helios_aws.rootside",
