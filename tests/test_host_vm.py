@@ -529,7 +529,8 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
     evil = "/srv/helios/shared/evil"
     programs = "".join(
         f"printf '#!/bin/sh\\n: > {evil}/ran-{name}-$(id -u)-$$\\n"
-        f"PATH=/usr/bin:/bin exec {name} \"$@\"\\n' > {evil}/{name} && chmod 755 {evil}/{name} && "
+        f"PATH=/usr/bin:/bin exec {name} \"$@\"\\n' > {evil}/{name} && "
+        f"chmod 755 {evil}/{name} && "
         for name in ("psql", "pg_restore", "runuser", "systemctl", "tar", "cat", "mv", "env",
                      "sh", "python3"))
     deployment.guest("cd / && sudo runuser -u helios -- sh -c " + shlex.quote(
@@ -567,13 +568,13 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
                             ).stdout.split() == ["active", "active"]
     # Nothing planted ran as root; root's files are as they were; the restored media
     # directory is the service user's, the planted link kept aside untouched.
-    ran = deployment.guest(f"ls {evil}").stdout.split()
+    ran = deployment.guest(f"sudo ls {evil}").stdout.split()
     assert [name for name in ran if name.split("-")[-2:-1] == ["0"]] == []
     assert deployment.guest(canary).stdout == outside
-    assert deployment.guest("stat -c '%U %F' /srv/helios/shared/media").stdout.strip() == \
-        "helios directory"
-    assert deployment.guest("sudo find /srv/helios/shared -maxdepth 1 -name 'media.previous-*' "
-                            "-type l").stdout.strip()
+    assert deployment.guest("sudo stat -c '%U %F' /srv/helios/shared/media"
+                            ).stdout.strip() == "helios directory"
+    assert deployment.guest("sudo find /srv/helios/shared -maxdepth 1 "
+                            "-name 'media.previous-*' -type l").stdout.strip()
     assert deployment.guest("sudo cat /var/lib/helios-aws/restore.json").stdout.count(
         '"phase": "done"') == 1
 
