@@ -10,7 +10,7 @@ Under the deployment's prefix (its name) the bucket holds::
     NAME/daily/STAMP/db.dump        pg_dump --format=custom
     NAME/daily/STAMP/media.tar      MEDIA_ROOT (voter files uploaded by administrators)
     NAME/daily/STAMP/manifest.json  time, sizes, SHA-256s, row counts, release, migrations
-    NAME/safety/STAMP/...           taken before a restore into production (kept)
+    NAME/safety/STAMP/...           taken before a restore by earlier versions (kept)
     NAME/final/STAMP/...            taken by ``aws_provision --destroy`` (kept)
     NAME/drills/STAMP.json          the result of each restore drill
 
@@ -88,6 +88,10 @@ class Config:
     region: str
     service_user: str = ""
     units: tuple = ()
+    # The zone Helios's database session stores election times in (elections.py), from
+    # the project's settings when aws_provision wrote this file: root's side of a restore
+    # runs no Django and needs it for the open-election guard.
+    time_zone: str = ""
 
     @classmethod
     def load(cls, path=CONFIG_PATH):
@@ -103,7 +107,8 @@ class Config:
                       "Run aws_provision again (it writes this file).", BackupError)
         return cls(bucket=data["bucket"], prefix=data["prefix"], region=data["region"],
                    service_user=data.get("service_user") or "",
-                   units=tuple(data.get("units") or ()))
+                   units=tuple(data.get("units") or ()),
+                   time_zone=data.get("time_zone") or "")
 
     def as_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -749,103 +754,3 @@ def drill(config, db, admin, backup=None, progress=None):
     _log(progress, f"drill {folder}: passed ({record['rows']} rows in {record['tables']} "
                    f"tables match the manifest, checksums verified, {record['seconds']}s)")
     return record
-
-
-def _extract_media(download, media_root):
-    """Extract the media archive over MEDIA_ROOT (links and paths leaving it refused);
-    files take the owner of MEDIA_ROOT, so Helios can still change them after a restore
-    run as root."""
-    root = Path(media_root)
-    root.mkdir(parents=True, exist_ok=True)
-    owner = root.stat()
-    with tarfile.open(fileobj=download, mode="r|") as tar:
-        for member in tar:
-            tar.extract(member, root, filter="data")
-            if os.geteuid() == 0:
-                os.chown(root / member.name, owner.st_uid, owner.st_gid, follow_symlinks=False)
-    download.drain()
-
-
-class Services:
-    """The app's systemd units, stopped during a restore into production."""
-
-    def __init__(self, units):
-        self.units = list(units)
-
-    def _systemctl(self, action):
-        if not self.units:
-            return
-        result = subprocess.run(["systemctl", action, *self.units], capture_output=True,
-                                text=True)
-        if result.returncode != 0:
-            raise BackupError(f"systemctl {action} {' '.join(self.units)} failed: "
-                              f"{result.stderr.strip()}", "Look at journalctl on the host.")
-
-    def stop(self):
-        self._systemctl("stop")
-
-    def start(self):
-        self._systemctl("start")
-
-
-def restore_production(config, db, media_root, backup, services, migrate, force=False,
-                       release="", progress=None):
-    """Restore ``backup`` over the production database and MEDIA_ROOT.
-
-    Refuses while an election is open unless ``force``, and checks the backup's
-    checksums, before anything changes. Then stops ``services``, takes a safety backup,
-    replaces the database in one transaction and extracts the media, runs ``migrate()``
-    when the restored migration state differs from the release's, and starts the
-    services again. On a failure after the safety backup, the error's hint names it and
-    the command that puts it back.
-    """
-    s3 = config.s3()
-    folder = choose(config, backup, s3)
-    manifest = read_manifest(config, folder, s3)
-    _log(progress, f"restore {folder} (taken {manifest['created_at']}) into database "
-                   f"{db.name}")
-    open_now = db.open_elections()
-    if open_now and not force:
-        raise BackupError(
-            f"Refusing to restore: election(s) open for voting now: {', '.join(open_now)}. "
-            "A restore would lose the ballots cast since the backup.",
-            "Wait until voting ends, or give --force if losing those ballots is intended.")
-    if open_now:
-        _log(progress, f"--force: restoring although {', '.join(open_now)} is open")
-    _log(progress, f"checking the checksums of {folder}...")
-    versions = {name: _verify(s3, config, manifest[name]) for name in ("database", "media")}
-    before = db.migrations()
-    _log(progress, f"stopping {' '.join(services.units) or 'nothing'}")
-    services.stop()
-    safety = None
-    try:
-        _log(progress, "safety backup of the current database...")
-        safety = run_backup(config, db, media_root, kind="safety", release=release)
-        safety_folder = safety["folder"]
-        _log(progress, f"safety backup {safety_folder}: complete")
-        _log(progress, f"restoring {DUMP} (one transaction)...")
-        part = manifest["database"]
-        _restore(db, Download(s3, config.bucket, part["key"], part["sha256"],
-                              versions["database"]), replace=True)
-        _log(progress, f"restoring {MEDIA} into {media_root}...")
-        part = manifest["media"]
-        _extract_media(Download(s3, config.bucket, part["key"], part["sha256"],
-                                versions["media"]), media_root)
-        if db.migrations() != before:
-            _log(progress, "the backup's migrations differ from the release's: migrate...")
-            migrate()
-        _log(progress, f"starting {' '.join(services.units) or 'nothing'}")
-        services.start()
-    except BaseException as exc:
-        if safety is None:
-            services.start()
-            raise
-        message = exc.message if isinstance(exc, HeliosAWSError) else str(exc)
-        raise BackupError(
-            f"Restore of {folder} failed: {message}",
-            f"The safety backup {safety_folder} holds the database as it was. To get back: "
-            f"manage.py aws_restore --backup {safety_folder} --into-production --force. The "
-            "services are stopped until then (systemctl start them to serve as is).") \
-            from exc
-    _log(progress, f"restore {folder}: done")
-    return manifest

@@ -1,22 +1,22 @@
 """What ``aws_backup`` and ``aws_restore`` do, on both sides of the SSH connection.
 
 On the operator's machine they open the host half's verified SSH connection (the host key
-pinned in ``state.json``, as ``aws_check`` does) and run the same command on the host with
-``--here``: from the ``current`` release's virtualenv, with the deployment's .env. A backup
-runs as the service user (as the timer runs it); a drill or a restore runs as root,
-because it creates a scratch database or stops the services, and runs the PostgreSQL
-programs as the service user. ``--list`` reads the bucket from here, with the operator's
-own AWS credentials.
+pinned in ``state.json``, as ``aws_check`` does), whose root shell holds the host's
+deployment lock (the one ``aws_provision`` takes), and run the host's side there. A
+backup runs ``manage.py aws_backup --here`` from the ``current`` release as the service
+user (as the timer runs it), with nothing of root's environment. A drill or a restore
+runs as root, because it creates databases and stops the services: that side is
+:mod:`helios_aws.rootside`, started with an empty environment, which never loads the
+deployment's .env (see docs/root.md). ``--list`` reads the bucket from here, with the
+operator's own AWS credentials.
 """
 
 import argparse
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-from . import backup, layout as layout_mod, params
+from . import backup, layout as layout_mod, params, rootside
 from .aws.backups import find_bucket
 from .aws.compute import KEY_FILE
 from .aws.session import AWS
@@ -57,44 +57,22 @@ def _here(options):
     from django.db import connection
 
     config = backup.Config.load(options["config"])
-    root = os.geteuid() == 0
-    run_as = config.service_user if root and config.service_user not in ("", "root") else ""
+    if os.geteuid() == 0 and config.service_user not in ("", "root"):
+        raise backup.BackupError(
+            f"aws_backup --here runs as the service user {config.service_user}, not as "
+            "root: root does not run Helios's settings or read its .env.",
+            f"Run it as the timer does (runuser -u {config.service_user}), or from your "
+            "machine with aws_backup.")
     # The zone Helios's session stores its times in (elections.py): Django's own answer.
-    db = backup.Database.from_django(settings.DATABASES["default"], run_as=run_as,
+    db = backup.Database.from_django(settings.DATABASES["default"],
                                      time_zone=connection.timezone_name)
     return config, db, settings.MEDIA_ROOT, Path.cwd().name
-
-
-def here_name(options):
-    """The deployment's name, as this host's backup configuration records it."""
-    return backup.Config.load(options["config"]).prefix
 
 
 def here_backup(options, write):
     config, db, media, release = _here(options)
     backup.run_backup(config, db, media, kind=options.get("kind") or "daily",
                       release=release, progress=write)
-
-
-def here_drill(options, write):
-    config, db, _, _ = _here(options)
-    admin = db.other("postgres", run_as="postgres" if os.geteuid() == 0 else "")
-    backup.drill(config, db, admin, options.get("backup"), progress=write)
-
-
-def here_restore(options, write):
-    config, db, media, release = _here(options)
-
-    def migrate():
-        result = subprocess.run(db.argv(sys.executable, "manage.py", "migrate", "--no-input"),
-                                cwd=Path.cwd(), capture_output=True, text=True)
-        if result.returncode != 0:
-            raise backup.BackupError(f"migrate failed: {result.stderr.strip()[-2000:]}",
-                                     "See the message above.")
-
-    backup.restore_production(config, db, media, options.get("backup"),
-                              backup.Services(config.units), migrate,
-                              force=options.get("force"), release=release, progress=write)
 
 
 # ------------------------------------------------------------------------- operator side
@@ -106,21 +84,39 @@ def config_path(deployment):
 
 def host_command(deployment, command, args, as_service):
     """The shell command running ``manage.py COMMAND ARGS --here`` in the current release
-    with the .env (as root, or as the service user)."""
+    as the service user, with an empty environment but for the .env's path (Helios reads
+    the file itself)."""
     lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
-    argv = ["env", f"HELIOS_ENV_FILE={lay.env_file}",
+    argv = ["runuser", "-u", lay.service_user, "--", "env", "-i",
+            f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8", f"HOME={lay.root}",
+            f"HELIOS_ENV_FILE={lay.env_file}",
             f"DJANGO_SETTINGS_MODULE={layout_mod.SETTINGS_MODULE}",
             str(lay.venv_bin / "python"), "manage.py", command, *args, "--here",
             "--config", config_path(deployment)]
-    if as_service:
-        argv = ["runuser", "-u", lay.service_user, "--"] + argv
     return f"cd {shlex.quote(str(lay.current))} && {shlex.join(argv)}"
 
 
+def root_command(deployment, action, args):
+    """The shell command running :mod:`helios_aws.rootside` ACTION as root: root's own
+    helios-aws environment (never a release's), Python in isolated mode, from ``/``,
+    with an empty environment."""
+    lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    prefix = deployment.host_prefix.rstrip("/")
+    argv = ["env", "-i", f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8",
+            str(lay.root_tool / "bin" / "python"), "-I", "-m", "helios_aws.rootside", action,
+            "--config", config_path(deployment), "--env-file", str(lay.env_file),
+            "--media", str(lay.shared / "media"), "--release", str(lay.current),
+            "--journal", prefix + rootside.JOURNAL, *args]
+    return f"cd / && {shlex.join(argv)}"
+
+
 def run_on_host(connection, deployment, command, args, write, as_service=False):
-    """Run the host's side; its progress lines go to ``write``; HostError on failure."""
-    result = connection.run(host_command(deployment, command, args, as_service), sudo=True,
-                            check=False, timeout=HOST_SECONDS)
+    """Run the host's side (``aws_backup`` as the service user, or a
+    :mod:`~helios_aws.rootside` action as root); its progress lines go to ``write``;
+    HostError on failure."""
+    script = (host_command(deployment, command, args, True) if as_service
+              else root_command(deployment, command, args))
+    result = connection.run(script, sudo=True, check=False, timeout=HOST_SECONDS)
     for line in result.stdout.splitlines():
         write(line)
     if result.status != 0:
@@ -143,7 +139,10 @@ def connect(deployment, out_dir, options):
     opener = connector(deployment, state, host=options.get("host") or "",
                        port=options.get("ssh_port"), key_file=key,
                        known_hosts=[options["known_hosts"]] if options.get("known_hosts")
-                       else [], trust_host_key=trusted, timeout=30)
+                       else [], trust_host_key=trusted, timeout=30,
+                       lock=str(layout_mod.for_deployment(deployment,
+                                                          deployment.host_prefix).lock),
+                       on_lock_wait=options.get("on_lock_wait"))
     if opener is None:
         raise ConfigError("There is no server to connect to.",
                           "Run aws_provision first, or give --host.")
@@ -156,6 +155,50 @@ def on_host(deployment, out_dir, options, command, args, write, as_service=False
         run_on_host(connection, deployment, command, args, write, as_service)
     finally:
         connection.close()
+
+
+def restore_on_host(deployment, out_dir, options, args, write):
+    """A restore into production. The server's answer to ``status`` is read first; if
+    this side is then cut off from the restore (Ctrl-C here, the connection lost), the
+    server is asked again once the restore let go of the lock: a new answer is this
+    restore's outcome, the same one means it never began."""
+    connection = connect(deployment, out_dir, options)
+    before, sent = [], False
+    try:
+        run_on_host(connection, deployment, "status", [], before.append)
+        sent = True
+        run_on_host(connection, deployment, "restore", args, write)
+        return
+    except HostError as exc:
+        if not sent or ("ended while running" not in exc.message
+                        and "was lost" not in exc.message):
+            raise
+        cut = "The connection to the server was lost during the restore"
+    except KeyboardInterrupt:
+        if not sent:
+            raise HostError("Interrupted before the restore began: nothing on the server "
+                            "changed.", "Run the same command again.")
+        cut = "Interrupted here"
+    finally:
+        connection.close()
+    write(f"{cut}; the server finishes or undoes the restore on its own. Asking it which "
+          "database serves (this waits for the restore to end; Ctrl-C again to stop "
+          "asking)...")
+    said = []
+    try:
+        on_host(deployment, out_dir, options, "status", [], said.append)
+    except (KeyboardInterrupt, HeliosAWSError) as exc:
+        raise HostError(f"{cut}, and the server could not be asked which database serves"
+                        + (f": {exc.message}" if isinstance(exc, HeliosAWSError) else "."),
+                        "Run manage.py aws_restore --status: it waits for the restore to "
+                        "end, finishes or undoes it, and says which database serves.")
+    for line in said:
+        write(line)
+    began = [line for line in said if line not in before]
+    if not any(line.startswith("The restore of ") and " is complete" in line
+               for line in began):
+        raise HostError(f"{cut}: the restore did not happen (the server's answer is above).",
+                        "Run the same command again.")
 
 
 def bucket_config(deployment, out_dir, profile=""):

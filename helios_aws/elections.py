@@ -168,6 +168,17 @@ def current(connection=None):
     return read(query, connection.timezone_name)
 
 
+def session_time_zone(settings=None):
+    """The zone Django gives Helios's database session, from the settings alone (what
+    ``connection.timezone_name`` answers, without connecting): ``TIME_ZONE`` when
+    ``USE_TZ`` is off, as Helios runs, else the database's own TIME_ZONE or UTC."""
+    if settings is None:
+        from django.conf import settings
+    if not settings.USE_TZ:
+        return settings.TIME_ZONE
+    return (settings.DATABASES.get("default") or {}).get("TIME_ZONE") or "UTC"
+
+
 def open_now(elections):
     """The short names of the open ones among ``elections``."""
     return [e.short_name for e in elections if e.is_open]

@@ -53,6 +53,12 @@ class HostLayout:
         return self.current / ".venv" / "bin"
 
     @property
+    def root_tool(self):
+        """root's own virtualenv with helios-aws, for what root runs (never a release's,
+        which the service user builds)."""
+        return self.root / "tools" / "helios-aws"
+
+    @property
     def state_dir(self):
         return self._p("/var/lib/helios")
 

@@ -135,7 +135,8 @@ STATE = Object({
 
 # The host's backup configuration (backup.Config).
 BACKUP_CONFIG = Object({"bucket": str, "prefix": str, "region": str,
-                        "service_user": Optional(str), "units": Optional(ListOf(str))})
+                        "service_user": Optional(str), "units": Optional(ListOf(str)),
+                        "time_zone": Optional(str)})
 
 _PART = {"key": str, "size": int, "sha256": str, "version_id": Optional(str)}
 MANIFEST = Object({

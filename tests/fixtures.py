@@ -20,6 +20,9 @@ FIXTURE_REQUIREMENTS = TESTS_DIR / "fixture_helios_requirements.txt"
 CACHE_DIR = TESTS_DIR.parent / ".cache" / "fixture_helios"
 
 VARIANTS = ("uv", "requirements")
+# The fixture's TIME_ZONE (as Helios's): the zone its database session stores election
+# times in, which aws_provision records in the host's backup.json.
+HELIOS_TIME_ZONE = "America/Los_Angeles"
 
 # Every variable the fixture's settings.py reads; cleared so that a test starts
 # from the defaults whatever the developer's shell exports.

@@ -1,7 +1,8 @@
 """Backups, drills and restores with real parts: the fixture Helios migrated into a real
 PostgreSQL with a few thousand rows, the moto server over HTTP as S3 (the bucket made by
 the real AWS step), and the host's side run as the timer runs it (``manage.py aws_backup
---here``) or as the operator's commands run it (``aws_restore --here``).
+--here``), and root's side of drills and restores as ``aws_restore`` starts it
+(``python -I -m helios_aws.rootside``, empty environment).
 
 There is no systemd here: the host's backup configuration names no unit to stop, so the
 restore into production stops and starts nothing (the VM test covers the units).
@@ -12,14 +13,15 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 
 import boto3
 import pytest
 
 import rig
-from fixtures import helios_env, make_fixture_project, run_manage
-from helios_aws import backup, params
+from fixtures import HELIOS_TIME_ZONE, helios_env, make_fixture_project, run_manage
+from helios_aws import backup, params, rootside
 from helios_aws.aws.account import AccountStep
 from helios_aws.aws.backups import BackupBucketStep
 from helios_aws.aws.identity import MailRoleStep
@@ -116,8 +118,8 @@ def bucket(aws_env, site):
     # moto.iam.access_control.IAMPolicyStatement). The TLS-only policy itself is
     # checked in test_backup_bucket.py; here it goes, so that objects can be written.
     boto3.client("s3").delete_bucket_policy(Bucket=name)
-    site.config.write_text(backup.Config(bucket=name, prefix="helios",
-                                         region="us-east-1").as_json())
+    site.config.write_text(backup.Config(bucket=name, prefix="helios", region="us-east-1",
+                                         time_zone=HELIOS_TIME_ZONE).as_json())
     return name
 
 
@@ -125,6 +127,20 @@ def take_backup(site):
     result = site.manage("aws_backup", "--here", "--config", str(site.config))
     assert result.returncode == 0, result.stderr
     return result
+
+
+def root(site, action, *extra):
+    """root's side (a drill, a restore) as aws_restore starts it: isolated Python, an
+    empty environment, the .env read as data (here it also names the moto server)."""
+    host_env = site.base / "host.env"
+    host_env.write_text(site.env_file.read_text() + "".join(
+        f"{name}={os.environ[name]}\n" for name in rootside.PASSED_ON if name in os.environ))
+    return subprocess.run(
+        [sys.executable, "-I", "-m", "helios_aws.rootside", action, "--config",
+         str(site.config), "--env-file", str(host_env), "--media", str(site.media),
+         "--release", str(site.project), "--journal", str(site.base / "restore.json"),
+         *extra], env={"PATH": rootside.SAFE_PATH}, cwd="/", capture_output=True, text=True,
+        timeout=600)
 
 
 def newest(bucket):
@@ -209,7 +225,7 @@ def test_drill_restores_into_a_scratch_database_and_records_the_result(site, buc
     take_backup(site)
     folder, _ = newest(bucket)
 
-    drill = site.manage("aws_restore", "--here", "--drill", "--config", str(site.config))
+    drill = root(site, "drill")
 
     assert drill.returncode == 0, drill.stderr
     assert f"drill {folder}: passed" in drill.stdout
@@ -229,7 +245,7 @@ def test_a_corrupted_backup_fails_the_drill_loudly(site, bucket):
     data[len(data) // 2] ^= 0xFF
     s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=bytes(data))
 
-    drill = site.manage("aws_restore", "--here", "--drill", "--config", str(site.config))
+    drill = root(site, "drill")
 
     assert drill.returncode == 1
     assert f"Checksum mismatch for s3://{bucket}/{folder}db.dump" in drill.stderr
@@ -241,8 +257,7 @@ def test_a_corrupted_backup_fails_the_drill_loudly(site, bucket):
 
 
 def restore(site, folder, *extra):
-    return site.manage("aws_restore", "--here", "--into-production", "--backup", folder,
-                       "--yes", "--no-input", "--config", str(site.config), *extra)
+    return root(site, "restore", "--backup", folder, *extra)
 
 
 def test_restore_into_production_brings_deleted_rows_back(site, bucket):
@@ -261,11 +276,8 @@ def test_restore_into_production_brings_deleted_rows_back(site, bucket):
     assert (site.media / "voters" / "e1.csv").exists()
     lines = restored.stdout.splitlines()
     assert lines[0].startswith(f"restore {folder} (taken ")
-    assert any(line.startswith("safety backup helios/safety/") for line in lines)
-    assert lines[-1] == f"restore {folder}: done"
-    safety = [o["Key"] for o in boto3.client("s3").list_objects_v2(
-        Bucket=bucket, Prefix="helios/safety/")["Contents"]]
-    assert len(safety) == 3
+    assert f"restore {folder}: done" in lines
+    assert lines[-1].startswith(f"The restore of {folder} is complete")
 
 
 def test_a_damaged_backup_is_refused_before_production_is_touched(site, bucket):
@@ -280,39 +292,46 @@ def test_a_damaged_backup_is_refused_before_production_is_touched(site, bucket):
         assert refused.returncode == 1
         assert f"Checksum mismatch for s3://{bucket}/{folder}db.dump" in refused.stderr
         assert site.count("helios_castvote") == VOTERS - 49
-        assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="helios/safety/")
+        assert "did not happen" in refused.stdout
     finally:
         site.psql("INSERT INTO helios_castvote (id, voter_id, vote, vote_hash, cast_at) "
                   "SELECT id, id, repeat(md5(id::text), 20), md5(id::text), now() "
                   "FROM generate_series(1, 49) id")
 
 
-def test_a_failure_after_the_safety_backup_says_how_to_get_back(site, bucket):
+def test_a_failure_to_migrate_puts_the_old_database_back(site, bucket):
     take_backup(site)
     folder, _ = newest(bucket)
     # The release is newer than the backup: the restore will have to migrate.
     site.psql("INSERT INTO django_migrations (app, name, applied) "
               "VALUES ('helios', '0003_newer', now())")
-    db = backup.Database(site.database, host=str(site.postgres.socket_dir),
-                         port=str(site.postgres.port), user="postgres",
-                         time_zone="America/Los_Angeles")
+    site.psql("DELETE FROM helios_castvote WHERE id < 10")
 
     def migrate():
         raise backup.BackupError("migrate failed: no space left on device", "")
 
-    lines = []
-    with pytest.raises(backup.BackupError) as failed:
-        backup.restore_production(backup.Config.load(site.config), db, site.media, folder,
-                                  backup.Services([]), migrate, progress=lines.append)
+    class Args:
+        config, media, release = str(site.config), str(site.media), str(site.project)
+        env_file, journal = str(site.base / "host.env"), str(site.base / "restore.json")
 
-    safety, = [line.split()[2].rstrip(":") for line in lines
-               if line.startswith("safety backup helios/")]
-    assert failed.value.message == (f"Restore of {folder} failed: migrate failed: no space "
-                                    "left on device")
-    assert f"aws_restore --backup {safety} --into-production --force" in failed.value.hint
-    manifest = backup.read_manifest(backup.Config.load(site.config), safety)
-    assert manifest["migrations"] != newest(bucket)[1]["migrations"]
-    assert manifest["row_counts"]["helios_castvote"] == VOTERS
+    root(site, "status")  # writes host.env
+    kept = [d for d in site.databases() if "_restore_" in d or "_previous_" in d]
+    lines = []
+    environment = dict(os.environ)
+    try:
+        with pytest.raises(backup.BackupError) as failed:
+            rootside.restore(rootside.load_host(Args), rootside.Services([]), migrate, folder,
+                             progress=lines.append)
+    finally:
+        os.environ.update(environment)
+
+    assert failed.value.message.startswith(f"Restore of {folder} failed: migrate failed: no "
+                                           "space left on device. Nothing changed")
+    assert site.count("helios_castvote") == VOTERS - 9
+    assert site.psql("SELECT count(*) FROM django_migrations WHERE name = '0003_newer'") == "1"
+    assert [d for d in site.databases() if "_restore_" in d or "_previous_" in d] == kept
+    site.psql("DELETE FROM django_migrations WHERE name = '0003_newer'")
+    assert restore(site, folder).returncode == 0
 
 
 OPEN_ONE = """
@@ -359,8 +378,8 @@ def test_bad_backup_names_are_refused_with_the_fix(site, bucket):
 
 
 def test_into_production_asks_for_the_name_without_yes(site, bucket):
-    result = site.manage("aws_restore", "--here", "--into-production", "--backup",
-                         "2026-12-02T031500Z", "--no-input", "--config", str(site.config))
+    result = site.manage("aws_restore", "--into-production", "--backup",
+                         "2026-12-02T031500Z", "--no-input")
 
     assert result.returncode == 1
     assert "--into-production with --no-input needs --yes" in result.stderr
@@ -369,7 +388,7 @@ def test_into_production_asks_for_the_name_without_yes(site, bucket):
 def test_list_shows_age_size_and_whether_a_drill_verified_each_backup(site, bucket):
     take_backup(site)
     first, _ = newest(bucket)
-    drilled = site.manage("aws_restore", "--here", "--drill", "--config", str(site.config))
+    drilled = root(site, "drill")
     assert drilled.returncode == 0, drilled.stderr
     # Another backup, a second later, not drilled.
     import time

@@ -14,6 +14,7 @@ from helios_aws import backup, backup_commands
 from helios_aws.errors import HostError
 from helios_aws.params import Deployment
 from test_backup import DOMAIN, Site, provision_bucket
+from fixtures import HELIOS_TIME_ZONE
 
 PREFIX_CONFIG = "var/lib/helios-aws/backup.json"
 
@@ -27,6 +28,8 @@ def host(tmp_path_factory, postgres):
     (app / "shared").mkdir(parents=True)
     (app / "current").symlink_to(site.project)
     (site.project / ".venv").symlink_to(sys.prefix)
+    (app / "tools").mkdir()
+    (app / "tools/helios-aws").symlink_to(sys.prefix)  # root's own helios-aws
     site.shared_env = app / "shared/.env"
     return site
 
@@ -43,7 +46,8 @@ def deployed(host, aws_env, sshd):
     config = host.prefix / PREFIX_CONFIG
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(backup.Config(bucket=name, prefix="helios", region="us-east-1",
-                                    service_user="root").as_json())
+                                    service_user="root",
+                                    time_zone=HELIOS_TIME_ZONE).as_json())
     deployment = Deployment(domain=DOMAIN, email="elections@example.org",
                             ssh_user=sshd.user, service_user="root",
                             host_prefix=str(host.prefix))
@@ -58,7 +62,7 @@ def test_backup_then_drill_run_on_the_host_over_ssh(host, deployed, tmp_path):
 
     backup_commands.on_host(deployment, tmp_path, options, "aws_backup",
                             ["--kind", "daily"], lines.append, as_service=True)
-    backup_commands.on_host(deployment, tmp_path, options, "aws_restore", ["--drill"],
+    backup_commands.on_host(deployment, tmp_path, options, "drill", [],
                             lines.append)
 
     config = backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
@@ -73,8 +77,7 @@ def test_a_failure_on_the_host_is_reported_with_its_message(host, deployed, tmp_
     _, deployment, options = deployed
 
     with pytest.raises(HostError) as failed:
-        backup_commands.on_host(deployment, tmp_path, options, "aws_restore",
-                                ["--drill"], print)
+        backup_commands.on_host(deployment, tmp_path, options, "drill", [], print)
 
-    assert "aws_restore failed on the host (exit 1)" in failed.value.message
+    assert "drill failed on the host (exit 1)" in failed.value.message
     assert "There is no backup in s3://" in failed.value.message

@@ -1,7 +1,7 @@
 """The SSH connection against a real OpenSSH server on loopback (the rig's ``sshd``).
 
-Host keys (pinned, known_hosts, unknown, changed), ~/.ssh/config, SFTP with modes and
-owners, sudo, failures reported with their step, command, status and output, the
+Host keys (pinned, known_hosts, unknown, changed), ~/.ssh/config, files put as root,
+sudo, failures reported with their step, command, status and output, the
 persistent shells (channels counted), and host steps that touch only files run twice.
 """
 
@@ -250,6 +250,7 @@ def test_a_killed_run_s_last_command_finishes_before_the_next_run_starts(sshd, t
         result = connection.run(f"test -f {done} && echo finished-first", sudo=True)
     assert result.stdout == "finished-first\n"
     assert waits and "Another helios-aws run holds the deployment lock" in waits[0]
+    assert f"({sshd.user}, pid " in waits[0]  # the holder, named
 
 
 def test_a_lock_held_too_long_is_reported_with_what_to_look_at(sshd, tmp_path):
@@ -263,6 +264,7 @@ def test_a_lock_held_too_long_is_reported_with_what_to_look_at(sshd, tmp_path):
                 late.run("true", sudo=True)
             assert time.monotonic() - started < 30
             assert f"lslocks | grep {lock}" in error.value.hint
+            assert f"(held by {sshd.user}, pid " in error.value.message
     with connect(sshd, lock=lock, lock_wait=2) as after:
         assert after.run("echo free", sudo=True).stdout == "free\n"
 
@@ -318,35 +320,6 @@ def test_the_lock_is_only_for_the_root_shell(sshd, tmp_path):
 
 
 # ------------------------------------------------------------------------ files
-
-
-@pytest.fixture
-def user_dir(conn):
-    """A directory the login user owns (pytest's own are root's and private)."""
-    path = Path(tempfile.mkdtemp(prefix="helios-aws-sftp-"))
-    os.chown(path, pwd.getpwnam(conn.user).pw_uid, -1)
-    yield path
-    shutil.rmtree(path)
-
-
-def test_sftp_put_with_a_mode(conn, user_dir):
-    target = user_dir
-    conn.put("KEY=value\n", target / "plain.txt", mode=0o640)
-    info = (target / "plain.txt").stat()
-    assert (target / "plain.txt").read_text() == "KEY=value\n"
-    assert stat.S_IMODE(info.st_mode) == 0o640
-    assert pwd.getpwuid(info.st_uid).pw_name == conn.user
-    assert sorted(p.name for p in target.iterdir()) == ["plain.txt"]
-
-
-def test_put_as_another_owner_goes_through_root(conn, tmp_path):
-    conn.put(b"SECRET_KEY=x\n", tmp_path / ".env", mode=0o600, owner="root")
-    info = (tmp_path / ".env").stat()
-    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
-    assert (tmp_path / ".env").read_bytes() == b"SECRET_KEY=x\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
-    conn.put(b"SECRET_KEY=y\n", tmp_path / ".env", mode=0o600, owner="root")
-    assert (tmp_path / ".env").read_bytes() == b"SECRET_KEY=y\n"
 
 
 def test_put_files_writes_many_files_in_one_command(conn, tmp_path):
@@ -421,10 +394,24 @@ def file_steps_ctx(sshd, tmp_path, service_user):
     project = Project(root=tmp_path / "project", wsgi="wsgi:application",
                       celery_app="helios", static=(), dependency_source="uv", python="3.13",
                       default_from_email="", login_systems=frozenset({"password"}))
-    ctx, target = host_ctx(sshd, tmp_path / "server", project, service_user)
+    # The service user writes under shared/ itself: a host it can reach (pytest's own
+    # directories are root's alone).
+    base = Path(tempfile.mkdtemp(prefix="helios-aws-files-"))
+    base.chmod(0o755)
+    for system_dir in ("srv", "var/lib", "var/cache", "var/www"):  # as on a real host
+        (base / "server" / system_dir).mkdir(parents=True)
+        for path in (base / "server", base / "server" / system_dir,
+                     (base / "server" / system_dir).parent):
+            path.chmod(0o755)
+    ctx, target = host_ctx(sshd, base / "server", project, service_user)
     yield ctx, [host.ServiceUser(target), host.EnvFile(target)]
     if ctx.ssh is not None:
         ctx.ssh.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def shared_env(ctx):
+    return Path(ctx.deployment.host_prefix) / "srv" / "helios" / "shared" / ".env"
 
 
 def run_steps(ctx, chosen):
@@ -435,7 +422,7 @@ def run_steps(ctx, chosen):
 def test_file_steps_change_things_once_then_nothing(file_steps_ctx, service_user, tmp_path):
     ctx, chosen = file_steps_ctx
     assert run_steps(ctx, chosen) == [engine.CREATED, engine.CREATED]
-    env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
+    env = shared_env(ctx)
     assert env.read_text() == (ctx.out_dir / ".env").read_text()
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
     assert pwd.getpwuid(env.stat().st_uid).pw_name == service_user
@@ -450,7 +437,7 @@ def test_file_steps_change_things_once_then_nothing(file_steps_ctx, service_user
 def test_a_hand_edited_env_on_the_server_is_put_back(file_steps_ctx, tmp_path):
     ctx, chosen = file_steps_ctx
     run_steps(ctx, chosen)
-    env = tmp_path / "server" / "srv" / "helios" / "shared" / ".env"
+    env = shared_env(ctx)
     env.write_text("DEBUG=1\n")
     assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UPDATED]
     assert env.read_text() == (ctx.out_dir / ".env").read_text()

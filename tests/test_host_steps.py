@@ -67,9 +67,6 @@ class FakeConnection:
             raise HostError(f"`{command}` failed with exit status {status}.")
         return Result(command, status, stdout, "")
 
-    def put(self, data, remote_path, mode=0o644, owner=None, group=None, step=None):
-        self.files[str(remote_path)] = (data, mode, owner)
-
     def put_files(self, files, mode=0o644, owner="root", group=None, step=None):
         for path, data in files.items():
             self.files[str(path)] = (data, mode, owner)
@@ -147,7 +144,8 @@ def test_step_list_for_debian_with_uv_and_rabbitmq(ctx, project):
     names = [s.name for s in host.steps(ctx, project)]
     assert names == [
         "host: ssh", "host: preflight", "host: broker configuration", "host: packages", "host: uv",
-        "host: service user and directories", "host: postgresql", "host: broker",
+        "host: root's helios-aws", "host: service user and directories", "host: postgresql",
+        "host: broker",
         "host: .env", "host: release", "host: migrate", "host: switch release",
         "host: systemd units", "host: nginx site (HTTP)", "host: certificate",
         "host: nginx site (HTTPS)", "host: certificate renewal", "host: liveness",
@@ -423,6 +421,28 @@ def test_uv_present_is_a_no_op(ctx, project):
     assert len(ctx.ssh.commands) == 1
 
 
+def test_root_has_its_own_helios_aws_installed_from_wheels_only(ctx, project):
+    """What root runs on the server (drills, restores) never comes from a release, which
+    the service user builds."""
+    step = host.RootTool(target(ctx, project))
+    change, _ = run_step(step, ctx)
+    assert change.action == engine.CREATE
+    name, data, digest = step.wanted()
+    assert ctx.ssh.staged == [data]
+    script = ctx.ssh.commands[-1].splitlines()
+    assert script[:5] == ["set -e", "umask 022", "cd /", "rm -rf -- /srv/helios/tools/helios-aws",
+                          "/usr/bin/python3.13 -m venv -- /srv/helios/tools/helios-aws"]
+    pip = ("PIP_CERT=/etc/ssl/certs/ca-certificates.crt /srv/helios/tools/helios-aws/bin/pip "
+           "install -q --disable-pip-version-check --only-binary=:all:")
+    assert f"{pip} --no-deps -- /srv/helios/tools/helios-aws/{name}" in script
+    assert f"{pip} -- boto3" in script
+    assert script[-1] == f"printf '%s\\n' {digest} > /srv/helios/tools/helios-aws/installed"
+
+    ctx.ssh.reply("/srv/helios/tools/helios-aws/installed", facts(installed=digest))
+    _, outcome = run_step(host.RootTool(target(ctx, project)), ctx)
+    assert outcome == engine.UNCHANGED
+
+
 def test_uv_version_is_read_from_its_metadata(tmp_path, ctx, project):
     """The read script, run by a real shell over a fake tool directory."""
     home = tmp_path / "srv" / "helios" / "tools" / "uv"
@@ -458,7 +478,14 @@ def test_service_user_is_created_with_the_layout(ctx, project):
     command = ctx.ssh.commands[-1]
     assert command.startswith("useradd --system --user-group --home-dir /srv/helios "
                               "--no-create-home --shell /usr/sbin/nologin -- helios && ")
-    assert "install -d -o helios -g helios -m 750 -- /srv/helios/shared/media" in command
+    # shared/ is the service user's: what is inside it is made by that user, never by
+    # root (a link planted there would hand its target over).
+    assert "runuser -u helios -- env -i PATH=/usr/bin:/bin sh -c 'mkdir -p -m 750 -- \"$1\" " \
+        "&& chmod 750 -- \"$1\"' sh /srv/helios/shared/media" in command
+    assert "/srv/helios/shared/media" not in command.replace(
+        "sh -c 'mkdir -p -m 750 -- \"$1\" && chmod 750 -- \"$1\"' sh /srv/helios/shared/media",
+        "")
+    assert "install -d -o helios -g helios -m 750 -- /srv/helios/shared &&" in command
     assert "install -d -o root -g root -m 755 -- /srv/helios/releases" in command
     # The installs run as the service user, with caches of its own.
     assert "install -d -o helios -g helios -m 700 -- /var/cache/helios-aws/uv" in command
@@ -488,6 +515,18 @@ def test_an_account_of_that_name_this_tool_did_not_make_is_refused(ctx, project,
     """Another account's name (a person's, a service's) would hand Helios its powers."""
     ctx.ssh.reply("getent passwd", facts(user=found, **DIRS_OK))
     with pytest.raises(HostError, match="already has a user helios that this tool did not"):
+        run_step(host.ServiceUser(target(ctx, project)), ctx)
+    assert len(ctx.ssh.commands) == 1
+
+
+@pytest.mark.parametrize("kind", ["symbolic link", "regular file"])
+def test_a_media_directory_replaced_by_the_service_user_is_refused(ctx, project, kind):
+    """shared/ is the service user's: a link there is never followed nor handed over."""
+    planted = {**DIRS_OK, "dir./srv/helios/shared/media": f"helios helios 777 {kind}"}
+    ctx.ssh.reply("getent passwd", facts(user="helios:/srv/helios:/usr/sbin/nologin",
+                                         **planted))
+    with pytest.raises(HostError, match=f"/srv/helios/shared/media is a {kind}, not a "
+                                        "directory"):
         run_step(host.ServiceUser(target(ctx, project)), ctx)
     assert len(ctx.ssh.commands) == 1
 
@@ -626,9 +665,14 @@ def test_valkey_gets_a_loopback_bind_line(tmp_path, project):
 def test_env_file_is_uploaded_private_to_the_service_user(ctx, project):
     change, _ = run_step(host.EnvFile(target(ctx, project)), ctx)
     assert change.action == engine.CREATE
-    data, mode, owner = ctx.ssh.files["/srv/helios/shared/.env"]
-    assert data == (ctx.out_dir / ".env").read_text()
-    assert (mode, owner) == (0o600, "helios")
+    assert ctx.ssh.staged == [(ctx.out_dir / ".env").read_text()]
+    # Written by the service user itself (shared/ is its own), root only opening the
+    # staged upload for its stdin.
+    write = ctx.ssh.commands[-2]
+    assert write.startswith("runuser -u helios -- env -i PATH=/usr/bin:/bin sh -c ")
+    assert "umask 077 && t=$(mktemp" in write and "mv -fT" in write
+    assert write.endswith("sh /srv/helios/shared/.env </tmp/helios-aws.test/1 && "
+                          "rm -f -- /tmp/helios-aws.test/1")
     assert "systemctl restart" in ctx.ssh.commands[-1]
 
 
@@ -636,14 +680,14 @@ def test_env_file_unchanged_is_a_no_op(ctx, project):
     text = (ctx.out_dir / ".env").read_text()
     ctx.ssh.reply("cd /\n", facts(sha=sha(text), stat="helios 600"))
     _, outcome = run_step(host.EnvFile(target(ctx, project)), ctx)
-    assert outcome == engine.UNCHANGED and not ctx.ssh.files
+    assert outcome == engine.UNCHANGED and not ctx.ssh.staged
 
 
 def test_env_file_readable_by_others_is_rewritten(ctx, project):
     text = (ctx.out_dir / ".env").read_text()
     ctx.ssh.reply("cd /\n", facts(sha=sha(text), stat="helios 644"))
     change, _ = run_step(host.EnvFile(target(ctx, project)), ctx)
-    assert change.action == engine.UPDATE and ctx.ssh.files["/srv/helios/shared/.env"][1] == 0o600
+    assert change.action == engine.UPDATE and "umask 077" in ctx.ssh.commands[-2]
 
 
 # ------------------------------------------------------------------------ release

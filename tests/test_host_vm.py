@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -546,6 +547,31 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
            "--ssh-key", str(deployment.vm.key_path),
            "--trust-host-key", deployment.vm.host_key_fingerprint)
 
+    # What the service user could plant before root's drill and restore (docs/root.md):
+    # lines in its .env that would steer a process root starts, programs on the PATH
+    # they name, and a link in place of the media directory, to root's files.
+    evil = "/srv/helios/shared/evil"
+    programs = "".join(
+        f"printf '#!/bin/sh\\n: > {evil}/ran-{name}-$(id -u)-$$\\n"
+        f"PATH=/usr/bin:/bin exec {name} \"$@\"\\n' > {evil}/{name} && "
+        f"chmod 755 {evil}/{name} && "
+        for name in ("psql", "pg_restore", "runuser", "systemctl", "tar", "cat", "mv", "env",
+                     "sh", "python3"))
+    deployment.guest("cd / && sudo runuser -u helios -- sh -c " + shlex.quote(
+        f"mkdir -p {evil} && {programs}"
+        f"printf 'import os\\nopen(f\"{evil}/python-{{os.geteuid()}}-{{os.getpid()}}\", "
+        f"\"w\")\\n' > {evil}/sitecustomize.py && "
+        f"printf 'PATH={evil}:/usr/bin:/bin\\nPYTHONPATH={evil}\\nBASH_ENV={evil}/sh\\n' "
+        ">> /srv/helios/shared/.env && "
+        "mv /srv/helios/shared/media /srv/helios/shared/media-real && "
+        "ln -s /var/lib/helios-canary /srv/helios/shared/media"))
+    deployment.guest("sudo mkdir -m 700 -p /var/lib/helios-canary && "
+                     "echo 'root ALL=(ALL) ALL' | sudo tee /var/lib/helios-canary/sudoers "
+                     ">/dev/null")
+    canary = "sudo find /var/lib/helios-canary -printf '%p %u %m %s\\n' | sort; " \
+             "sudo sha256sum /var/lib/helios-canary/sudoers"
+    outside = deployment.guest(canary).stdout
+
     started = time.monotonic()
     drill = deployment.manage("aws_restore", "--drill", *ssh, timeout=900)
     print(f"restore drill: {time.monotonic() - started:.0f} s")
@@ -562,6 +588,19 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
                             ).stdout.strip() == "2000"
     status, _, _ = https_get(deployment.vm, "/", deployment.pebble.issuing_root())
     assert status == 200
+    assert deployment.guest("systemctl is-active gunicorn.service helios-celery.service"
+                            ).stdout.split() == ["active", "active"]
+    # Nothing planted ran as root; root's files are as they were; the restored media
+    # directory is the service user's, the planted link kept aside untouched.
+    ran = deployment.guest(f"sudo ls {evil}").stdout.split()
+    assert [name for name in ran if name.split("-")[-2:-1] == ["0"]] == []
+    assert deployment.guest(canary).stdout == outside
+    assert deployment.guest("sudo stat -c '%U %F' /srv/helios/shared/media"
+                            ).stdout.strip() == "helios directory"
+    assert deployment.guest("sudo find /srv/helios/shared -maxdepth 1 "
+                            "-name 'media.previous-*' -type l").stdout.strip()
+    assert deployment.guest("sudo cat /var/lib/helios-aws/restore.json").stdout.count(
+        '"phase": "done"') == 1
 
     data = bytearray(s3.get_object(Bucket=bucket, Key=folder + "db.dump")["Body"].read())
     data[len(data) // 2] ^= 0xFF

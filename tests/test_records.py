@@ -158,7 +158,8 @@ def test_state_json_reads_back_what_a_run_saves(tmp_path, data, wrong):
 def test_backup_json_reads_back_what_the_host_half_writes(tmp_path, config):
     written = backup.Config(bucket=config["bucket"], prefix=config["prefix"],
                             region=config["region"], service_user=config.get("service_user") or "",
-                            units=tuple(config.get("units") or ()))
+                            units=tuple(config.get("units") or ()),
+                            time_zone=config.get("time_zone") or "")
     path = tmp_path / "backup.json"
     path.write_text(written.as_json())
     assert backup.Config.load(path) == written

@@ -1,7 +1,7 @@
 """The host's side of backups: where they go, and the nightly timer that takes them.
 
 The AWS half creates the bucket; this step writes its name (and the deployment's prefix,
-region, service user and app units, never a credential: the instance role provides
+region, service user, app units and Helios's time zone, never a credential: the instance role provides
 those) to ``/var/lib/helios-aws/backup.json``, which ``manage.py aws_backup --here`` and
 ``aws_restore --here`` read, and enables ``helios-backup.timer`` (the units themselves
 are installed with the others by the Units step).
@@ -10,6 +10,7 @@ are installed with the others by the Units step).
 from pathlib import PurePosixPath
 
 from ..aws.base import note
+from .. import elections
 from ..backup import CONFIG_PATH, Config
 from ..engine import CREATE, KEEP, UNCHANGED, UPDATE, Change
 from .base import (
@@ -37,7 +38,8 @@ class BackupTimer(HostStep):
         d = self.target.deployment
         return Config(bucket=bucket, prefix=d.name, region=d.region,
                       service_user=self.target.layout.service_user,
-                      units=APP_UNITS).as_json()
+                      units=APP_UNITS,
+                      time_zone=elections.session_time_zone()).as_json()
 
     def read(self, ctx):
         return self.facts(ctx, file_hashes_script([self.path]) + unit_state_script([TIMER]))

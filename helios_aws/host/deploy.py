@@ -17,14 +17,22 @@ from .database import Postgres
 
 
 class EnvFile(HostStep):
-    """The .env aws_configure wrote, as shared/.env: 0600, owned by the service user."""
+    """The .env aws_configure wrote, as shared/.env: 0600, owned by the service user.
+
+    shared/ is the service user's: the file is read and written *as that user* (root
+    only opens the staged upload), so a link it planted there leads nowhere else."""
 
     name = "host: .env"
 
+    def as_user(self, command):
+        lay = self.target.layout
+        return (f"runuser -u {q(lay.service_user)} -- env -i PATH=/usr/bin:/bin "
+                f"sh -c {q(command)} sh {q(lay.env_file)}")
+
     def read(self, ctx):
-        path = self.target.layout.env_file
-        return self.facts(ctx, fact("sha", f"sha256sum -- {q(path)} 2>/dev/null | cut -c1-64")
-                          + fact("stat", f"stat -c '%U %a' -- {q(path)} 2>/dev/null"))
+        return self.facts(ctx, fact("sha", self.as_user(
+            '[ -L "$1" ] || sha256sum -- "$1" 2>/dev/null | cut -c1-64'))
+            + fact("stat", self.as_user('stat -c "%U %a" -- "$1" 2>/dev/null')))
 
     def plan(self, ctx, current):
         lay = self.target.layout
@@ -36,9 +44,12 @@ class EnvFile(HostStep):
                       f"{lay.env_file} (0600, {lay.service_user})")
 
     def apply(self, ctx, current, change):
-        lay = self.target.layout
-        connection(ctx).put(self.target.local(configure.ENV_NAME), lay.env_file, mode=0o600,
-                            owner=lay.service_user, step=self.name)
+        conn = connection(ctx)
+        staged = conn.stage(self.target.local(configure.ENV_NAME))
+        # Root opens the staged file for the user's stdin; the user writes its own file.
+        write = ('umask 077 && t=$(mktemp --suffix=.helios-aws-new -- "$1.XXXXXXXX") && '
+                 'cat >"$t" && mv -fT -- "$t" "$1"')
+        self.sh(ctx, self.as_user(write) + f" <{q(staged)} && rm -f -- {q(staged)}")
         # Running services read the file only when they start.
         self.sh(ctx, restart_running())
 

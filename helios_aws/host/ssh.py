@@ -42,6 +42,7 @@ LOCK_WAIT = 1800
 LOCK_FD = 9
 LOCK_TAKEN = "helios-aws: deployment lock taken"
 LOCK_BUSY = "helios-aws: deployment lock busy"
+LOCK_HOLDER = "helios-aws: deployment lock held by "
 LOCK_NO_FILE, LOCK_TIMED_OUT, LOCK_NO_FLOCK = 74, 75, 76
 CONNECT_TIMEOUT = 15
 TAIL_LINES = 20
@@ -208,13 +209,13 @@ class _Shell:
 
     def expect(self, token, busy_token, on_busy, timeout):
         """Read the shell's greeting: (True, stderr) once ``token`` is on stdout, or
-        (False, stderr) if the shell ends or ``timeout`` passes first; ``on_busy()`` is
-        called when ``busy_token`` shows on stderr."""
+        (False, stderr) if the shell ends or ``timeout`` passes first; ``on_busy(stderr)``
+        is called when ``busy_token`` shows on stderr."""
         out, err = bytearray(), bytearray()
 
         def greeted(out, err):
             if busy_token.encode() in err:
-                on_busy()
+                on_busy(err.decode(errors="replace"))
             return True if f"{token}\n".encode() in out else None
 
         outcome = self._read(out, err, greeted, timeout)
@@ -281,7 +282,8 @@ class _LineRelay:
 
 
 class Connection:
-    """One SSH connection to the host: ``connect()``, ``run()``, ``put()``, ``close()``.
+    """One SSH connection to the host: ``connect()``, ``run()``, ``put_files()``,
+    ``stage()``, ``close()``.
 
     ``host`` may be an alias of ``~/.ssh/config``. ``user``, ``port`` and ``key_filename``
     override the config; ``default_user`` applies when neither names a user.
@@ -494,21 +496,26 @@ class Connection:
                 f"flock -n {fd}; taken=$?\n"
                 "if [ \"$taken\" -eq 1 ]; then\n"
                 f"  echo '{LOCK_BUSY}' >&2\n"
+                f"  echo \"{LOCK_HOLDER}$(head -c 300 {lock})\" >&2\n"
                 f"  flock -w {int(self.lock_wait)} {fd} || exit {LOCK_TIMED_OUT}\n"
                 "elif [ \"$taken\" -ne 0 ]; then\n"
                 f"  exit {LOCK_NO_FLOCK}\n"
                 "fi\n"
+                f"printf '%s, pid %s, since %s\\n' \"${{SUDO_USER:-$(id -un)}}\" \"$$\" "
+                f"\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" >{lock}\n"
                 "umask \"$mask\"\n"
                 f"echo '{LOCK_TAKEN}'\n"
                 "exec /bin/sh\n")
 
     def _wait_for_lock(self, shell):
-        def busy():
-            if not busy.told:
+        def busy(err):
+            holder = re.search(re.escape(LOCK_HOLDER) + r"(.*)\n", err)
+            if not busy.told and holder:
                 busy.told = True
                 (self.on_lock_wait or self.log)(
-                    f"Another helios-aws run holds the deployment lock on {self.host} (or an "
-                    "interrupted one is finishing its last command there): waiting up to "
+                    f"Another helios-aws run holds the deployment lock on {self.host} "
+                    f"({holder.group(1).strip() or 'holder unknown'}; or an interrupted one "
+                    "is finishing its last command there): waiting up to "
                     f"{_duration(self.lock_wait)} for it.")
 
         busy.told = False
@@ -525,9 +532,11 @@ class Connection:
                             "the deployment lock.", "Check the network and run the command "
                             "again.")
         if status == LOCK_TIMED_OUT or status is None:
+            holder = re.search(re.escape(LOCK_HOLDER) + r"(.*)\n", err)
             raise HostError(
                 f"Another helios-aws run kept the deployment lock on {self.host} for "
-                f"{_duration(self.lock_wait)}.",
+                f"{_duration(self.lock_wait)}"
+                + (f" (held by {holder.group(1).strip()})." if holder else "."),
                 "If no other run is going, see which process holds it with `sudo lslocks | "
                 f"grep {self.lock}` on the server, then run the command again.")
         if status == LOCK_NO_FILE:
@@ -616,34 +625,6 @@ class Connection:
                                 "Look at the server's mktemp and /tmp.")
             self._staging = answer
         return self._staging
-
-    def put(self, data, remote_path, mode=0o644, owner=None, group=None, step=None):
-        """Write ``data`` (bytes, str, or a local Path) to ``remote_path`` atomically.
-
-        Without ``owner`` the file is written over SFTP as the login user. With
-        ``owner`` it goes to the staging directory first, then root installs it with
-        ``mode``/``owner``/``group`` under a temporary name beside the target and
-        renames it into place.
-        """
-        if isinstance(data, Path):
-            data = data.read_bytes()
-        elif isinstance(data, str):
-            data = data.encode()
-        remote_path = str(remote_path)
-        if owner is None:
-            temporary = f"{remote_path}.helios-aws-new"
-            self._sftp_write(temporary, data, mode)
-            self.sftp.posix_rename(temporary, remote_path)
-            return
-        staged = self.stage(data)
-        temporary = f"{remote_path}.helios-aws-new"
-        quoted = shlex.quote(remote_path)
-        self.run(
-            f"install -m {mode:04o} -o {shlex.quote(owner)} -g {shlex.quote(group or owner)} "
-            f"-T {shlex.quote(staged)} {shlex.quote(temporary)} && "
-            f"mv -fT {shlex.quote(temporary)} {quoted} && rm -f {shlex.quote(staged)}",
-            sudo=True, step=step,
-        )
 
     def put_files(self, files, mode=0o644, owner="root", group=None, step=None):
         """Write several small files as root in one go: ``files`` maps remote paths to

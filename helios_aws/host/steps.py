@@ -44,7 +44,7 @@ from .checks import Liveness
 from .database import Postgres
 from .deploy import EnvFile, Migrate, Release, Switch
 from .preflight import Preflight
-from .system import Connect, Packages, ServiceUser, TrustCA, UvTool
+from .system import Connect, Packages, RootTool, ServiceUser, TrustCA, UvTool
 from .web import Certificate, NginxSite, Renewal, Units
 
 
@@ -82,6 +82,7 @@ def steps(ctx, project=None):
     result.append(Packages(target))
     if target.options.get("git_url") or target.uses_uv:
         result.append(UvTool(target))
+    result.append(RootTool(target))
     result += [
         ServiceUser(target), Postgres(target), Broker(target), EnvFile(target),
         Release(target), Migrate(target), Switch(target), Units(target),

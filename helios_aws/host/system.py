@@ -1,11 +1,12 @@
 """The server itself: the login and its OS, trusted CA certificates, the packages,
-uv, and the service user with the layout's directories."""
+uv, root's own helios-aws, and the service user with the layout's directories."""
 
+import shlex
 from pathlib import Path
 
 from ..engine import CREATE, Change, KEEP, UPDATE
 from ..errors import ConfigError, HostError
-from . import recipes
+from . import recipes, release as release_mod
 from .base import OS_RELEASE, PEM_RE, HostStep, connection, fact, q, sha256
 
 
@@ -139,6 +140,52 @@ class UvTool(HostStep):
                 timeout=1200)
 
 
+class RootTool(HostStep):
+    """helios-aws in root's own virtualenv, for what root runs on the server
+    (``helios_aws.rootside``: drills and restores). A release is built as the service
+    user, so root never runs code from one; this environment is root's from the start
+    and installed from wheels only (nothing is built, so no package's code runs)."""
+
+    name = "host: root's helios-aws"
+    # What helios_aws.rootside imports beyond the standard library and helios_aws.
+    PACKAGES = ("boto3",)
+
+    @property
+    def home(self):
+        return self.target.layout.root_tool
+
+    def wanted(self):
+        name, data = release_mod.wheel()
+        return name, data, sha256(data + " ".join(self.PACKAGES).encode())
+
+    def read(self, ctx):
+        return self.facts(ctx, fact("installed", f"cat -- {q(self.home)}/installed "
+                                                 "2>/dev/null"))
+
+    def plan(self, ctx, current):
+        if current.get("installed") == self.wanted()[2]:
+            return Change(KEEP, f"{self.home}")
+        return Change(UPDATE if current.get("installed") else CREATE,
+                      f"install helios-aws and {', '.join(self.PACKAGES)} into {self.home}")
+
+    def apply(self, ctx, current, change):
+        name, data, digest = self.wanted()
+        staged = connection(ctx).stage(data)
+        home = q(self.home)
+        pip = (f"PIP_CERT={q(self.target.recipe.ca_bundle)} {home}/bin/pip install -q "
+               "--disable-pip-version-check --only-binary=:all:")
+        self.sh(ctx, "\n".join([
+            "set -e", "umask 022", "cd /",
+            f"rm -rf -- {home}",
+            f"{recipes.PYTHON} -m venv -- {home}",
+            f"install -m 0644 -T -- {q(staged)} {home}/{q(name)}",
+            f"{pip} --no-deps -- {home}/{q(name)}",
+            f"{pip} -- {shlex.join(self.PACKAGES)}",
+            f"rm -f -- {home}/{q(name)} {q(staged)}",
+            f"printf '%s\\n' {q(digest)} > {home}/installed",
+        ]), timeout=1200)
+
+
 class ServiceUser(HostStep):
     """The unprivileged user Helios runs as, and the directories of the layout."""
 
@@ -164,9 +211,16 @@ class ServiceUser(HostStep):
     def read(self, ctx):
         user = self.target.layout.service_user
         script = fact("user", f"getent passwd -- {q(user)} | cut -d: -f1,6,7")
-        script += "".join(fact(f"dir.{d}", f"stat -c '%U %G %a' -- {q(d)} 2>/dev/null")
+        script += "".join(fact(f"dir.{d}", f"stat -c '%U %G %a %F' -- {q(d)} 2>/dev/null")
                           for d, *_ in self.dirs())
         return self.facts(ctx, script)
+
+    def users_own(self):
+        """The directories inside one the service user owns: it may have replaced them
+        with a link, so root neither follows nor changes them (made as that user)."""
+        lay, user = self.target.layout, self.target.layout.service_user
+        owned = {path for path, owner, *_ in self.dirs() if owner == user}
+        return {path for path, *_ in self.dirs() if path.parent in owned}
 
     def plan(self, ctx, current):
         lay = self.target.layout
@@ -180,8 +234,17 @@ class ServiceUser(HostStep):
         details = []
         if not current.get("user"):
             details.append(f"create the system user {lay.service_user}")
+        for path in sorted(self.users_own()):
+            kind = current.get(f"dir.{path}", "").split(" ", 3)[3:]
+            if kind and kind != ["directory"]:
+                raise HostError(
+                    f"{path} is a {kind[0]}, not a directory. The service user may have put "
+                    "it there; root neither follows nor replaces it.",
+                    f"Look at what it is; move it away (its content, if it is the uploaded "
+                    f"files, into a directory {path}), then run aws_provision again.")
         for path, owner, group, mode in self.dirs():
-            if current.get(f"dir.{path}") != f"{owner} {group} {mode}":
+            if " ".join(current.get(f"dir.{path}", "").split(" ")[:3]) != \
+                    f"{owner} {group} {mode}":
                 details.append(f"directory {path} ({owner}:{group} {mode})")
         if not details:
             return Change(KEEP)
@@ -195,10 +258,17 @@ class ServiceUser(HostStep):
                             f"{q(self.target.layout.root)} --no-create-home "
                             f"--shell {recipes.NOLOGIN} -- {q(user)}")
         caches = {self.target.cache_dir / "uv", self.target.cache_dir / "pip"}
+        users_own = self.users_own()
         for path, owner, group, mode in self.dirs():
-            if path in caches and current.get(f"dir.{path}") not in (
-                    None, "", f"{owner} {group} {mode}"):
+            stated = " ".join(current.get(f"dir.{path}", "").split(" ")[:3])
+            if path in caches and stated not in ("", f"{owner} {group} {mode}"):
                 # Filled by root before the installs ran as the service user: start afresh.
                 commands.append(f"rm -rf -- {q(path)}")
-            commands.append(f"install -d -o {q(owner)} -g {q(group)} -m {mode} -- {q(path)}")
+            if path in users_own:
+                commands.append(f"runuser -u {q(user)} -- env -i PATH=/usr/bin:/bin "
+                                f"sh -c 'mkdir -p -m {mode} -- \"$1\" && chmod {mode} -- "
+                                f"\"$1\"' sh {q(path)}")
+            else:
+                commands.append(f"install -d -o {q(owner)} -g {q(group)} -m {mode} -- "
+                                f"{q(path)}")
         self.sh(ctx, " && ".join(commands))

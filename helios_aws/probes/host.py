@@ -80,11 +80,11 @@ class Pool:
 
 
 def connector(deployment, state, host="", port=None, user="", key_file=None, known_hosts=(),
-              trust_host_key=(), timeout=15):
+              trust_host_key=(), timeout=15, lock=None, on_lock_wait=None):
     """A function opening a verified Connection to the deployment's host, from the
     state file (the Elastic IP, the host key fingerprints the AWS half pinned) and the
     command's SSH options (``user`` instead of the deployment's login), giving up after ``timeout`` seconds; ``None`` when there is no
-    host to connect to."""
+    host to connect to. With ``lock``, its root shell holds the host's deployment lock."""
     host = host or (state.get("elastic_ip") or {}).get("public_ip")
     if not host:
         return None
@@ -96,7 +96,8 @@ def connector(deployment, state, host="", port=None, user="", key_file=None, kno
             host, user=user or deployment.ssh_user or None,
             default_user=deployment.os_profile["ssh_user"], port=port,
             key_filename=str(key_file) if key_file else None, pinned=pinned,
-            known_hosts=list(known_hosts), connect_timeout=timeout,
+            known_hosts=list(known_hosts), connect_timeout=timeout, lock=lock,
+            on_lock_wait=on_lock_wait,
         ).connect()
 
     return connect

@@ -38,6 +38,7 @@ class Command(BaseCommand):
             for line in backup_commands.listing(deployment, out_dir, options["profile"]):
                 write(line)
             return
+        options["on_lock_wait"] = write
         backup_commands.on_host(deployment, out_dir, options, "aws_backup",
                                 ["--kind", options["kind"]], write, as_service=True)
         write(self.style.SUCCESS("Backup done."))

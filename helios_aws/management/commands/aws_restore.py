@@ -10,8 +10,10 @@ class Command(BaseCommand):
     help = (
         "--drill: restore the latest backup (or --backup KEY) into a scratch database on "
         "the server, check its checksums and row counts against its manifest, drop the "
-        "scratch database and record the result. --backup KEY --into-production: stop "
-        "Helios, take a safety backup, restore, migrate if needed, start Helios again."
+        "scratch database and record the result. --backup KEY --into-production: restore "
+        "into a new database and media directory, check them, then stop Helios, switch to "
+        "them, migrate if needed and start Helios again; whole or not at all. --status: "
+        "say which database serves after an interrupted restore."
     )
     requires_system_checks = []
 
@@ -22,6 +24,9 @@ class Command(BaseCommand):
                             help="Restore into a scratch database and compare (harmless).")
         action.add_argument("--into-production", action="store_true",
                             help="Replace the production database and files with --backup.")
+        action.add_argument("--status", action="store_true",
+                            help="Wait for a restore running on the server, finish or undo "
+                                 "an interrupted one, and say which database serves.")
         parser.add_argument("--backup", default="", metavar="KEY",
                             help="The backup (as aws_backup --list shows it; default for "
                                  "--drill: the newest).")
@@ -36,29 +41,31 @@ class Command(BaseCommand):
     @cli.translate_errors
     def handle(self, *args, **options):
         write = self.stdout.write
-        if not options["drill"] and not options["into_production"]:
-            raise ConfigError("Nothing to do.", "Give --drill, or --backup KEY "
+        if not (options["drill"] or options["into_production"] or options["status"]):
+            raise ConfigError("Nothing to do.", "Give --drill, --status, or --backup KEY "
                                                 "--into-production.")
         if options["into_production"] and not options["backup"]:
             raise ConfigError("--into-production needs --backup KEY.",
                               "Choose one from aws_backup --list.")
         if options["here"]:
-            if options["drill"]:
-                return backup_commands.here_drill(options, write)
-            self._confirm(options, backup_commands.here_name(options), options["backup"])
-            return backup_commands.here_restore(options, write)
+            raise ConfigError("aws_restore has no side that runs through manage.py on the "
+                              "server: root runs python -I -m helios_aws.rootside there.",
+                              "Run aws_restore from your machine.")
         out_dir = cli.resolve_output(options)
         deployment = params.load(out_dir, None, cli.settings_layer())
         args = ["--backup", options["backup"]] if options["backup"] else []
+        options["on_lock_wait"] = write
         if options["drill"]:
-            backup_commands.on_host(deployment, out_dir, options, "aws_restore",
-                                    ["--drill"] + args, write)
+            backup_commands.on_host(deployment, out_dir, options, "drill", args, write)
             write(self.style.SUCCESS("Drill passed."))
             return
+        if options["status"]:
+            backup_commands.on_host(deployment, out_dir, options, "status", [], write)
+            return
         self._confirm(options, deployment.name, options["backup"])
-        backup_commands.on_host(deployment, out_dir, options, "aws_restore",
-                                ["--into-production", "--yes", "--no-input"] + args
-                                + (["--force"] if options["force"] else []), write)
+        backup_commands.restore_on_host(deployment, out_dir, options,
+                                        args + (["--force"] if options["force"] else []),
+                                        write)
         write(self.style.SUCCESS("Restored."))
 
     def _confirm(self, options, name, key):
