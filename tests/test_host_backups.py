@@ -3,6 +3,8 @@ other host steps are tested), and the units aws_configure renders for it."""
 
 import json
 
+from django.db import connection
+
 from helios_aws import engine
 from helios_aws.host import base as host_base, steps as host
 from helios_aws.host.backups import BackupTimer
@@ -25,7 +27,9 @@ def test_the_timer_is_enabled_with_the_bucket_in_backup_json(ctx, project):
     assert (mode, owner) == (0o644, "root")
     assert json.loads(text) == {
         "bucket": "helios-helios-backup-0123abcd", "prefix": "helios", "region": "us-east-1",
-        "service_user": "helios", "units": list(host_base.APP_UNITS)}
+        "service_user": "helios", "units": list(host_base.APP_UNITS),
+        # The zone Django's own connection gives the database session (elections.py).
+        "time_zone": connection.timezone_name}
     assert ctx.ssh.commands[-1] == ("systemctl daemon-reload && systemctl enable --now "
                                     "helios-backup.timer >/dev/null 2>&1")
 
