@@ -78,6 +78,12 @@ class HostLayout:
         return self._p("/etc/nginx/conf.d/helios.conf")
 
     @property
+    def nginx_default_site(self):
+        """Debian's default site: it answers any unknown name with "Welcome to nginx!"
+        (Amazon Linux's, inside nginx.conf, is no default_server and yields to ours)."""
+        return self._p("/etc/nginx/sites-enabled/default")
+
+    @property
     def cert_dir(self):
         return self._p("/etc/letsencrypt/live") / self.domain
 

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from fixtures import FIXTURE_DIR, helios_env
 
 
@@ -40,6 +42,91 @@ def test_rehearses_the_operators_checkout_and_leaves_it_untouched(tmp_path):
 
 
 def test_a_directory_that_is_not_a_django_project_is_refused(tmp_path):
-    result = rehearse(tmp_path, "--project", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    result = rehearse(tmp_path, "--project", str(tmp_path / "elsewhere"))
     assert result.returncode == 1
     assert "has no manage.py" in result.stderr and "Traceback" not in result.stderr
+
+
+def tree(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.mark.parametrize("work", [".", "..", "sub/dir", "sub"])
+def test_work_never_holds_nor_lies_inside_the_project(tmp_path, work):
+    checkout = tmp_path / "checkout"
+    shutil.copytree(FIXTURE_DIR, checkout, ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "sub").mkdir()
+    (checkout / ".git").mkdir()
+    (checkout / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    before = tree(tmp_path)
+    # From inside the checkout, where --project defaults to ".".
+    result = subprocess.run([sys.executable, "-m", "helios_aws.rehearse", "--work", work],
+                            cwd=checkout, env=helios_env(), capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "the project" in result.stderr and "Traceback" not in result.stderr
+    assert tree(tmp_path) == before
+
+
+def test_work_that_no_rehearsal_made_is_never_emptied(tmp_path):
+    (tmp_path / "project").mkdir()
+    mine = tmp_path / "work"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work\n")
+    result = rehearse(tmp_path, "--project", str(tmp_path / "project"))
+    assert result.returncode == 2
+    assert "not empty and no rehearsal made it" in result.stderr
+    assert (mine / "thesis.tex").read_text() == "years of work\n"
+    (tmp_path / "afile").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "helios_aws.rehearse", "--work",
+                             str(tmp_path / "afile"), "--project", str(tmp_path / "project")],
+                            env=helios_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_a_directory_an_earlier_rehearsal_made_is_emptied_and_reused(tmp_path):
+    (tmp_path / "project").mkdir()
+    first = rehearse(tmp_path, "--project", str(tmp_path / "project"))
+    assert first.returncode == 1 and "has no manage.py" in first.stderr
+    work = tmp_path / "work"
+    assert (work / ".helios-aws-rehearsal").is_file()
+    (work / "left-over").write_text("from the first run\n")
+    second = rehearse(tmp_path, "--project", str(tmp_path / "project"))
+    assert second.returncode == 1 and "has no manage.py" in second.stderr
+    assert not (work / "left-over").exists()
+
+
+STREAMING_MANAGE = """\
+import pathlib, sys, time
+print("first line of the command", flush=True)
+release = pathlib.Path(sys.argv[2])
+deadline = time.monotonic() + 60
+while not release.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("released" if release.exists() else "never released")
+"""
+
+
+def test_a_commands_output_reaches_the_operator_while_it_runs(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "manage.py").write_text(STREAMING_MANAGE)
+    release = tmp_path / "release"
+    driver = ("import sys; from pathlib import Path; from helios_aws.rehearse import run\n"
+              "r = run.Rehearsal(sys.argv[1], Path(sys.argv[1]), False)\n"
+              "r.project = Path(sys.argv[1]); r.env = {}\n"
+              "r.manage('wait', sys.argv[2])\n")
+    with subprocess.Popen([sys.executable, "-c", driver, str(project), str(release)],
+                          stdout=subprocess.PIPE, text=True, env=helios_env()) as process:
+        try:
+            assert process.stdout.readline().startswith("$ manage.py wait")
+            assert process.stdout.readline() == "first line of the command\n"
+            # The command is still running (it waits for the release): the line came live.
+            assert process.poll() is None
+            release.write_text("go")
+            rest = process.stdout.read()
+        finally:
+            release.touch()
+    assert process.returncode == 0
+    assert rest.startswith("released\n") and "exit 0)" in rest

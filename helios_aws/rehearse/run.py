@@ -41,7 +41,10 @@ CREDENTIALS = {"aws_access_key_id": "rehearsal", "aws_secret_access_key": "rehea
 
 
 class RehearsalError(Exception):
-    """The rehearsal cannot go on; the message says why."""
+    """The rehearsal cannot go on; the message says why (and, when given, what to do)."""
+
+    def __init__(self, message, hint=""):
+        super().__init__(f"{message}\n  {hint}" if hint else message)
 
 
 def copy_project(source, target):
@@ -120,13 +123,20 @@ class Rehearsal:
         print(f"VM SSH on 127.0.0.1:{self.vm.ssh_port}, host key {self.vm.host_key_fingerprint}")
 
     def manage(self, *args, expect_ok=True):
+        """Run a management command of the copy, passing each line of its output on as it
+        comes (its step lines and heartbeats, as in any pipe); returns its exit status and
+        whole output."""
         print(f"$ manage.py {' '.join(args)}", flush=True)
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "manage.py", *args, SETTINGS],
-                                cwd=self.project, env=self.env, text=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        print(result.stdout.rstrip(), flush=True)
+        lines = []
+        with subprocess.Popen([sys.executable, "manage.py", *args, SETTINGS],
+                              cwd=self.project, env=dict(self.env, PYTHONUNBUFFERED="1"),
+                              text=True, bufsize=1, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+            for line in process.stdout:
+                lines.append(line)
+                print(line, end="", flush=True)
+        result = subprocess.CompletedProcess(process.args, process.returncode, "".join(lines))
         print(f"({time.monotonic() - started:.1f}s, exit {result.returncode})", flush=True)
         if expect_ok and result.returncode != 0:
             raise RehearsalError(f"manage.py {args[0]} failed (exit {result.returncode}).")
@@ -157,6 +167,8 @@ class Rehearsal:
         self.step("aws_provision --plan")
         self.manage("aws_provision", "--plan", *self.host_flags())
         self.step("aws_provision")
+        print(f"Its log: {self.project / 'deploy' / 'provision.log'} (what follows, and "
+              "each command the host ran)", flush=True)
         self.manage("aws_provision", *self.host_flags())
         self.step("aws_provision again: nothing may change")
         again = self.manage("aws_provision", *self.host_flags())
@@ -228,18 +240,52 @@ def arguments():
     parser.add_argument("--vm", action="store_true",
                         help="Use a Debian 13 VM (qemu) as the instance and run the host half.")
     parser.add_argument("--work", default=str(DEFAULT_WORK),
-                        help=f"Working directory, emptied first (default: {DEFAULT_WORK}).")
+                        help=f"Working directory (default: {DEFAULT_WORK}): a new or empty one, or one "
+                             "an earlier rehearsal made, which is emptied first. Never "
+                             "inside the project, nor holding it.")
     parser.add_argument("--keep-running", action="store_true",
                         help="Keep the local AWS, ACME server and VM running until Ctrl-C, "
                              "to look at the site.")
     return parser
 
 
+MARKER = ".helios-aws-rehearsal"
+
+
+def prepare_work(work, project):
+    """Empty ``work`` for a new rehearsal, or refuse: only a directory that is absent,
+    empty, or marked as one an earlier rehearsal made is ever emptied, and never one that
+    holds the project or lies inside it."""
+    work, project = Path(work).resolve(), Path(project).resolve()
+    if work == project or work in project.parents or project in work.parents:
+        where = "is inside" if project in work.parents else "holds"
+        raise RehearsalError(
+            f"--work {work} {where} the project {project}: the rehearsal empties its "
+            "working directory.",
+            "Give --work a directory outside the project, e.g. the default "
+            f"{DEFAULT_WORK}.")
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise RehearsalError(f"--work {work} is not a directory.",
+                             "Give --work a new or empty directory.")
+    if work.is_dir() and any(work.iterdir()) and not (work / MARKER).is_file():
+        raise RehearsalError(
+            f"--work {work} is not empty and no rehearsal made it: nothing was deleted.",
+            "Give --work a new or empty directory (the rehearsal empties it each run).")
+    if work.is_dir():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / MARKER).write_text("A Helios rehearsal's working directory: each rehearsal "
+                               "empties it.\n")
+    return work
+
+
 def main(argv=None):
     args = arguments().parse_args(argv)
-    work = Path(args.work).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    try:
+        work = prepare_work(args.work, args.project)
+    except RehearsalError as exc:
+        print(f"rehearse: {exc}", file=sys.stderr)
+        return 2
     rehearsal = Rehearsal(args.project, work, args.vm)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
