@@ -69,9 +69,9 @@ def _host_header(target, https):
     return target.domain if port == default else f"{target.domain}:{port}"
 
 
-def fetch(ctx, path, https=True):
+def fetch(ctx, path, https=True, host=None):
     """GET ``path`` from the site (HTTPS without verifying the certificate, or plain
-    HTTP); redirects are not followed."""
+    HTTP) with the domain, or ``host``, as the Host header; redirects are not followed."""
     target = ctx.target
     if https:
         sock = tls_socket(target, ctx.timeout, verify=False)
@@ -82,7 +82,7 @@ def fetch(ctx, path, https=True):
     connection.sock = sock
     try:
         connection.request("GET", path, headers={
-            "Host": _host_header(target, https), "User-Agent": "helios-aws-check",
+            "Host": host or _host_header(target, https), "User-Agent": "helios-aws-check",
             "Accept": "*/*"})
         response = connection.getresponse()
         return Response(response.status, response.headers, response.read(MAX_BODY))
@@ -277,3 +277,27 @@ def static_served_by_nginx(ctx):
                       f"{', '.join(reference)}).")
     evidence = ", ".join(from_django) or "no nginx ETag"
     return failed(f"{url} is served by Django ({evidence}).")
+
+
+UNKNOWN_HOST = "unknown-name.helios-aws-check.invalid"
+
+
+@probe("site.E008", "Any other name, and the bare address, get no site over HTTP",
+       "Disable the distribution's default site (`sudo rm /etc/nginx/sites-enabled/default "
+       "&& sudo systemctl reload nginx` on Debian) and re-run aws_provision: the generated "
+       "site's default server closes such connections.")
+def unknown_host_gets_nothing(ctx):
+    target = _require_target(ctx)
+    answers = []
+    for host in (UNKNOWN_HOST, target.address):
+        try:
+            response = fetch(ctx, "/", https=False, host=host)
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            continue  # closed without an answer: nginx's 444
+        if response.status < 400:
+            what = ("nginx's welcome page" if b"Welcome to nginx" in response.body
+                    else f"{response.status}")
+            answers.append(f"Host {host} answers {what}")
+    if answers:
+        return failed("; ".join(answers) + ".")
+    return passed(f"HTTP with Host {UNKNOWN_HOST} or {target.address} gets no site.")
