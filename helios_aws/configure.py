@@ -50,6 +50,7 @@ MANAGED_KEYS = (
     "DJANGO_SETTINGS_MODULE", "DEBUG", "SSL", "HSTS", "ALLOWED_HOSTS", "URL_HOST",
     "SECURE_URL_HOST", "EMAIL_USE_AWS", "AWS_SES_REGION_NAME", "DEFAULT_FROM_EMAIL",
     "DEFAULT_FROM_NAME", "HELP_EMAIL_ADDRESS", "CELERY_BROKER_URL", "AUTH_ENABLED_SYSTEMS",
+    "HELIOS_MEDIA_ROOT",
 ) + logins.PUBLIC_KEYS
 
 # Forwarding headers a client could send that Django, gunicorn, Helios or a library they
@@ -147,6 +148,10 @@ def desired_env(deployment, systems, secrets):
         "HELP_EMAIL_ADDRESS": deployment.email,
         "CELERY_BROKER_URL": deployment.broker_url,
         "AUTH_ENABLED_SYSTEMS": ",".join(systems),
+        # Helios builds MEDIA_ROOT as ROOT_PATH + "media/" (no separator: a sibling of the
+        # release, not its media link); the overlay sets it to the shared directory.
+        "HELIOS_MEDIA_ROOT": str(layout_mod.for_deployment(
+            deployment, deployment.host_prefix).shared_media),
     }
     values.update(logins.env_values(deployment, systems))
     unused = logins.SECRET_KEYS - logins.secret_keys(systems)

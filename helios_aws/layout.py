@@ -49,6 +49,11 @@ class HostLayout:
         return self.shared / ".env"
 
     @property
+    def shared_media(self):
+        """Uploaded files: outside every release (each release links ``media`` here)."""
+        return self.shared / "media"
+
+    @property
     def venv_bin(self):
         return self.current / ".venv" / "bin"
 

@@ -17,9 +17,9 @@ from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME, written_dirs
-from .engine import (KEEP, LOG_NAME, STATE_NAME, Activity, Context, Output, Runner, phase,
+from .engine import (CREATE, KEEP, LOG_NAME, STATE_NAME, Activity, Context, Output, Runner, phase,
                      summary)
-from .errors import ConfigError
+from .errors import ConfigError, HostError
 from .files import exclusive, refuse_symlinks
 from .host import rollback, steps as host_steps
 
@@ -188,14 +188,45 @@ def show_plan(ctx, out):
         facts_from_state(ctx)
         rows = []
     host = _host_half(ctx)
-    if host and all(change.action == KEEP for _, change in rows):
-        Runner(host, ctx, out).plan()
-    elif host:
-        out.line(f"The host half ({len(host)} steps) is planned once the server exists.")
+    if host:
+        plan_host_half(ctx, out, host, rows)
     for item in ctx.facts.get("notes", []):
         out.line(f"Note: {ctx.redactor.redact(item)}", "WARNING")
     out.line("Plan only: nothing was changed.", "SUCCESS")
     return rows
+
+
+# A plan waits this long for sshd (unless --ssh-wait says otherwise): a server that does
+# not answer is reported, not waited for as a run waits for a booting one.
+PLAN_SSH_WAIT = 15
+
+
+def plan_host_half(ctx, out, host, rows):
+    """The host half's plan, read from the server as it is now, whenever there is one to
+    reach (AWS changes pending or not); else a sentence saying why it cannot be read."""
+    pending = [step.name for step, change in rows if change.action != KEEP]
+    instance = next((change for step, change in rows if isinstance(step, InstanceStep)), None)
+    if not ctx.options.get("host"):
+        if instance is not None and instance.action == CREATE:
+            out.line(f"The host half ({len(host)} steps) is not planned: there is no server "
+                     "yet (aws_provision creates the instance first, then runs it).")
+            return
+        if not ctx.facts.get("host"):
+            out.line(f"The host half ({len(host)} steps) is not planned: no address of the "
+                     "server is known (no Elastic IP in AWS or in state.json; give --host).")
+            return
+    if pending:
+        out.line(f"The host half, read from the server as it is now (the AWS changes above "
+                 f"come first: {', '.join(pending)}):")
+    if ctx.options.get("ssh_wait") is None:
+        ctx.options["ssh_wait"] = PLAN_SSH_WAIT
+    try:
+        Runner(host, ctx, out).plan()
+    except HostError as exc:
+        out.line(f"The host half ({len(host)} steps) cannot be planned: "
+                 f"{ctx.redactor.redact(exc.message)}", "WARNING")
+        if exc.hint:
+            out.line(f"  {ctx.redactor.redact(exc.hint)}")
 
 
 def destroy(ctx, out, confirm):

@@ -368,6 +368,37 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
     assert not (deploy / "state.json").exists()
 
 
+def test_the_host_half_is_planned_on_the_server_while_an_aws_change_is_pending(project, sshd):
+    create_zone()
+    fresh = run_manage(project, "aws_provision", SETTINGS, "--plan")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "The host half (" in fresh.stdout
+    assert "is not planned: there is no server yet" in fresh.stdout
+
+    run(project)  # the AWS half; then an AWS change is pending (a new SSH address)
+    configure(project, "--ssh-cidr", "198.51.100.9/32")
+    plan = run_manage(project, "aws_provision", SETTINGS, "--plan", "--host", sshd.host,
+                      "--ssh-port", str(sshd.port), "--ssh-key", str(sshd.client_key),
+                      "--ssh-user", sshd.user, "--trust-host-key", sshd.host_key_fingerprint)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert re.search(r"security group: update", plan.stdout)
+    assert ("The host half, read from the server as it is now (the AWS changes above come "
+            "first: ") in plan.stdout
+    # The server was reached and read: this machine (the stand-in) is not Debian 13, which
+    # the host half's first step refuses, and the plan says so.
+    assert "The host half (" in plan.stdout and "cannot be planned: The deployment is for " \
+        "Debian 13 (trixie), but the server runs Debian" in plan.stdout
+    assert "Plan only: nothing was changed." in plan.stdout
+
+    nobody = rig.free_port()
+    unreachable = run_manage(project, "aws_provision", SETTINGS, "--plan", "--host",
+                             "127.0.0.1", "--ssh-port", str(nobody), "--ssh-key",
+                             str(sshd.client_key))
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert "cannot be planned: " in unreachable.stdout
+    assert f"127.0.0.1:{nobody}" in unreachable.stdout
+
+
 def test_ssh_open_to_the_world_is_allowed_only_when_asked_and_warned_about(project):
     create_zone()
     configure(project, "--ssh-cidr", "0.0.0.0/0", "--instance-type", "m5.2xlarge")
