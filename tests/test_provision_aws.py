@@ -524,6 +524,10 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
 
     assert refused.returncode != 0 and "asks for confirmation" in refused.stderr
     assert inventory() == ONE_OF_EACH
+    # What the confirmation stands over: the final backup first, and the bucket kept.
+    assert "1. A final backup of the server (database and uploaded files)" in refused.stdout
+    assert re.search(r"  - S3 bucket helios-helios-backup-\S+ with the backups .*kept on "
+                     r"purpose", refused.stdout)
 
     destroyed = run(project, "--destroy", "--no-input", "--no-backup")
 
@@ -540,6 +544,45 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
     assert inventory() == dict(NOTHING, snapshots=1)
     assert (deploy / "ssh-key.pem").exists()
     assert "kept the private key" in destroyed.stdout
+
+
+def test_destroy_plan_shows_everything_destroy_would_do_with_costs(project):
+    create_zone()
+    deploy = project / "deploy"
+    run(project)
+    before = (deploy / "state.json").read_text()
+
+    plan = run(project, "--destroy", "--plan")
+
+    text = plan.stdout
+    assert text.startswith("aws_provision --destroy would, for deployment helios:\n")
+    assert "1. A final backup of the server (database and uploaded files) to the backup " \
+        "bucket; if it fails, nothing is deleted (--no-backup skips it)." in text
+    assert "2. A snapshot of the root volume, kept (about $0.80/month at most)." in text
+    assert "3. Deleted, in AWS account 123456789012 (us-east-1):" in text
+    iid = boto3.client("ec2").describe_instances(Filters=TAGGED + LIVE)[
+        "Reservations"][0]["Instances"][0]["InstanceId"]
+    assert f"     - instance {iid} (t3.small, running) and its root volume" in text
+    assert re.search(r"     - Elastic IP \S+ \(eipalloc-", text)
+    assert re.search(r"     - DNS record A vote\.example\.org -> ", text)
+    assert re.search(r"EC2 t3\.small \(on demand, all month\)\s+15\.18", text)
+    assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", text)
+    kept = text.split("Kept:\n")[1]
+    assert "  - the snapshot of the root volume (up to $0.80/month)" in kept
+    assert re.search(r"  - S3 bucket helios-helios-backup-\S+ with the backups \(0\.00 GiB\), "
+                     r"kept on purpose: delete it with aws_provision --destroy "
+                     r"--delete-backups helios \(\$0\.00/month", kept)
+    assert "Plan only: nothing was changed." in text
+    assert inventory() == ONE_OF_EACH
+    assert (deploy / "state.json").read_text() == before
+
+    without = run(project, "--destroy", "--plan", "--no-backup", "--no-snapshot",
+                  "--delete-backups", NAME)
+    assert "1. No final backup (--no-backup)" in without.stdout
+    assert "2. No snapshot (--no-snapshot)" in without.stdout
+    assert "and EVERY BACKUP in it (--delete-backups)" in without.stdout
+    assert "S3 bucket" not in without.stdout.split("Kept:\n")[1]
+    assert inventory() == ONE_OF_EACH
 
 
 def test_provisioning_again_after_destroy_imports_the_saved_key(project):
