@@ -175,8 +175,11 @@ def show_costs(ctx, steps, out):
     lines = [line for step in steps if isinstance(step, AWSStep)
              for line in step.cost_lines(ctx)]
     if lines:
-        out.line("Estimated monthly cost (USD, us-east-1 on-demand prices; other regions "
-                 "differ):")
+        source = ctx.facts.get("instance_price_source")
+        out.line("Estimated monthly cost (USD, on demand):")
+        if source:
+            out.line(f"  The instance's price: from {source}; the others from "
+                     f"{pricing.TABLE}.")
         for row in pricing.table(lines):
             out.line(row)
 

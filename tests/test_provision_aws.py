@@ -357,6 +357,10 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
             if STEP_LINE.match(line + " (")] == (
         ["keep", "keep"] + ["create"] * 9)
     assert "EC2 t3.small (on demand, all month)" in plan.stdout
+    # The local AWS serves no price list: the table stands in, and the plan says so.
+    assert re.search(r"^  The instance's price: from the built-in us-east-1 table \(the AWS "
+                     r"Price List API .+\); the others from the built-in us-east-1 table\.$",
+                     plan.stdout, re.M), plan.stdout
     assert re.search(r"EBS gp3 root volume, 16 GiB\s+1\.28", plan.stdout)
     assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", plan.stdout)
     assert re.search(r"Route 53 hosted zone example\.org \(already there\)\s+0\.50", plan.stdout)
