@@ -6,10 +6,14 @@ covers that host half). Here it runs from a directory where no test module can b
 imported, against a checkout with a change of its own.
 """
 
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -130,3 +134,81 @@ def test_a_commands_output_reaches_the_operator_while_it_runs(tmp_path):
             release.touch()
     assert process.returncode == 0
     assert rest.startswith("released\n") and "exit 0)" in rest
+
+
+WATCHED = """\
+import subprocess, sys
+from pathlib import Path
+from helios_aws.rehearse import run
+work = Path(sys.argv[1])
+r = run.Rehearsal(work, work, False)
+qemu = subprocess.Popen(["sleep", "600"])
+print(qemu.pid, flush=True)
+serial = work / "vm" / "serial.log"
+serial.parent.mkdir()
+serial.write_text("[  812.5] BUG: kernel NULL pointer dereference\\n[  812.6] Kernel panic\\n")
+r.watch("The VM (qemu)", lambda: qemu.poll() is None, serial, "vm-serial.log")
+status = r.wait()
+r.stop()
+print("status", status, flush=True)
+"""
+
+
+def test_a_vm_that_dies_is_noticed_at_once_with_its_serial_log_kept(tmp_path):
+    with subprocess.Popen([sys.executable, "-c", WATCHED, str(tmp_path)], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=helios_env()) as process:
+        qemu = int(process.stdout.readline())
+        assert "keeps running until Ctrl-C" in process.stdout.readline() + \
+            process.stdout.readline()
+        os.kill(qemu, signal.SIGKILL)
+        started = time.monotonic()
+        out, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert "status 1" in out
+    assert "rehearse: The VM (qemu) has stopped." in err
+    assert "Kernel panic" in err  # the serial log's last lines, said at once
+    kept = tmp_path / "vm-serial.log"
+    assert str(kept) in err and "Kernel panic" in kept.read_text()
+
+
+def test_a_kept_rehearsal_can_be_worked_with_through_its_wrapper(tmp_path):
+    checkout = tmp_path / "my-helios"
+    shutil.copytree(FIXTURE_DIR, checkout, ignore=shutil.ignore_patterns("__pycache__"))
+    env = helios_env(AWS_PROFILE="operators-real-account",
+                     AWS_ENDPOINT_URL="https://nowhere.invalid")
+    with subprocess.Popen([sys.executable, "-m", "helios_aws.rehearse", "--work",
+                           str(tmp_path / "work"), "--project", str(checkout),
+                           "--keep-running"], cwd=tmp_path, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as rehearsal:
+        try:
+            seen = []
+            deadline = time.monotonic() + 500
+            while time.monotonic() < deadline:
+                line = rehearsal.stdout.readline()
+                assert line, "".join(seen)[-3000:]
+                seen.append(line)
+                if "keeps running until Ctrl-C" in line:
+                    break
+            text = "".join(seen)
+            wrapper = tmp_path / "work" / "rehearsal-manage"
+            assert f"Work with it:         {wrapper} COMMAND" in text
+            # The operator's shell points at a real account: the wrapper leaves that out.
+            check = subprocess.run([str(wrapper), "aws_check", "--format", "json"], env=env,
+                                   capture_output=True, text=True, timeout=300)
+            report = json.loads(check.stdout)
+            aws_checks = [c for c in report["checks"] if c["area"] == "aws"]
+            assert aws_checks and all(c["status"] != "fail" for c in aws_checks), aws_checks
+            assert check.returncode == 0, check.stderr
+            plan = subprocess.run([str(wrapper), "aws_provision", "--plan"], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert plan.returncode == 0 and "keep" in plan.stdout, plan.stderr
+            backup = subprocess.run([str(wrapper), "aws_backup"], env=env,
+                                    capture_output=True, text=True, timeout=60)
+            assert backup.returncode == 2
+            assert "rehearse with --vm" in backup.stderr
+        finally:
+            rehearsal.send_signal(signal.SIGINT)
+            rest, _ = rehearsal.communicate(timeout=60)
+    assert rehearsal.returncode == 0, rest[-2000:]
