@@ -194,6 +194,9 @@ def test_a_kept_rehearsal_can_be_worked_with_through_its_wrapper(tmp_path):
             text = "".join(seen)
             wrapper = tmp_path / "work" / "rehearsal-manage"
             assert f"Work with it:         {wrapper} COMMAND" in text
+            linted = subprocess.run(["shellcheck", str(wrapper)], capture_output=True,
+                                    text=True)
+            assert linted.returncode == 0, linted.stdout
             # The operator's shell points at a real account: the wrapper leaves that out.
             check = subprocess.run([str(wrapper), "aws_check", "--format", "json"], env=env,
                                    capture_output=True, text=True, timeout=300)
@@ -207,7 +210,7 @@ def test_a_kept_rehearsal_can_be_worked_with_through_its_wrapper(tmp_path):
             backup = subprocess.run([str(wrapper), "aws_backup"], env=env,
                                     capture_output=True, text=True, timeout=60)
             assert backup.returncode == 2
-            assert "rehearse with --vm" in backup.stderr
+            assert "Backups are not rehearsed" in backup.stderr
         finally:
             rehearsal.send_signal(signal.SIGINT)
             rest, _ = rehearsal.communicate(timeout=60)

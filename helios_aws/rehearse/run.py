@@ -226,17 +226,19 @@ class Rehearsal:
         its local AWS, and with --vm its VM, ACME server and CA bundle, as the rehearsal's
         own commands ran (the operator's AWS settings cleared). Returns its path."""
         per_command = {"aws_provision": self.host_flags(), "aws_check": self.check_flags()}
-        if self.use_vm:
-            per_command["aws_backup"] = per_command["aws_restore"] = self.ssh_flags()
         names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE",
                  "AWS_SHARED_CREDENTIALS_FILE")
         cases = "\n".join(
             f"  {command}) set -- \"$@\" {shlex.join(flags)} ;;"
             for command, flags in per_command.items())
-        no_backups = "" if self.use_vm else (
+        # The server's backup would look for the real AWS: the VM has neither credentials
+        # nor a TLS endpoint for the local S3 (whose bucket policy refuses plain HTTP).
+        no_backups = (
             "  aws_backup|aws_restore)\n"
-            "    echo 'Backups run on the server: rehearse with --vm to try them.' >&2\n"
+            "    echo 'Backups are not rehearsed: the server (the VM, with --vm) has no "
+            "credentials or TLS endpoint for the local S3, and would look for the real "
+            "AWS.' >&2\n"
             "    exit 2 ;;\n")
         script = f"""#!/bin/sh
 # Runs a manage.py command of the rehearsal's copy against the rehearsal (made by
