@@ -50,6 +50,7 @@ MANAGED_KEYS = (
     "DJANGO_SETTINGS_MODULE", "DEBUG", "SSL", "HSTS", "ALLOWED_HOSTS", "URL_HOST",
     "SECURE_URL_HOST", "EMAIL_USE_AWS", "AWS_SES_REGION_NAME", "DEFAULT_FROM_EMAIL",
     "DEFAULT_FROM_NAME", "HELP_EMAIL_ADDRESS", "CELERY_BROKER_URL", "AUTH_ENABLED_SYSTEMS",
+    "HELIOS_MEDIA_ROOT",
 ) + logins.PUBLIC_KEYS
 
 # Forwarding headers a client could send that Django, gunicorn, Helios or a library they
@@ -94,11 +95,21 @@ class Result:
     env: envfile.Merge
     warnings: list
     dry_run: bool
+    # deployment.json's keys this run adds or changes, each with (old, new); old is None
+    # for a key the record did not hold.
+    record: dict = dataclasses.field(default_factory=dict)
 
     @property
     def changed(self):
-        return self.env.has_changes or any(
+        return self.env.has_changes or bool(self.record) or any(
             f.action in ("create", "update") for f in self.files)
+
+
+def record_changes(out_dir, deployment):
+    """The deployment.json keys that writing ``deployment`` would add or change."""
+    old = params.read_record(out_dir) or {}
+    return {key: (old.get(key), value) for key, value in deployment.as_record().items()
+            if key not in old or old[key] != value}
 
 
 def template_context(deployment, project):
@@ -137,6 +148,10 @@ def desired_env(deployment, systems, secrets):
         "HELP_EMAIL_ADDRESS": deployment.email,
         "CELERY_BROKER_URL": deployment.broker_url,
         "AUTH_ENABLED_SYSTEMS": ",".join(systems),
+        # Helios builds MEDIA_ROOT as ROOT_PATH + "media/" (no separator: a sibling of the
+        # release, not its media link); the overlay sets it to the shared directory.
+        "HELIOS_MEDIA_ROOT": str(layout_mod.for_deployment(
+            deployment, deployment.host_prefix).shared_media),
     }
     values.update(logins.env_values(deployment, systems))
     unused = logins.SECRET_KEYS - logins.secret_keys(systems)
@@ -229,7 +244,8 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
         if key not in envfile.SECRET_KEYS:
             warnings.append(f"{key} in .env was edited by hand; kept it (the parameters "
                             f"say {desired[key]!r}).")
-    result = Result(out_dir, files, merge, warnings, dry_run)
+    result = Result(out_dir, files, merge, warnings, dry_run,
+                    record_changes(out_dir, deployment))
     if dry_run:
         return result
 
@@ -249,7 +265,8 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
         env_path.chmod(0o600)
     if read_text(out_dir / ".gitignore") is None:
         write_atomic(out_dir / ".gitignore", GITIGNORE)
-    params.write_record(out_dir, deployment)
+    if result.record:
+        params.write_record(out_dir, deployment)
     new_manifest = {
         "files": {f.path: envfile.fingerprint(f.text) for f in files},
         "env": {**manifest["env"],

@@ -49,6 +49,11 @@ class HostLayout:
         return self.shared / ".env"
 
     @property
+    def shared_media(self):
+        """Uploaded files: outside every release (each release links ``media`` here)."""
+        return self.shared / "media"
+
+    @property
     def venv_bin(self):
         return self.current / ".venv" / "bin"
 
@@ -82,6 +87,12 @@ class HostLayout:
     @property
     def nginx_site(self):
         return self._p("/etc/nginx/conf.d/helios.conf")
+
+    @property
+    def nginx_default_site(self):
+        """Debian's default site: it answers any unknown name with "Welcome to nginx!"
+        (Amazon Linux's, inside nginx.conf, is no default_server and yields to ours)."""
+        return self._p("/etc/nginx/sites-enabled/default")
 
     @property
     def cert_dir(self):

@@ -12,14 +12,16 @@ from pathlib import Path
 from . import backup_commands, envfile, params
 from .aws import backups, inventory, pricing
 from .aws.base import AWSStep
+from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
+from .aws.dns import DNSStep
 from .aws.console import TRUSTED_FINGERPRINT_RE
 from .aws.session import AWS
 from .aws.steps import steps as aws_steps
 from .configure import ENV_NAME, written_dirs
-from .engine import (KEEP, LOG_NAME, STATE_NAME, Activity, Context, Output, Runner, phase,
+from .engine import (CREATE, KEEP, LOG_NAME, STATE_NAME, Activity, Context, Output, Runner, phase,
                      summary)
-from .errors import ConfigError
+from .errors import ConfigError, HostError
 from .files import exclusive, refuse_symlinks
 from .host import rollback, steps as host_steps
 
@@ -100,6 +102,9 @@ def check_options(deployment, options):
         other = aws_action or "skip_host"
         raise ConfigError(f"--{day_two} works on the server; --{other.replace('_', '-')} "
                           "does not go with it.", f"Drop --{other.replace('_', '-')}.")
+    if options.get("plan") and (options.get("stop") or options.get("start")):
+        raise ConfigError("--plan does not go with --stop or --start.",
+                          "Run --stop or --start alone (each says what it changed).")
     if options.get("skip_aws") and any(options.get(a) for a in ("destroy", "stop", "start")):
         raise ConfigError("--destroy, --stop and --start act on AWS; --skip-aws forbids it.",
                           "Drop --skip-aws.")
@@ -190,8 +195,11 @@ def show_costs(ctx, steps, out):
     lines = [line for step in steps if isinstance(step, AWSStep)
              for line in step.cost_lines(ctx)]
     if lines:
-        out.line("Estimated monthly cost (USD, us-east-1 on-demand prices; other regions "
-                 "differ):")
+        source = ctx.facts.get("instance_price_source")
+        out.line("Estimated monthly cost (USD, on demand):")
+        if source:
+            out.line(f"  The instance's price: from {source}; the others from "
+                     f"{pricing.TABLE}.")
         for row in pricing.table(lines):
             out.line(row)
 
@@ -208,28 +216,123 @@ def show_plan(ctx, out):
         facts_from_state(ctx)
         rows = []
     host = _host_half(ctx)
-    if host and all(change.action == KEEP for _, change in rows):
-        Runner(host, ctx, out).plan()
-    elif host:
-        out.line(f"The host half ({len(host)} steps) is planned once the server exists.")
+    if host:
+        plan_host_half(ctx, out, host, rows)
     for item in ctx.facts.get("notes", []):
         out.line(f"Note: {ctx.redactor.redact(item)}", "WARNING")
     out.line("Plan only: nothing was changed.", "SUCCESS")
     return rows
 
 
+# A plan waits this long for sshd (unless --ssh-wait says otherwise): a server that does
+# not answer is reported, not waited for as a run waits for a booting one.
+PLAN_SSH_WAIT = 15
+
+
+def plan_host_half(ctx, out, host, rows):
+    """The host half's plan, read from the server as it is now, whenever there is one to
+    reach (AWS changes pending or not); else a sentence saying why it cannot be read."""
+    pending = [step.name for step, change in rows if change.action != KEEP]
+    instance = next((change for step, change in rows if isinstance(step, InstanceStep)), None)
+    if not ctx.options.get("host"):
+        if instance is not None and instance.action == CREATE:
+            out.line(f"The host half ({len(host)} steps) is not planned: there is no server "
+                     "yet (aws_provision creates the instance first, then runs it).")
+            return
+        if not ctx.facts.get("host"):
+            out.line(f"The host half ({len(host)} steps) is not planned: no address of the "
+                     "server is known (no Elastic IP in AWS or in state.json; give --host).")
+            return
+    if pending:
+        out.line(f"The host half, read from the server as it is now (the AWS changes above "
+                 f"come first: {', '.join(pending)}):")
+    if ctx.options.get("ssh_wait") is None:
+        ctx.options["ssh_wait"] = PLAN_SSH_WAIT
+    try:
+        Runner(host, ctx, out).plan()
+    except HostError as exc:
+        out.line(f"The host half ({len(host)} steps) cannot be planned: "
+                 f"{ctx.redactor.redact(exc.message)}", "WARNING")
+        if exc.hint:
+            out.line(f"  {ctx.redactor.redact(exc.hint)}")
+
+
 def destroy(ctx, out, confirm):
-    """--destroy: snapshot the root volume (unless --no-snapshot), delete what the
-    deployment made in reverse order, then list whatever tagged for it remains."""
+    """--destroy: a final backup (unless --no-backup), a snapshot of the root volume
+    (unless --no-snapshot), then delete what the deployment made in reverse order and list
+    whatever tagged for it remains. With --plan, only say all that, with the costs."""
     d = ctx.deployment
     steps = aws_steps(d)
     with phase("the reading of what the deployment has in AWS",
                "Nothing was deleted; run --destroy again."):
         current = [(step, step.read(ctx)) for step in steps]
         doomed = [line for step, state in current for line in step.teardown(ctx, state)]
+    if ctx.options.get("plan"):
+        with phase("the plan of --destroy", "Nothing was changed."):
+            show_destroy_plan(ctx, out, current, doomed)
+        return []
     with phase("the teardown (--destroy)", "Some resources may be deleted already: run "
                "--destroy again to delete the rest (it lists what remains)."):
         return _teardown(ctx, out, confirm, current, doomed)
+
+
+def _instance(current):
+    return next((s, c) for s, c in current if isinstance(s, InstanceStep))
+
+
+def outline_destroy(ctx, out, current, doomed):
+    """What --destroy does, in order: the final backup, the snapshot, each deletion; and
+    what stays. Printed by --destroy --plan and above the --destroy confirmation."""
+    d = ctx.deployment
+    _, instance = _instance(current)
+    server = instance["instance"] is not None
+    kept_bucket = [] if ctx.options.get("delete_backups") else backups.leftovers(ctx)
+    if server and not ctx.options.get("no_backup"):
+        where = "the backup bucket" if kept_bucket else "the deployment's backup bucket"
+        out.line(f"1. A final backup of the server (database and uploaded files) to {where}; "
+                 "if it fails, nothing is deleted (--no-backup skips it).")
+    elif server:
+        out.line("1. No final backup (--no-backup): what changed since the last backup is "
+                 "lost.", "WARNING")
+    else:
+        out.line("1. No final backup: there is no server.")
+    if server and not ctx.options.get("no_snapshot"):
+        out.line("2. A snapshot of the root volume, kept (about "
+                 f"${pricing.snapshot_month(d.volume_size):.2f}/month at most).")
+    elif server:
+        out.line("2. No snapshot (--no-snapshot): the server's disk is lost for good.",
+                 "WARNING")
+    else:
+        out.line("2. No snapshot: there is no server.")
+    out.line(f"3. Deleted, in AWS account {ctx.facts['account']} ({ctx.aws.region}):")
+    for line in doomed or ["nothing: none of the deployment's resources exists"]:
+        out.line(f"     - {line}")
+    # What stops costing: the server, its disk and its address (the hosted zone is not
+    # the deployment's, and the bucket has its own line).
+    ended = [line for step, state in current
+             if step.teardown(ctx, state) and not isinstance(step, (DNSStep, BackupBucketStep))
+             for line in step.cost_lines(ctx)]
+    if ended:
+        out.line("   Monthly cost that ends (USD):")
+        for row in pricing.table(ended):
+            out.line(f"   {row}")
+    out.line("Kept:")
+    if server and not ctx.options.get("no_snapshot"):
+        out.line(f"  - the snapshot of the root volume (up to "
+                 f"${pricing.snapshot_month(d.volume_size):.2f}/month)")
+    for text, usd in kept_bucket:
+        out.line(f"  - {text} (${usd:.2f}/month before the final backup)")
+    if (ctx.out_dir / KEY_FILE).exists():
+        out.line(f"  - the private key {ctx.out_dir / KEY_FILE}, and every file in "
+                 f"{ctx.out_dir}")
+    out.line("  - the Route 53 hosted zone (not the deployment's; "
+             f"${pricing.HOSTED_ZONE_MONTH:.2f}/month)")
+
+
+def show_destroy_plan(ctx, out, current, doomed):
+    out.line(f"aws_provision --destroy would, for deployment {ctx.deployment.name}:")
+    outline_destroy(ctx, out, current, doomed)
+    out.line("Plan only: nothing was changed.", "SUCCESS")
 
 
 def _teardown(ctx, out, confirm, current, doomed):
@@ -237,17 +340,10 @@ def _teardown(ctx, out, confirm, current, doomed):
     if not doomed:
         out.line(f"Nothing of deployment {d.name} exists in AWS ({ctx.aws.region}).")
     else:
-        out.line(f"This deletes, in AWS account {ctx.facts['account']} ({ctx.aws.region}):")
-        for line in doomed:
-            out.line(f"  - {line}")
-        instance_step, instance = next((s, c) for s, c in current if isinstance(s, InstanceStep))
+        out.line(f"--destroy, for deployment {d.name}:")
+        outline_destroy(ctx, out, current, doomed)
+        instance_step, instance = _instance(current)
         snapshot = not ctx.options.get("no_snapshot") and instance["instance"] is not None
-        if snapshot:
-            out.line("A snapshot of the root volume is taken first and kept (about "
-                     f"${pricing.snapshot_month(d.volume_size):.2f}/month at most).")
-        elif instance["instance"] is not None:
-            out.line("No snapshot (--no-snapshot): the server's data is lost for good.",
-                     "WARNING")
         with phase("the --destroy confirmation", "Nothing was destroyed."):
             confirmed = confirm(f"Type the deployment name ({d.name}) to destroy it", d.name)
         if not confirmed:

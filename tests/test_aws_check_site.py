@@ -119,7 +119,7 @@ def test_good_site_passes_every_site_check(site):
     assert status == 0, stderr
     assert report["version"] == 1 and report["verdict"] == "pass"
     for probe_id in ("site.E002", "site.E003", "site.E004", "site.E005", "site.E006",
-                     "site.E007", "site.W001", "site.W002"):
+                     "site.E007", "site.E008", "site.E009", "site.W001", "site.W002"):
         assert checks[probe_id]["status"] == "pass", checks[probe_id]
     assert checks["site.E002"]["message"].endswith(
         f"answers 301 to https://{DOMAIN}:{site.https_port}/helios/elections/params"
@@ -148,7 +148,7 @@ def test_text_report_groups_by_area_with_a_verdict(site):
     assert "Site" in lines
     assert any(re.match(r"  pass  site\.E005 +Valid for vote\.example\.org", line)
                for line in lines)
-    assert re.match(r"PASS: 0 failed, 0 warned, 1 skipped, 8 passed in \d+\.\d\d s",
+    assert re.match(r"PASS: 0 failed, 0 warned, 1 skipped, 9 passed in \d+\.\d\d s",
                     lines[-1])
 
 
@@ -196,6 +196,23 @@ def test_certificate_expiring_in_15_days_warns(fresh, local_ca):
     status, report, _ = fresh.check("--only", "site.E006")
     assert by_id(report)["site.E006"]["status"] == "warn"
     assert status == 0 and report["verdict"] == "warn"  # a warning fails no default run
+
+
+def test_a_welcome_page_for_other_names_fails_site_E009(fresh):
+    # As on Debian with its default site enabled: the bare address, or any name the site
+    # does not serve, gets "Welcome to nginx!".
+    ours = re.sub(r"\nserver \{\n    listen \d+ default_server;.*?\n\}\n", "\n",
+                  fresh.good_site, flags=re.S)
+    assert "return 444;" not in ours
+    welcome = (ours + "server {\n    listen %d default_server;\n    server_name _;\n"
+               "    return 200 '<h1>Welcome to nginx!</h1>';\n}\n" % fresh.http_port)
+    fresh.serve(site_text=welcome)
+    status, report, stderr = fresh.check("--only", "site.E009")
+    check = by_id(report)["site.E009"]
+    assert check["status"] == "fail", check
+    assert "127.0.0.1 answers nginx's welcome page" in check["message"]
+    assert "sites-enabled/default" in check["hint"]
+    assert status == 1 and "site.E009" in stderr
 
 
 def test_missing_hsts_warns_site_W001(fresh):

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -52,7 +53,9 @@ class Site:
         socket_dir = str(postgres.socket_dir).replace("/", "%2F")
         self.env_file = base / "shared.env"
         self.env_file.write_text(
-            (self.deploy / ".env").read_text()
+            # The media of this site are in the checkout (no host layout here).
+            re.sub(r"^HELIOS_MEDIA_ROOT=.*$", f"HELIOS_MEDIA_ROOT={self.project / 'media'}",
+                   (self.deploy / ".env").read_text(), flags=re.M)
             + f"DATABASE_URL=postgres://postgres@{socket_dir}:{postgres.port}/{database}\n")
         self.env_file.chmod(0o600)
         self.config = base / "backup.json"

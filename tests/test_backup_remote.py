@@ -5,12 +5,16 @@ test_aws_check_host.py the service user is root (this machine's Python is out of
 any other account), so the Deployment is built without the validation that refuses it.
 """
 
+import io
+import re
 import sys
+import tarfile
+from pathlib import Path
 
 import boto3
 import pytest
 
-from helios_aws import backup, backup_commands
+from helios_aws import backup, backup_commands, configure, layout as layout_mod
 from helios_aws.errors import HostError
 from helios_aws.params import Deployment
 from test_backup import DOMAIN, Site, provision_bucket
@@ -71,6 +75,34 @@ def test_backup_then_drill_run_on_the_host_over_ssh(host, deployed, tmp_path):
     assert f"drill {newest['folder']}: passed" in lines[-1]
     record, = backup.list_drills(config)
     assert record["passed"] is True
+
+
+def test_the_backup_reads_the_shared_media_helios_really_uses(host, deployed, tmp_path):
+    # As on a server: Helios's own MEDIA_ROOT (ROOT_PATH + "media/") would be
+    # srv/helios/currentmedia/; the .env aws_configure writes for this layout names
+    # shared/media, which the overlay makes MEDIA_ROOT.
+    bucket, deployment, options = deployed
+    lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    assert configure.desired_env(deployment, ["password"], {})["HELIOS_MEDIA_ROOT"] == \
+        str(lay.shared_media)
+    media = Path(lay.shared_media)
+    (media / "voters").mkdir(parents=True, exist_ok=True)
+    (media / "voters" / "shared.csv").write_text("password,v1,v1@example.org,Voter 1\n")
+    before = host.shared_env.read_text()
+    host.shared_env.write_text(re.sub(r"^HELIOS_MEDIA_ROOT=.*$",
+                                      f"HELIOS_MEDIA_ROOT={lay.shared_media}", before,
+                                      flags=re.M))
+    try:
+        backup_commands.on_host(deployment, tmp_path, options, "aws_backup",
+                                ["--kind", "daily"], lambda line: None, as_service=True)
+    finally:
+        host.shared_env.write_text(before)
+    config = backup.Config(bucket=bucket, prefix="helios", region="us-east-1")
+    newest, = backup.list_backups(config)
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=newest["folder"] + backup.MEDIA)
+    with tarfile.open(fileobj=io.BytesIO(body["Body"].read())) as tar:
+        assert [m.name for m in tar.getmembers() if m.isfile()] == ["voters/shared.csv"]
+    assert not (Path(lay.root) / "currentmedia").exists()
 
 
 def test_a_failure_on_the_host_is_reported_with_its_message(host, deployed, tmp_path):

@@ -338,3 +338,24 @@ def test_a_read_only_run_log_is_a_clean_error(project, small_disk, aws_env):
     assert result.returncode == 1
     assert f"{out}/provision.log: Read-only file system" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_record_changes_are_named_and_dry_run_shows_them(project):
+    assert configure(project, *BASE).returncode == 0
+    record = project / "deploy" / "deployment.json"
+    before = record.read_text()
+    dry = configure(project, "--no-input", "--instance-type", "t3.medium", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "deployment.json: would change instance_type ('t3.small' -> 't3.medium')" \
+        in dry.stdout
+    assert "No changes" not in dry.stdout
+    assert record.read_text() == before
+    result = configure(project, "--no-input", "--instance-type", "t3.medium",
+                       "--volume-size", "20")
+    assert result.returncode == 0, result.stderr
+    assert ("deployment.json: changed instance_type ('t3.small' -> 't3.medium'), "
+            "volume_size (16 -> 20)") in result.stdout
+    assert "No changes" not in result.stdout
+    assert json.loads(record.read_text())["volume_size"] == 20
+    again = configure(project, "--no-input")
+    assert "No changes" in again.stdout and "deployment.json" not in again.stdout

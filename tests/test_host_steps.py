@@ -1006,6 +1006,23 @@ def test_https_site_in_place_is_a_no_op(ctx, project):
     assert outcome == engine.UNCHANGED
 
 
+def test_the_distributions_default_site_is_disabled_even_under_a_site_in_place(ctx, project):
+    ctx.ssh.reply("cd /\n", facts(**{"sha./etc/nginx/conf.d/helios.conf": sha(site(ctx, "https")),
+                                     "cert": "yes", "default_site": "yes"}, **NGINX_UP))
+    change, _ = run_step(host.NginxSite(target(ctx, project), https=True), ctx)
+    assert change.action == engine.UPDATE
+    assert any("default site /etc/nginx/sites-enabled/default" in d for d in change.details)
+    assert "rm -f /etc/nginx/sites-enabled/default" in ctx.ssh.commands[-1]
+
+
+def test_every_site_closes_connections_for_other_names(ctx, project):
+    for kind in ("http", "https"):
+        text = site(ctx, kind)
+        assert "listen 80 default_server;" in text and "return 444;" in text
+    assert "listen 443 ssl default_server;" in site(ctx, "https")
+    assert "ssl_reject_handshake on;" in site(ctx, "https")
+
+
 @pytest.fixture
 def fake_nginx_host(tmp_path):
     """A directory with stand-ins for nginx and systemctl on PATH: `nginx -t` fails when
@@ -1033,8 +1050,9 @@ def test_a_site_nginx_rejects_never_replaces_the_good_one(fake_nginx_host, tmp_p
     site.write_text("server { good }\n")
     staged = tmp_path / "staged"
     staged.write_text("server { broken }\n")
-    result = subprocess.run(["sh", "-c", web.install_site_script(site, staged)], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(["sh", "-c", web.install_site_script(site, staged,
+                                                                 tmp_path / "default")],
+                            env=env, capture_output=True, text=True)
     assert result.returncode == 1
     assert "unknown directive" in result.stderr and "previous one is kept" in result.stderr
     assert site.read_text() == "server { good }\n"
@@ -1047,8 +1065,15 @@ def test_a_good_site_is_installed_and_nginx_reloaded(fake_nginx_host, tmp_path):
     site.write_text("server { old }\n")
     staged = tmp_path / "staged"
     staged.write_text("server { new }\n")
-    subprocess.run(["sh", "-c", web.install_site_script(site, staged)], env=env, check=True)
+    available = tmp_path / "sites-available-default"
+    available.write_text("server { listen 80 default_server; }\n")
+    default = tmp_path / "sites-enabled-default"
+    default.symlink_to(available)
+    subprocess.run(["sh", "-c", web.install_site_script(site, staged, default)], env=env,
+                   check=True)
     assert site.read_text() == "server { new }\n"
+    # The distribution's default site is disabled; its file stays (ln -s enables it).
+    assert not default.is_symlink() and available.is_file()
     assert calls.read_text().splitlines()[0] == "enable nginx"
     assert sorted(p.name for p in site.parent.iterdir()) == ["helios.conf"]
 
@@ -1057,8 +1082,9 @@ def test_a_rejected_first_site_is_removed(fake_nginx_host, tmp_path):
     site, calls, env = fake_nginx_host
     staged = tmp_path / "staged"
     staged.write_text("broken\n")
-    result = subprocess.run(["sh", "-c", web.install_site_script(site, staged)], env=env,
-                            capture_output=True)
+    result = subprocess.run(["sh", "-c", web.install_site_script(site, staged,
+                                                                 tmp_path / "default")],
+                            env=env, capture_output=True)
     assert result.returncode == 1 and not site.exists()
 
 

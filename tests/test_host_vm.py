@@ -313,6 +313,22 @@ def test_http_redirects_to_https(deployment):
     assert headers["Location"] == f"https://{DOMAIN}/helios/elections/params?x=1"
 
 
+def test_other_names_and_the_bare_address_get_no_site(deployment):
+    """Debian's default site ("Welcome to nginx!") is disabled; the site's own default
+    server closes the connection for any name it does not serve."""
+    assert deployment.guest("ls /etc/nginx/sites-enabled/").stdout.split() == []
+    for host in ("10.0.2.15", "unknown.example.org"):
+        with socket.create_connection((deployment.vm.host, deployment.vm.http_port),
+                                      timeout=60) as conn:
+            conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                         .encode())
+            try:
+                answer = conn.recv(65536)
+            except ConnectionResetError:
+                answer = b""
+        assert answer == b"", (host, answer[:300])
+
+
 def test_every_unit_is_enabled_and_active(deployment):
     units = ["gunicorn.socket", "gunicorn.service", "helios-celery.service", "nginx.service",
              "postgresql.service", "rabbitmq-server.service", "helios-certbot-renew.timer"]
@@ -534,6 +550,12 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
                      "helios_castvote (voter_id, vote, vote_hash, cast_at) SELECT id, "
                      "md5(id::text), md5(id::text), now() FROM helios_voter\"")
 
+    # An uploaded file where Helios really keeps them on the server (MEDIA_ROOT is the
+    # shared directory, not Helios's own ROOT_PATH + "media/": releases/<id>media/).
+    deployment.guest("sudo runuser -u helios -- sh -c 'mkdir -p /srv/helios/shared/media/"
+                     "voters && echo password,v1,v1@example.org,V1 > "
+                     "/srv/helios/shared/media/voters/e1.csv'")
+
     started = time.monotonic()
     deployment.guest("sudo systemctl start helios-backup.service", timeout=900)
     print(f"backup by the timer's service: {time.monotonic() - started:.0f} s")
@@ -542,6 +564,7 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
     assert len(manifests) == 1
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifests[0])["Body"].read())
     assert manifest["row_counts"]["helios_castvote"] == 2000
+    assert manifest["media"]["files"] == 1
     folder = manifest["folder"]
     ssh = ("--host", deployment.vm.host, "--ssh-port", str(deployment.vm.ssh_port),
            "--ssh-key", str(deployment.vm.key_path),
@@ -586,6 +609,11 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
     assert restored.returncode == 0, output(restored)
     assert deployment.guest(psql + "'SELECT count(*) FROM helios_castvote'"
                             ).stdout.strip() == "2000"
+    assert deployment.guest("sudo cat /srv/helios/shared/media/voters/e1.csv").stdout \
+        == "password,v1,v1@example.org,V1\n"
+    # No stray directory where Helios's own MEDIA_ROOT would have been.
+    assert deployment.guest("ls -d /srv/helios/releases/*media /srv/helios/currentmedia",
+                            check=False).stdout.strip() == ""
     status, _, _ = https_get(deployment.vm, "/", deployment.pebble.issuing_root())
     assert status == 200
     assert deployment.guest("systemctl is-active gunicorn.service helios-celery.service"

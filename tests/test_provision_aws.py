@@ -357,6 +357,10 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
             if STEP_LINE.match(line + " (")] == (
         ["keep", "keep"] + ["create"] * 9)
     assert "EC2 t3.small (on demand, all month)" in plan.stdout
+    # The local AWS serves no price list: the table stands in, and the plan says so.
+    assert re.search(r"^  The instance's price: from the built-in us-east-1 table \(the AWS "
+                     r"Price List API .+\); the others from the built-in us-east-1 table\.$",
+                     plan.stdout, re.M), plan.stdout
     assert re.search(r"EBS gp3 root volume, 16 GiB\s+1\.28", plan.stdout)
     assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", plan.stdout)
     assert re.search(r"Route 53 hosted zone example\.org \(already there\)\s+0\.50", plan.stdout)
@@ -366,6 +370,37 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
     assert inventory() == NOTHING
     assert not (deploy / "ssh-key.pem").exists()
     assert not (deploy / "state.json").exists()
+
+
+def test_the_host_half_is_planned_on_the_server_while_an_aws_change_is_pending(project, sshd):
+    create_zone()
+    fresh = run_manage(project, "aws_provision", SETTINGS, "--plan")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "The host half (" in fresh.stdout
+    assert "is not planned: there is no server yet" in fresh.stdout
+
+    run(project)  # the AWS half; then an AWS change is pending (a new SSH address)
+    configure(project, "--ssh-cidr", "198.51.100.9/32")
+    plan = run_manage(project, "aws_provision", SETTINGS, "--plan", "--host", sshd.host,
+                      "--ssh-port", str(sshd.port), "--ssh-key", str(sshd.client_key),
+                      "--ssh-user", sshd.user, "--trust-host-key", sshd.host_key_fingerprint)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert re.search(r"security group: update", plan.stdout)
+    assert ("The host half, read from the server as it is now (the AWS changes above come "
+            "first: ") in plan.stdout
+    # The server was reached and read: this machine (the stand-in) is not Debian 13, which
+    # the host half's first step refuses, and the plan says so.
+    assert "The host half (" in plan.stdout and "cannot be planned: The deployment is for " \
+        "Debian 13 (trixie), but the server runs Debian" in plan.stdout
+    assert "Plan only: nothing was changed." in plan.stdout
+
+    nobody = rig.free_port()
+    unreachable = run_manage(project, "aws_provision", SETTINGS, "--plan", "--host",
+                             "127.0.0.1", "--ssh-port", str(nobody), "--ssh-key",
+                             str(sshd.client_key))
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert "cannot be planned: " in unreachable.stdout
+    assert f"127.0.0.1:{nobody}" in unreachable.stdout
 
 
 def test_ssh_open_to_the_world_is_allowed_only_when_asked_and_warned_about(project):
@@ -493,6 +528,10 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
 
     assert refused.returncode != 0 and "asks for confirmation" in refused.stderr
     assert inventory() == ONE_OF_EACH
+    # What the confirmation stands over: the final backup first, and the bucket kept.
+    assert "1. A final backup of the server (database and uploaded files)" in refused.stdout
+    assert re.search(r"  - S3 bucket helios-helios-backup-\S+ with the backups .*kept on "
+                     r"purpose", refused.stdout)
 
     destroyed = run(project, "--destroy", "--no-input", "--no-backup")
 
@@ -509,6 +548,45 @@ def test_destroy_asks_first_snapshots_then_leaves_only_the_snapshot(project):
     assert inventory() == dict(NOTHING, snapshots=1)
     assert (deploy / "ssh-key.pem").exists()
     assert "kept the private key" in destroyed.stdout
+
+
+def test_destroy_plan_shows_everything_destroy_would_do_with_costs(project):
+    create_zone()
+    deploy = project / "deploy"
+    run(project)
+    before = (deploy / "state.json").read_text()
+
+    plan = run(project, "--destroy", "--plan")
+
+    text = plan.stdout
+    assert text.startswith("aws_provision --destroy would, for deployment helios:\n")
+    assert "1. A final backup of the server (database and uploaded files) to the backup " \
+        "bucket; if it fails, nothing is deleted (--no-backup skips it)." in text
+    assert "2. A snapshot of the root volume, kept (about $0.80/month at most)." in text
+    assert "3. Deleted, in AWS account 123456789012 (us-east-1):" in text
+    iid = boto3.client("ec2").describe_instances(Filters=TAGGED + LIVE)[
+        "Reservations"][0]["Instances"][0]["InstanceId"]
+    assert f"     - instance {iid} (t3.small, running) and its root volume" in text
+    assert re.search(r"     - Elastic IP \S+ \(eipalloc-", text)
+    assert re.search(r"     - DNS record A vote\.example\.org -> ", text)
+    assert re.search(r"EC2 t3\.small \(on demand, all month\)\s+15\.18", text)
+    assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", text)
+    kept = text.split("Kept:\n")[1]
+    assert "  - the snapshot of the root volume (up to $0.80/month)" in kept
+    assert re.search(r"  - S3 bucket helios-helios-backup-\S+ with the backups \(0\.00 GiB\), "
+                     r"kept on purpose: delete it with aws_provision --destroy "
+                     r"--delete-backups helios \(\$0\.00/month", kept)
+    assert "Plan only: nothing was changed." in text
+    assert inventory() == ONE_OF_EACH
+    assert (deploy / "state.json").read_text() == before
+
+    without = run(project, "--destroy", "--plan", "--no-backup", "--no-snapshot",
+                  "--delete-backups", NAME)
+    assert "1. No final backup (--no-backup)" in without.stdout
+    assert "2. No snapshot (--no-snapshot)" in without.stdout
+    assert "and EVERY BACKUP in it (--delete-backups)" in without.stdout
+    assert "S3 bucket" not in without.stdout.split("Kept:\n")[1]
+    assert inventory() == ONE_OF_EACH
 
 
 def test_provisioning_again_after_destroy_imports_the_saved_key(project):

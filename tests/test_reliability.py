@@ -265,7 +265,7 @@ BAD_INPUTS = [
     ("aws_provision", ["--trust-host-key", "MD5:ab:cd"], None, None,
      "is not an OpenSSH SHA256 fingerprint"),
     ("aws_provision", ["--ssh-port", "70000"], None, None, "is not a TCP port"),
-    ("aws_provision", ["--plan", "--destroy"], None, None, "not allowed with argument"),
+    ("aws_provision", ["--plan", "--stop"], None, None, "--plan does not go with --stop"),
     ("aws_check", ["--format", "xml"], None, None, "invalid choice: 'xml'"),
     ("aws_check", ["--fail-level", "panic"], None, None, "invalid choice: 'panic'"),
     ("aws_check", [], None, _drop_record, "No deployment is recorded"),
@@ -450,11 +450,11 @@ def test_ctrl_c_in_the_destroy_loop_says_to_run_it_again_which_finishes(project)
         [sys.executable, "manage.py", "aws_provision", SETTINGS, "--destroy", "--no-input",
          "--no-snapshot", "--no-backup"], cwd=project, env=helios_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    listed = False
+    deleting = False
     for text in process.stdout:
-        listed = listed or text.startswith("No snapshot")
-        if listed and not text.startswith(("No snapshot", "  - ")):
+        if deleting:
             break  # the first resource the loop deleted; it goes on with the next
+        deleting = text.startswith("deleting what deployment")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

@@ -429,8 +429,9 @@ class InstanceStep(AWSStep):
 
     def cost_lines(self, ctx):
         d = ctx.deployment
-        return [(f"EC2 {d.instance_type} (on demand, all month)",
-                 pricing.instance_month(d.instance_type)),
+        usd, source = pricing.instance_price(ctx.aws, d.region, d.instance_type)
+        ctx.facts["instance_price_source"] = source
+        return [(f"EC2 {d.instance_type} (on demand, all month)", usd),
                 (f"EBS gp3 root volume, {d.volume_size} GiB", pricing.gp3_month(d.volume_size))]
 
     def teardown(self, ctx, current):

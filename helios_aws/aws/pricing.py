@@ -1,8 +1,17 @@
-"""A small built-in price list for the cost estimate (us-east-1, on-demand, Linux, USD).
+"""Prices for the cost estimate (on-demand, Linux, USD).
 
-Only an estimate: prices differ by region and change over time; the AWS Pricing
-Calculator has the real figures. An instance type not listed here is "price unknown".
+The instance's hourly price comes from the AWS Price List API (``pricing:GetProducts``,
+served from us-east-1 whatever the deployment's region) for the deployment's region and
+instance type. When it cannot be read (no permission, no network, a local AWS without a
+price list), a small built-in table of us-east-1 prices stands in, and the estimate says
+so. The other items (EBS, public IPv4, S3, Route 53) come from that table: they vary
+little between regions. Only an estimate: the AWS Pricing Calculator has the real
+figures. An instance type the table does not list is "price unknown".
 """
+
+import json
+
+import botocore.exceptions
 
 HOURS_PER_MONTH = 730
 
@@ -27,6 +36,62 @@ def instance_month(instance_type):
     """USD per month of an instance running all month, or None when unknown."""
     hourly = INSTANCE_HOURLY.get(instance_type)
     return None if hourly is None else round(hourly * HOURS_PER_MONTH, 2)
+
+
+PRICE_LIST_REGION = "us-east-1"
+PRICE_LIST = "the AWS Price List API"
+TABLE = "the built-in us-east-1 table"
+
+
+def instance_price(aws, region, instance_type):
+    """(USD per month of ``instance_type`` running all month in ``region`` or None, and
+    where the price came from: :data:`PRICE_LIST`, or :data:`TABLE` with the reason the
+    API could not be used)."""
+    return aws.cached(("price", region, instance_type),
+                      lambda: _instance_price(aws, region, instance_type))
+
+
+def _instance_price(aws, region, instance_type):
+    filters = {"instanceType": instance_type, "regionCode": region,
+               "operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA",
+               "capacitystatus": "Used", "licenseModel": "No License required"}
+    try:
+        answer = aws.client("pricing", PRICE_LIST_REGION).get_products(
+            ServiceCode="AmazonEC2", MaxResults=10,
+            Filters=[{"Type": "TERM_MATCH", "Field": k, "Value": v}
+                     for k, v in filters.items()])
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        message = " ".join(str(error.get("Message") or "").split())
+        if not message or message.startswith("<"):  # an HTML error page
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = f"HTTP {status}"
+        reason = f"{error.get('Code') or 'error'}: {message[:200]}"
+        return instance_month(instance_type), f"{TABLE} ({PRICE_LIST} answered {reason})"
+    except botocore.exceptions.BotoCoreError as exc:
+        return instance_month(instance_type), f"{TABLE} ({PRICE_LIST} unreachable: {exc})"
+    hourly = _on_demand_hourly(answer.get("PriceList", []))
+    if hourly is None:
+        return (instance_month(instance_type),
+                f"{TABLE} ({PRICE_LIST} has no on-demand Linux price for {instance_type} "
+                f"in {region})")
+    return round(hourly * HOURS_PER_MONTH, 2), f"{PRICE_LIST} ({region})"
+
+
+def _on_demand_hourly(price_list):
+    """The hourly USD price in the first product's on-demand terms (the items are JSON
+    strings), or None."""
+    for item in price_list:
+        try:
+            product = json.loads(item) if isinstance(item, str) else item
+            for term in product["terms"]["OnDemand"].values():
+                for dimension in term["priceDimensions"].values():
+                    usd = float(dimension["pricePerUnit"]["USD"])
+                    if dimension.get("unit") == "Hrs" and usd > 0:
+                        return usd
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return None
 
 
 def gp3_month(size_gib):

@@ -198,7 +198,7 @@ class ServiceUser(HostStep):
             (lay.root, "root", "root", "755"),
             (lay.releases, "root", "root", "755"),
             (lay.shared, user, user, "750"),
-            (lay.shared / "media", user, user, "750"),
+            (lay.shared_media, user, user, "750"),
             (lay.acme_root, "root", "root", "755"),
             (self.target.state_dir, "root", "root", "755"),
             (self.target.state_dir / "releases", "root", "root", "755"),

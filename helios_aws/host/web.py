@@ -60,13 +60,16 @@ class Units(HostStep):
         self.sh(ctx, "\n".join(commands), timeout=600)
 
 
-def install_site_script(site, staged):
+def install_site_script(site, staged, default_site):
     """Put ``staged`` in place as ``site`` only if ``nginx -t`` accepts the result; the
-    previous file is restored otherwise, so nginx is never reloaded with a bad file."""
+    previous file is restored otherwise, so nginx is never reloaded with a bad file.
+    The distribution's ``default_site`` link is removed first (the site has its own
+    default server; the file it links to stays, so `ln -s` enables it again)."""
     keep = f"{site}.helios-aws-previous"
     return "\n".join([
         "set -e",
         f"site={q(site)}; keep={q(keep)}",
+        f"rm -f {q(default_site)}",
         "if [ -e \"$site\" ]; then cp -p \"$site\" \"$keep\"; else rm -f \"$keep\"; fi",
         f"install -m 0644 -o root -g root {q(staged)} \"$site\"",
         "if ! out=$(nginx -t 2>&1); then",
@@ -96,23 +99,31 @@ class NginxSite(HostStep):
         lay = self.target.layout
         return self.facts(ctx, file_hashes_script([lay.nginx_site])
                           + unit_state_script(["nginx.service"])
-                          + fact("cert", f"[ -s {q(lay.certificate)} ] && echo yes"))
+                          + fact("cert", f"[ -s {q(lay.certificate)} ] && echo yes")
+                          + fact("default_site", f"[ -e {q(lay.nginx_default_site)} ] "
+                                                 f"|| [ -L {q(lay.nginx_default_site)} ] "
+                                                 "&& echo yes"))
 
     def plan(self, ctx, current):
         lay = self.target.layout
         have = current.get(f"sha.{lay.nginx_site}")
         running = (current.get("active.nginx.service") == "active"
                    and current.get("enabled.nginx.service") == "enabled")
+        default_site = current.get("default_site") == "yes"
+        extra = ([f"disable the distribution's default site {lay.nginx_default_site} (it "
+                  "answers any other name, the bare IP included)"] if default_site else [])
         if self.https:
-            if have == sha256(self.text(True)) and running:
+            if have == sha256(self.text(True)) and running and not default_site:
                 return Change(KEEP)
-            return Change(UPDATE, f"{lay.nginx_site}: HTTPS, HTTP redirected")
-        # Once the HTTPS site serves, the HTTP one is not wanted back.
-        if running and (have == sha256(self.text(False)) or (
-                have == sha256(self.text(True)) and current.get("cert") == "yes")):
+            return Change(UPDATE, f"{lay.nginx_site}: HTTPS, HTTP redirected", *extra)
+        # Once the HTTPS site serves, the HTTP one is not wanted back (the HTTPS step
+        # disables the default site then).
+        if running and have == sha256(self.text(True)) and current.get("cert") == "yes":
+            return Change(KEEP)
+        if running and have == sha256(self.text(False)) and not default_site:
             return Change(KEEP)
         return Change(CREATE if not have else UPDATE,
-                      f"{lay.nginx_site}: HTTP (ACME challenges, no certificate yet)")
+                      f"{lay.nginx_site}: HTTP (ACME challenges, no certificate yet)", *extra)
 
     def apply(self, ctx, current, change):
         if self.https and current.get("cert") != "yes":
@@ -120,7 +131,9 @@ class NginxSite(HostStep):
                             "The certificate step must succeed first.")
         conn = connection(ctx)
         staged = conn.stage(self.text(self.https).encode())
-        self.sh(ctx, install_site_script(self.target.layout.nginx_site, staged), timeout=300)
+        lay = self.target.layout
+        self.sh(ctx, install_site_script(lay.nginx_site, staged, lay.nginx_default_site),
+                timeout=300)
 
 
 class Certificate(HostStep):

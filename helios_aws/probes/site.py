@@ -71,7 +71,7 @@ def _host_header(target, https):
 
 def fetch(ctx, path, https=True, host=None):
     """GET ``path`` from the site (HTTPS without verifying the certificate, or plain
-    HTTP); redirects are not followed. ``host``: another Host header than the domain."""
+    HTTP) with the domain, or ``host``, as the Host header; redirects are not followed."""
     target = ctx.target
     if https:
         sock = tls_socket(target, ctx.timeout, verify=False)
@@ -314,3 +314,27 @@ def development_switches(ctx):
         return failed("Open: " + "; ".join(open_) + ".")
     return passed("The autologin and the development login answer 404 (also for a local "
                   "Host), and a missing page shows no debug information.")
+
+
+UNKNOWN_HOST = "unknown-name.helios-aws-check.invalid"
+
+
+@probe("site.E009", "Any other name, and the bare address, get no site over HTTP",
+       "Disable the distribution's default site (`sudo rm /etc/nginx/sites-enabled/default "
+       "&& sudo systemctl reload nginx` on Debian) and re-run aws_provision: the generated "
+       "site's default server closes such connections.")
+def unknown_host_gets_nothing(ctx):
+    target = _require_target(ctx)
+    answers = []
+    for host in (UNKNOWN_HOST, target.address):
+        try:
+            response = fetch(ctx, "/", https=False, host=host)
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            continue  # closed without an answer: nginx's 444
+        if response.status < 400:
+            what = ("nginx's welcome page" if b"Welcome to nginx" in response.body
+                    else f"{response.status}")
+            answers.append(f"Host {host} answers {what}")
+    if answers:
+        return failed("; ".join(answers) + ".")
+    return passed(f"HTTP with Host {UNKNOWN_HOST} or {target.address} gets no site.")

@@ -11,7 +11,8 @@ not reach them. This module therefore:
    ``HELIOS_ENV_FILE`` to the deployed copy);
 2. imports the project's root ``settings`` module;
 3. appends ``helios_aws`` to ``INSTALLED_APPS``;
-4. sets only what Helios never reads raw: django-ses's region (and endpoint, when
+4. sets only what Helios never reads raw: ``MEDIA_ROOT`` (the shared media directory,
+   ``HELIOS_MEDIA_ROOT`` in the .env), django-ses's region (and endpoint, when
    ``AWS_ENDPOINT_URL`` points at a local stand-in), the SES
    access key when the deployment uses one instead of an instance role, and
    django-auth-ldap's ``AUTH_LDAP_*`` settings (Helios hard-codes a public test
@@ -83,6 +84,12 @@ from settings import INSTALLED_APPS as _PROJECT_APPS  # noqa: E402
 
 if "helios_aws" not in _PROJECT_APPS:
     INSTALLED_APPS = tuple(_PROJECT_APPS) + ("helios_aws",)
+
+# Helios builds MEDIA_ROOT as ROOT_PATH + "media/", with no separator: on the server that
+# is a sibling of the release (releases/<id>media/), not the shared directory. The .env
+# names the shared one.
+if os.environ.get("HELIOS_MEDIA_ROOT"):
+    MEDIA_ROOT = os.environ["HELIOS_MEDIA_ROOT"].rstrip("/") + "/"
 
 AWS_SES_REGION_NAME = os.environ.get("AWS_SES_REGION_NAME", "us-east-1")
 # django-ses builds its endpoint from the region and ignores boto3's AWS_ENDPOINT_URL;

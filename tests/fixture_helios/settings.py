@@ -60,9 +60,9 @@ def get_from_env(var, default):
 
 ROOT_PATH = os.path.dirname(__file__)
 
-# Voter files uploaded by administrators, inside the checkout (a deployment keeps them
-# outside releases, in shared/, through a symlink).
-MEDIA_ROOT = os.path.join(ROOT_PATH, 'media/')
+# Voter files uploaded by administrators. As in Helios, with no separator: in a checkout
+# at /srv/helios/current this is /srv/helios/currentmedia/, not .../current/media/.
+MEDIA_ROOT = ROOT_PATH + "media/"
 
 DEBUG = get_from_env('DEBUG', '1') == '1'
 

@@ -87,6 +87,19 @@ class Command(BaseCommand):
             secrets["DATABASE_URL"] = database_url
         return secrets
 
+    def _report_record(self, result):
+        # deployment.json holds no secret (those live only in the .env): values are shown.
+        name, record = params.RECORD_NAME, result.record
+        if not record:
+            return
+        if all(old is None for old, _new in record.values()):
+            self.stdout.write(f"{name}: {'would be created' if result.dry_run else 'created'}")
+            return
+        verb = "would change" if result.dry_run else "changed"
+        self.stdout.write(f"{name}: {verb} " + ", ".join(
+            f"{key} ({'unset' if old is None else repr(old)} -> {new!r})"
+            for key, (old, new) in record.items()))
+
     def _report(self, project, result, verbosity):
         out = self.stdout
         if verbosity >= 2:
@@ -105,6 +118,7 @@ class Command(BaseCommand):
         if env.changed:
             out.write(f".env: {'would change' if result.dry_run else 'changed'} "
                       f"{', '.join(env.changed)}")
+        self._report_record(result)
         labels = {"create": "created", "update": "updated", "edited": "regenerated (hand edit "
                   "kept as .edited)"}
         for change in result.files:

@@ -20,13 +20,16 @@ class Command(BaseCommand):
                             help="AWS profile to use (default: the standard credential chain).")
         parser.add_argument("--region", default=None,
                             help="AWS region for this run (default: the deployment's).")
-        action = parser.add_mutually_exclusive_group()
-        action.add_argument("--plan", action="store_true",
+        parser.add_argument("--plan", action="store_true",
                             help="Show what would be created, changed or adopted and the "
-                                 "estimated monthly cost; change nothing.")
+                                 "estimated monthly cost; change nothing. With --destroy: "
+                                 "what it would back up, snapshot, delete and keep.")
+        action = parser.add_mutually_exclusive_group()
         action.add_argument("--destroy", action="store_true",
-                            help="Delete the deployment's AWS resources (asks first; "
-                                 "snapshots the root volume first).")
+                            help="Delete the deployment's AWS resources (asks for the "
+                                 "deployment's name in a terminal, or give --no-input; takes "
+                                 "a final backup and a snapshot of the root volume first; "
+                                 "keeps the backup bucket).")
         action.add_argument("--stop", action="store_true", help="Stop the instance.")
         action.add_argument("--start", action="store_true", help="Start the instance.")
         parser.add_argument("--rollback", action="store_true",
