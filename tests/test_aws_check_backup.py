@@ -115,5 +115,38 @@ def test_a_role_that_may_delete_backups_fails(project, bucket):
 
     assert result.status == "fail"
     assert result.message == (
-        f"Role {ROLE} may s3:DeleteBucket, s3:DeleteBucketPolicy, s3:DeleteObject, "
-        "s3:DeleteObjectVersion (policy too-much).")
+        f"Role {ROLE} may s3:DeleteBucket, s3:DeleteBucketMetadataTableConfiguration, "
+        "s3:DeleteBucketPolicy, s3:DeleteBucketWebsite, s3:DeleteObject, "
+        "s3:DeleteObjectTagging, s3:DeleteObjectVersion, s3:DeleteObjectVersionTagging "
+        f"on s3://{bucket} (granted by too-much).")
+
+
+@pytest.mark.parametrize("document", [
+    {"Effect": "Allow", "NotAction": ["iam:*", "organizations:*", "account:*"],
+     "Resource": "*"},
+    {"Effect": "Allow", "Action": "s3:*Object*", "Resource": "*"},
+], ids=["PowerUserAccess", "s3:*Object*"])
+def test_a_role_granted_deletes_by_a_wildcard_or_notaction_fails(project, bucket, document):
+    boto3.client("iam").put_role_policy(RoleName=ROLE, PolicyName="extra", PolicyDocument=
+                                        json.dumps({"Version": "2012-10-17",
+                                                    "Statement": [document]}))
+
+    result = check(project)["aws.E022"]
+
+    assert result.status == "fail"
+    assert "s3:DeleteObject" in result.message and "(granted by extra)" in result.message
+
+
+def test_a_bucket_policy_letting_another_account_in_fails(project, bucket):
+    s3 = boto3.client("s3")
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    policy["Statement"].append({
+        "Sid": "Partner", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::210987654321:root"},
+        "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]})
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+    result = check(project)["aws.E021"]
+
+    assert result.status == "fail"
+    assert result.message == (f"s3://{bucket}: the bucket policy lets other accounts in: "
+                              "arn:aws:iam::210987654321:root may s3:*.")
