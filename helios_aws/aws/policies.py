@@ -172,8 +172,11 @@ def _arn_format_matches(arn, format_):
     for index, piece in enumerate(pieces):
         if not piece.startswith("${"):
             regex += re.escape(piece)
-        elif index >= len(pieces) - 2 and ("Path" in piece or "Object" in piece):
+        elif index >= len(pieces) - 2 and ("Path" in piece or "Object" in piece
+                                             or "Parameter" in piece):
             regex += ".+"
+        elif piece in ("${Region}", "${Account}"):
+            regex += "[^/:]*"  # empty for global services and AWS's public parameters
         else:
             regex += "[^/:]+"
     return re.fullmatch(regex, arn) is not None

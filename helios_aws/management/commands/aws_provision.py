@@ -27,6 +27,10 @@ class Command(BaseCommand):
         action.add_argument("--destroy", action="store_true",
                             help="Delete the deployment's AWS resources (asks first; "
                                  "snapshots the root volume first).")
+        action.add_argument("--operator-policy", action="store_true",
+                            help="Print the least-privilege IAM policy (JSON) an operator "
+                                 "needs to run every command for this deployment, to use "
+                                 "instead of administrator keys; change nothing.")
         action.add_argument("--stop", action="store_true", help="Stop the instance.")
         action.add_argument("--start", action="store_true", help="Start the instance.")
         parser.add_argument("--rollback", action="store_true",
@@ -76,6 +80,9 @@ class Command(BaseCommand):
         out_dir = cli.resolve_output(options)
         overrides = {"region": options["region"]} if options["region"] else None
         deployment = params.load(out_dir, overrides, cli.settings_layer())
+        if options["operator_policy"]:
+            self.stdout.write(provision.operator_policy(deployment, options.get("profile")))
+            return
         out = Output(self.stdout.write, options["verbosity"], self.style,
                      terminal=self._terminal() if self.stdout.isatty() else None)
         provision.run(deployment, out_dir, options, out, self._confirmer(options))
