@@ -14,7 +14,7 @@ from test_backup import provision_bucket
 from test_backup_bucket import ROLE, Deployed, put_backup_objects  # noqa: F401
 from test_provision_aws import aws, configured, host_keys, project  # noqa: F401 (fixtures)
 
-BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022")
+BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022", "aws.E023")
 
 
 def check(project):
@@ -63,6 +63,7 @@ def test_a_fresh_bucket_has_no_backup_and_no_drill_yet(project, bucket, monkeypa
     assert results["aws.W020"].status == "warn"
     assert results["aws.E021"].status == "pass"
     assert results["aws.E022"].status == "pass"
+    assert results["aws.E023"].status == "pass", results["aws.E023"].message
 
 
 def test_backups_and_drills_by_age(project, bucket):
@@ -150,3 +151,25 @@ def test_a_bucket_policy_letting_another_account_in_fails(project, bucket):
     assert result.status == "fail"
     assert result.message == (f"s3://{bucket}: the bucket policy lets other accounts in: "
                               "arn:aws:iam::210987654321:root may s3:*.")
+
+
+def test_a_role_whose_policies_drifted_fails_naming_the_actions(project, bucket):
+    iam = boto3.client("iam")
+    document = iam.get_role_policy(RoleName=ROLE, PolicyName="helios-backup-write")[
+        "PolicyDocument"]
+    document["Statement"][0]["Action"] = ["s3:PutObject", "s3:PutObjectRetention"]
+    iam.put_role_policy(RoleName=ROLE, PolicyName="helios-backup-write",
+                        PolicyDocument=json.dumps(document))
+    iam.put_role_policy(RoleName=ROLE, PolicyName="hand-made", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"}]}))
+    iam.delete_role_policy(RoleName=ROLE, PolicyName="helios-ses-send")
+
+    result = check(project)["aws.E023"]
+
+    assert result.status == "fail"
+    assert result.message == (
+        f"Role {ROLE}: helios-ses-send is missing (it allows ses:GetSendQuota, "
+        "ses:SendRawEmail); helios-backup-write also allows s3:PutObjectRetention; "
+        "helios-backup-write no longer allows s3:AbortMultipartUpload; hand-made, which "
+        "aws_provision does not write, allows ssm:GetParameter.")

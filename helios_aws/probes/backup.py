@@ -3,8 +3,10 @@ still protected, and can the server erase the history. Read from S3 and IAM with
 operator's credentials, the bucket found by its tag (as aws_provision finds it)."""
 
 import datetime
+import types
 
-from ..aws import account
+from ..aws import account, policies
+from ..aws import identity as identity_mod
 from ..aws import backups as bucket_mod
 from ..aws.base import iam_name
 from ..aws.session import call, translate
@@ -145,3 +147,51 @@ def role_cannot_delete(ctx):
         return failed(f"Role {role} may {shown} on s3://{config.bucket} (granted by "
                       f"{', '.join(granting) or 'the policies together'}).")
     return passed(f"Role {role} may write and read backups, not delete them.")
+
+
+def _actions(document):
+    return {a for s in policies.statements(document) for a in policies.as_list(
+        s.get("Action") or [f"all but {x}" for x in policies.as_list(s.get("NotAction"))])}
+
+
+@probe("aws.E023", "The instance role's policies are the ones aws_provision writes",
+       "Run aws_provision: it writes the role's policies back (and remove by hand any "
+       "policy it does not manage).")
+def role_policies_as_written(ctx):
+    view = session(ctx)
+    role = iam_name(view)
+    iam = view.aws.client("iam")
+    if call("read the instance role", iam.get_role, missing=("NoSuchEntity",),
+            RoleName=role) is None:
+        raise Skip(f"There is no instance role {role} (--ses-credentials keys, or not "
+                   "provisioned yet).")
+    with translate(f"read the policies of role {role}"):
+        found = dict(_role_policies(iam, role))
+    identity = _caller(ctx)
+    facts = types.SimpleNamespace(
+        aws=view.aws, deployment=ctx.deployment,
+        facts={"account": identity["account"], "partition": identity["partition"]})
+    wanted = {identity_mod.POLICY_NAME: identity_mod.send_policy(facts),
+              bucket_mod.ROLE_POLICY_NAME: bucket_mod.role_policy(
+                  ctx.deployment, bucket(ctx).bucket, identity["partition"])}
+    problems = []
+    for name, document in wanted.items():
+        have = found.get(name)
+        if have is None:
+            problems.append(f"{name} is missing (it allows {', '.join(sorted(_actions(document)))})")
+            continue
+        added = sorted(_actions(have) - _actions(document))
+        removed = sorted(_actions(document) - _actions(have))
+        if added:
+            problems.append(f"{name} also allows {', '.join(added)}")
+        if removed:
+            problems.append(f"{name} no longer allows {', '.join(removed)}")
+        if not added and not removed and not identity_mod.same_policy(have, document):
+            problems.append(f"{name} has other resources or conditions")
+    for name in sorted(set(found) - set(wanted)):
+        problems.append(f"{name}, which aws_provision does not write, allows "
+                        f"{', '.join(sorted(_actions(found[name])))}")
+    if problems:
+        return failed(f"Role {role}: " + "; ".join(problems) + ".")
+    return passed(f"Role {role} has exactly the policies aws_provision writes: "
+                  f"{', '.join(sorted(wanted))}.")
