@@ -16,7 +16,8 @@ What moto cannot judge is adapted here, and only that:
 * moto 5.2 rejects every Route 53 request's signature: signatures are not checked (the
   access key still names the user whose policies are judged).
 * moto names a few S3 requests by their API name, not by their IAM action
-  (:data:`MOTO_SPELLINGS`): the test user also gets moto's spelling of those actions.
+  (:data:`MOTO_SPELLINGS`): the test user also gets moto's spelling of those actions,
+  on the bucket too (moto judges DeleteObjects on the bucket, AWS on each object).
 """
 
 import contextlib
@@ -51,8 +52,12 @@ def for_moto(document):
         if not all(a.lower().startswith("s3:") for a in actions):
             statement["Resource"] = "*"
         statement.pop("Condition", None)
-        statement["Action"] = actions + [alias for a in actions
-                                         for alias in MOTO_SPELLINGS.get(a, [])]
+        aliases = [alias for a in actions for alias in MOTO_SPELLINGS.get(a, [])]
+        statement["Action"] = actions + aliases
+        if aliases and statement["Resource"] != "*":
+            # moto judges DeleteObjects on the bucket, AWS each object it deletes.
+            resources = policies.as_list(statement["Resource"])
+            statement["Resource"] = resources + sorted({r.split("/")[0] for r in resources})
     document["Statement"] = policies.statements(document)
     return document
 

@@ -84,7 +84,8 @@ LIFECYCLE = (
     ("create again: the saved key, keys for mail", ("aws_provision", "--skip-host"),
      mail_keys),
     ("destroy with the backups", ("aws_provision", "--destroy", "--no-input", "--no-backup",
-                                  "--no-snapshot", "--delete-backups", "helios"), None),
+                                  "--no-snapshot", "--delete-backups", "helios"),
+     without_bucket_policy),
 )
 
 
@@ -148,11 +149,13 @@ def test_every_command_runs_and_every_action_is_needed(project, monkeypatch):
     last = done[-1][1]
     assert done[-1][0] == LIFECYCLE[-1][0], last.stdout + last.stderr + str(denials.seen)
     assert denials.seen == []
-    assert all(r.returncode == 0 for step, r in done if step != "aws_check")
-    assert refused([policy], denials.made) == []
+    assert [step for step, r in done if r.returncode and step != "aws_check"] == [], last.stderr
+    # moto's evaluator, asked afterwards, refuses a request or two its server let through
+    # (DeleteObjects, judged on the bucket): only what a removal adds counts.
+    baseline = set(refused([policy], denials.made))
     unneeded = [action for action in actions([policy])
-                if not refused(without([policy], action), denials.made)]
-    assert sorted(unneeded) == sorted(NOT_SHOWN_BY_MOTO), unneeded
+                if not set(refused(without([policy], action), denials.made)) - baseline]
+    assert sorted(unneeded) == sorted(NOT_SHOWN_BY_MOTO), set(unneeded) ^ set(NOT_SHOWN_BY_MOTO)
 
 
 # Actions a command needs that moto 5.2 does not authorize, or that this lifecycle does
@@ -166,7 +169,12 @@ NOT_SHOWN_BY_MOTO = {
     "iam:TagUser": "MailUserStep: create_user(Tags=...)",
     # AWS checks iam:PassRole when an instance is given a role; moto does not.
     "iam:PassRole": "InstanceStep: run_instances / associate_iam_instance_profile",
+    # Only when the instance carries another instance profile than the deployment's.
+    "ec2:ReplaceIamInstanceProfileAssociation": "InstanceStep: a foreign instance profile",
     "s3:PutBucketOwnershipControls": "BackupBucketStep: create_bucket(ObjectOwnership=...)",
+    # AWS authorizes deleting a version (DeleteObjects with VersionId) as
+    # s3:DeleteObjectVersion; moto judges every key of DeleteObjects as s3:DeleteObject.
+    "s3:DeleteObjectVersion": "backups.empty_and_delete (--destroy --delete-backups)",
     # moto does not serve SES v2's GetAccount (the suite stubs it).
     "ses:GetAccount": "MailStep, aws_check aws.W001: sesv2.get_account",
     # Only when another deployment still uses a shared identity at --destroy

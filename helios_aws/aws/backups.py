@@ -384,8 +384,18 @@ def empty_and_delete(s3, bucket):
         doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
                   for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
         if doomed:
-            call("delete the backups", s3.delete_objects, Bucket=bucket,
-                 Delete={"Objects": doomed, "Quiet": True})
+            answer = call("delete the backups", s3.delete_objects, Bucket=bucket,
+                          Delete={"Objects": doomed, "Quiet": True})
+            # S3 answers 200 and lists the keys it could not delete (AccessDenied...).
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise AWSError(f"S3 did not delete {len(errors)} backup object(s) of "
+                               f"s3://{bucket}, e.g. {first.get('Key')}: "
+                               f"{first.get('Code')}: {first.get('Message')}.",
+                               "Give the credentials s3:DeleteObject and "
+                               "s3:DeleteObjectVersion on the bucket (aws_provision "
+                               "--operator-policy has them), then run --destroy again.")
     call("delete the backup bucket", s3.delete_bucket, Bucket=bucket)
 
 
