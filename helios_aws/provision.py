@@ -7,10 +7,12 @@ type that does not exist, a domain without a hosted zone, a key file that would 
 overwritten, no credentials) stops the run while nothing exists yet.
 """
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from . import backup_commands, envfile, params
-from .aws import backups, inventory, pricing
+from .aws import account, backups, inventory, operator, pricing
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
@@ -54,6 +56,15 @@ def run(deployment, out_dir, options, out, confirm):
             # The host half opens the run's SSH connection on first use.
             if ctx.ssh is not None:
                 ctx.ssh.close()
+
+
+def operator_policy(deployment, profile=None):
+    """The operator's least-privilege policy for ``deployment``, as JSON, in the account
+    the credentials are for (reading it needs no permission: sts:GetCallerIdentity)."""
+    ctx = SimpleNamespace(aws=AWS(deployment.region, profile))
+    identity = account.caller(ctx)
+    return json.dumps(operator.policy(deployment, identity["account"],
+                                      identity["partition"]), indent=2)
 
 
 # (option, the option it only works with)

@@ -14,7 +14,7 @@ from test_backup import provision_bucket
 from test_backup_bucket import ROLE, Deployed, put_backup_objects  # noqa: F401
 from test_provision_aws import aws, configured, host_keys, project  # noqa: F401 (fixtures)
 
-BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022")
+BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022", "aws.E023")
 
 
 def check(project):
@@ -66,6 +66,7 @@ def test_a_fresh_bucket_has_no_backup_and_no_drill_yet(project, bucket, monkeypa
     assert results["aws.W020"].status == "warn"
     assert results["aws.E021"].status == "pass"
     assert results["aws.E022"].status == "pass"
+    assert results["aws.E023"].status == "pass", results["aws.E023"].message
 
 
 def test_backups_and_drills_by_age(project, bucket):
@@ -118,5 +119,60 @@ def test_a_role_that_may_delete_backups_fails(project, bucket):
 
     assert result.status == "fail"
     assert result.message == (
-        f"Role {ROLE} may s3:DeleteBucket, s3:DeleteBucketPolicy, s3:DeleteObject, "
-        "s3:DeleteObjectVersion (policy too-much).")
+        f"Role {ROLE} may s3:DeleteBucket, s3:DeleteBucketMetadataTableConfiguration, "
+        "s3:DeleteBucketPolicy, s3:DeleteBucketWebsite, s3:DeleteObject, "
+        "s3:DeleteObjectTagging, s3:DeleteObjectVersion, s3:DeleteObjectVersionTagging "
+        f"on s3://{bucket} (granted by too-much).")
+
+
+@pytest.mark.parametrize("document", [
+    {"Effect": "Allow", "NotAction": ["iam:*", "organizations:*", "account:*"],
+     "Resource": "*"},
+    {"Effect": "Allow", "Action": "s3:*Object*", "Resource": "*"},
+], ids=["PowerUserAccess", "s3:*Object*"])
+def test_a_role_granted_deletes_by_a_wildcard_or_notaction_fails(project, bucket, document):
+    boto3.client("iam").put_role_policy(RoleName=ROLE, PolicyName="extra", PolicyDocument=
+                                        json.dumps({"Version": "2012-10-17",
+                                                    "Statement": [document]}))
+
+    result = check(project)["aws.E022"]
+
+    assert result.status == "fail"
+    assert "s3:DeleteObject" in result.message and "(granted by extra)" in result.message
+
+
+def test_a_bucket_policy_letting_another_account_in_fails(project, bucket):
+    s3 = boto3.client("s3")
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    policy["Statement"].append({
+        "Sid": "Partner", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::210987654321:root"},
+        "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]})
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+    result = check(project)["aws.E021"]
+
+    assert result.status == "fail"
+    assert result.message == (f"s3://{bucket}: the bucket policy lets other accounts in: "
+                              "arn:aws:iam::210987654321:root may s3:*.")
+
+
+def test_a_role_whose_policies_drifted_fails_naming_the_actions(project, bucket):
+    iam = boto3.client("iam")
+    document = iam.get_role_policy(RoleName=ROLE, PolicyName="helios-backup-write")[
+        "PolicyDocument"]
+    document["Statement"][0]["Action"] = ["s3:PutObject", "s3:PutObjectRetention"]
+    iam.put_role_policy(RoleName=ROLE, PolicyName="helios-backup-write",
+                        PolicyDocument=json.dumps(document))
+    iam.put_role_policy(RoleName=ROLE, PolicyName="hand-made", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"}]}))
+    iam.delete_role_policy(RoleName=ROLE, PolicyName="helios-ses-send")
+
+    result = check(project)["aws.E023"]
+
+    assert result.status == "fail"
+    assert result.message == (
+        f"Role {ROLE}: helios-ses-send is missing (it allows ses:GetSendQuota, "
+        "ses:SendRawEmail); helios-backup-write also allows s3:PutObjectRetention; "
+        "helios-backup-write no longer allows s3:AbortMultipartUpload; hand-made, which "
+        "aws_provision does not write, allows ssm:GetParameter.")

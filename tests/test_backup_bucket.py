@@ -2,9 +2,10 @@
 HTTP): settings, drift repair, adoption by tag, least privilege, and ``--destroy`` with
 and without the bucket, through the real ``aws_provision`` command.
 
-moto has no IAM policy simulation, so the role's policy is checked by reading the
-document it holds (:func:`helios_aws.aws.backups.allowed_deletes`, itself checked on
-policies that do allow deleting).
+What the role's policy allows is judged by :func:`helios_aws.aws.backups.harmful_actions`
+(wildcards expanded against AWS's reference, itself checked on policies that do allow
+deleting); tests/test_iam_enforced.py runs the real code with exactly that policy under
+moto's IAM enforcement.
 """
 
 import json
@@ -78,23 +79,51 @@ def test_the_instance_role_may_write_and_read_its_prefix_and_never_delete(projec
     name, _ = provision_bucket(Deployed(project))
 
     policy = role_policy()
-    assert backups.allowed_deletes(policy) == []
+    assert backups.harmful_actions([policy], name, NAME) == []
     allowed = {(a, r) for s in policy["Statement"] if s["Effect"] == "Allow"
                for a in s["Action"] for r in s["Resource"]}
-    assert allowed == {
-        ("s3:PutObject", f"arn:aws:s3:::{name}/{NAME}/*"),
-        ("s3:AbortMultipartUpload", f"arn:aws:s3:::{name}/{NAME}/*"),
-        ("s3:GetObject", f"arn:aws:s3:::{name}/{NAME}/*"),
-        ("s3:GetObjectVersion", f"arn:aws:s3:::{name}/{NAME}/*"),
-        ("s3:ListBucket", f"arn:aws:s3:::{name}")}
+    assert ("s3:PutObject", f"arn:aws:s3:::{name}/{NAME}/*") in allowed
+    assert {r for _, r in allowed} == {f"arn:aws:s3:::{name}/{NAME}/*", f"arn:aws:s3:::{name}"}
     listing, = [s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"]]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{NAME}/*"]}}
-    # The reader is not blind: it finds deletes however they are granted.
-    assert backups.allowed_deletes({"Statement": [{"Effect": "Allow", "Action": "s3:*"}]})
-    assert backups.allowed_deletes({"Statement": {"Effect": "Allow",
-                                                  "Action": ["s3:Delete*"]}}) == [
-        "s3:DeleteBucket", "s3:DeleteBucketPolicy", "s3:DeleteObject",
-        "s3:DeleteObjectVersion"]
+
+
+POWER_USER = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "NotAction": ["iam:*", "organizations:*", "account:*"],
+     "Resource": "*"},
+    {"Effect": "Allow", "Action": ["iam:CreateServiceLinkedRole", "iam:ListRoles"],
+     "Resource": "*"}]}
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]},
+     "s3:DeleteObject"),
+    ({"Statement": {"Effect": "Allow", "Action": ["S3:delete*"], "Resource": "*"}},
+     "s3:DeleteObjectVersion"),
+    ({"Statement": [{"Effect": "Allow", "Action": "s3:*Object*", "Resource": "*"}]},
+     "s3:DeleteObject"),
+    ({"Statement": [{"Effect": "Allow", "Action": "s3:Put*Retention", "Resource": "*"}]},
+     "s3:PutObjectRetention"),
+    ({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "arn:aws:s3:::*"}]},
+     "s3:PutLifecycleConfiguration"),
+    ({"Statement": [{"Effect": "Allow", "Action": "s3:Bypass*", "Resource": "*"}]},
+     "s3:BypassGovernanceRetention"),
+    (POWER_USER, "s3:PutBucketPolicy"),
+], ids=["s3:*", "delete*", "*Object*", "retention", "*", "bypass", "PowerUserAccess"])
+def test_a_policy_is_judged_by_what_it_allows_not_by_its_spelling(policy, expected):
+    assert expected in backups.harmful_actions([policy], "b", NAME)
+
+
+@pytest.mark.parametrize("policy", [
+    {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::other/*"}]},
+    {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                   {"Effect": "Deny", "Action": "s3:*", "Resource": "*"}]},
+    {"Statement": [{"Effect": "Allow", "NotAction": "s3:*", "Resource": "*"}]},
+    {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject*", "s3:List*"],
+                    "Resource": "*"}]},
+], ids=["other bucket", "denied", "NotAction s3", "reads only"])
+def test_what_cannot_touch_the_backups_is_not_reported(policy):
+    assert backups.harmful_actions([policy], "b", NAME) == []
 
 
 def test_backup_days_is_a_deployment_parameter(project):
@@ -126,9 +155,9 @@ def test_drift_in_every_setting_is_reported_and_repaired(project):
     assert s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
     assert all(s3.get_public_access_block(Bucket=name)[
         "PublicAccessBlockConfiguration"].values())
-    assert backups.tls_only(json.loads(s3.get_bucket_policy(Bucket=name)["Policy"]))
+    assert backups.tls_only(json.loads(s3.get_bucket_policy(Bucket=name)["Policy"]), name)
     assert len(s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]) == 2
-    assert backups.allowed_deletes(role_policy()) == []
+    assert backups.harmful_actions([role_policy()], name, NAME) == []
 
 
 def test_drift_is_shown_by_the_plan(project):
@@ -159,15 +188,25 @@ def test_a_bucket_missing_from_the_state_file_is_adopted_by_its_tag(project):
     assert bucket_name() == name
 
 
-def test_an_untagged_bucket_with_the_deployments_name_is_refused(project):
+def test_a_bucket_that_lost_its_tag_is_kept_and_the_fix_is_to_tag_it_again(project):
     name, _ = provision_bucket(Deployed(project))
+    put_backup_objects(name, b"backup")
     boto3.client("s3").delete_bucket_tagging(Bucket=name)
 
     with pytest.raises(Exception) as failed:
         provision_bucket(Deployed(project))
 
-    assert f"An S3 bucket named {name} exists without this deployment's tag" in str(
-        failed.value)
+    message = f"{failed.value} {failed.value.hint}"
+    assert f"The S3 bucket {name} is in this account but has lost its" in message
+    assert "do not delete it" in message
+    assert f"aws s3api put-bucket-tagging --bucket {name}" in message
+    assert "Delete it" not in message
+    # Tagged again as told, it is adopted with its backups.
+    boto3.client("s3").put_bucket_tagging(Bucket=name, Tagging={"TagSet": [
+        {"Key": "helios-aws:deployment", "Value": NAME}, {"Key": "Name", "Value": name}]})
+    _, lines = provision_bucket(Deployed(project))
+    assert any(line.startswith("[3/3] backup bucket (S3): ") for line in lines)
+    assert boto3.client("s3").list_object_versions(Bucket=name)["Versions"]
 
 
 # ------------------------------------------------------------------------ destroy

@@ -247,8 +247,9 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
 
     policy = boto3.client("iam").get_role_policy(
         RoleName=f"helios-{NAME}-us-east-1", PolicyName="helios-ses-send")["PolicyDocument"]
-    statement, = policy["Statement"]
-    assert sorted(statement["Action"]) == ["ses:SendEmail", "ses:SendRawEmail"]
+    statement, rate = policy["Statement"]
+    assert statement["Action"] == ["ses:SendRawEmail"]
+    assert rate["Action"] == ["ses:GetSendQuota"] and rate["Resource"] == "*"
     assert sorted(statement["Resource"]) == [
         f"arn:aws:ses:us-east-1:123456789012:identity/{EMAIL}",
         f"arn:aws:ses:us-east-1:123456789012:identity/{ZONE}"]
@@ -502,7 +503,8 @@ def test_ses_access_key_goes_into_the_env_once_and_never_into_output(project):
     assert len(env["AWS_SES_SECRET_ACCESS_KEY"]) >= 40
     assert iam.list_roles()["Roles"] == []
     policy = iam.get_user_policy(UserName=user, PolicyName="helios-ses-send")["PolicyDocument"]
-    assert sorted(policy["Statement"][0]["Action"]) == ["ses:SendEmail", "ses:SendRawEmail"]
+    assert [s["Action"] for s in policy["Statement"]] == [["ses:SendRawEmail"],
+                                                          ["ses:GetSendQuota"]]
     instance = boto3.client("ec2").describe_instances(
         Filters=TAGGED + LIVE)["Reservations"][0]["Instances"][0]
     assert "IamInstanceProfile" not in instance

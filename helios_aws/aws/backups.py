@@ -24,13 +24,15 @@ on the server cannot erase the history. ``--destroy`` keeps the bucket unless
 import hashlib
 import json
 
+import botocore.exceptions
+
 from ..backup import Config, list_backups
 from ..engine import ADOPT, CREATE, CREATED, UPDATE, UPDATED, Change
 from ..errors import AWSError, ConfigError
-from . import pricing
+from . import policies, pricing
 from .base import AWSStep, iam_name, is_tagged, note
 from .identity import same_policy
-from .session import call
+from .session import TAG_KEY, call, error_code, translate
 
 NONCURRENT_DAYS = 30
 ABORT_UPLOADS_DAYS = 2
@@ -40,9 +42,6 @@ ASSUMED_BACKUP_GIB = 1.0
 # PutBucketPolicy, PutLifecycleConfiguration, ...) is denied by omission.
 WRITE_ACTIONS = ["s3:PutObject", "s3:AbortMultipartUpload"]
 READ_ACTIONS = ["s3:GetObject", "s3:GetObjectVersion"]
-DELETE_ACTIONS = ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteBucket",
-                  "s3:PutLifecycleConfiguration", "s3:PutBucketVersioning",
-                  "s3:PutBucketPolicy", "s3:DeleteBucketPolicy")
 ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
 PUBLIC_ACCESS = {"BlockPublicAcls": True, "IgnorePublicAcls": True,
                  "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
@@ -89,26 +88,23 @@ def role_policy(deployment, bucket, partition="aws"):
     ]}
 
 
-def allowed_deletes(policy):
-    """The deleting or bucket-administering actions a policy document allows (``s3:*``
-    and ``s3:Delete*`` wildcards included)."""
-    if isinstance(policy, str):
-        policy = json.loads(policy)
-    statements = policy.get("Statement", [])
-    statements = [statements] if isinstance(statements, dict) else statements
-    found = set()
-    for statement in statements:
-        if statement.get("Effect") != "Allow":
-            continue
-        actions = statement.get("Action", [])
-        for action in [actions] if isinstance(actions, str) else actions:
-            pattern = action.lower()
-            for candidate in DELETE_ACTIONS:
-                if pattern in ("*", "s3:*") or (pattern.endswith("*") and candidate.lower()
-                                                .startswith(pattern[:-1])) \
-                        or pattern == candidate.lower():
-                    found.add(candidate)
-    return sorted(found)
+HARMFUL_LEVELS = ("Write", "Permissions management", "Tagging")
+
+
+def harmful_actions(documents, bucket, prefix, partition="aws"):
+    """The S3 actions ``documents`` (a principal's policies) allow on the bucket or its
+    backups that could erase, overwrite protections of or hide them: every action on a
+    bucket or an object of access level Write, Permissions management or Tagging in
+    AWS's reference, except
+    the uploads the backups themselves need (:data:`WRITE_ACTIONS`). Wildcards, NotAction,
+    Deny and resources are read as IAM reads them (:mod:`.policies`)."""
+    arn = f"arn:{partition}:s3:::{bucket}"
+    targets = [arn, f"{arn}/{prefix}/daily/x"]
+    granted = policies.allowed(documents, ["s3"], targets)
+    needed = {a.lower() for a in WRITE_ACTIONS}
+    return sorted(a for a in granted if a.lower() not in needed
+                  and policies.access_level(a) in HARMFUL_LEVELS
+                  and any(policies.acts_on(a, t) for t in targets))
 
 
 def _normal_lifecycle(config):
@@ -148,7 +144,7 @@ def drift(settings, deployment, bucket, partition="aws"):
     off = [k for k in PUBLIC_ACCESS if not settings["public_access"].get(k)]
     if off:
         wrong["public_access"] = f"Block Public Access is off: {', '.join(off)}"
-    if settings["policy"] is None or not tls_only(settings["policy"]):
+    if settings["policy"] is None or not tls_only(settings["policy"], bucket, partition):
         wrong["policy"] = "the bucket policy does not deny requests without TLS"
     elif not same_policy(settings["policy"], tls_policy(bucket, partition)):
         wrong["policy"] = "the bucket policy was changed"
@@ -159,17 +155,39 @@ def drift(settings, deployment, bucket, partition="aws"):
     return wrong
 
 
-def tls_only(policy):
-    """Whether a bucket policy denies every action without TLS."""
-    statements = policy.get("Statement", [])
-    statements = [statements] if isinstance(statements, dict) else statements
-    for statement in statements:
-        actions = statement.get("Action")
-        condition = (statement.get("Condition") or {}).get("Bool") or {}
-        if (statement.get("Effect") == "Deny" and actions in ("s3:*", ["s3:*"])
-                and str(condition.get("aws:SecureTransport")).lower() == "false"):
+def tls_only(policy, bucket, partition="aws"):
+    """Whether a bucket policy denies every S3 action, on the bucket and its objects, to
+    everyone, without TLS (judged by what it denies, not by its spelling)."""
+    arn = f"arn:{partition}:s3:::{bucket}"
+    every = set(policies.service_actions("s3"))
+    for statement in policies.statements(policy):
+        condition = statement.get("Condition") or {}
+        secure = {str(v).lower() for test in condition.values()
+                  for key, values in test.items() if key.lower() == "aws:securetransport"
+                  for v in (values if isinstance(values, list) else [values])}
+        if (statement.get("Effect") == "Deny" and statement.get("Principal") in (
+                "*", {"AWS": "*"}) and set(condition) <= {"Bool", "BoolIfExists"}
+                and secure == {"false"}
+                and policies.statement_actions(statement, ["s3"]) >= every
+                and all(policies._resource_matches(statement, [r])
+                        for r in (arn, f"{arn}/x"))):
             return True
     return False
+
+
+def foreign_grants(policy, account):
+    """"principal: actions" for each statement of a bucket policy that allows anyone
+    outside ``account`` to do anything."""
+    found = []
+    for statement in policies.statements(policy):
+        if statement.get("Effect") != "Allow":
+            continue
+        outsiders = policies.foreign_principals(statement, account)
+        if outsiders:
+            actions = policies.as_list(statement.get("Action")) or [
+                "all but " + ", ".join(policies.as_list(statement.get("NotAction")))]
+            found.append(f"{', '.join(outsiders)} may {', '.join(actions)}")
+    return found
 
 
 def find_bucket(aws, deployment, recorded=None):
@@ -186,6 +204,23 @@ def find_bucket(aws, deployment, recorded=None):
         if tags and is_tagged(_View(aws, deployment), {"Tags": tags["TagSet"]}):
             return name
     return None
+
+
+def _untagged_owner(ctx, s3, name):
+    """Who holds the bucket ``name``, which carries no deployment tag: "this account",
+    "another account", or None when no bucket has that name."""
+    listed = [b["Name"] for b in call("list the S3 buckets", s3.list_buckets)["Buckets"]]
+    if name in listed:
+        return "this account"
+    with translate("look for the bucket"):
+        try:
+            s3.head_bucket(Bucket=name)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchBucket"):
+                return None
+            if error_code(exc) not in ("403", "Forbidden", "AccessDenied"):
+                raise
+    return "another account"
 
 
 class _View:
@@ -206,10 +241,8 @@ class BackupBucketStep(AWSStep):
         want = bucket_name(ctx.deployment, ctx.facts["account"])
         found = find_bucket(ctx.aws, ctx.deployment, self.record(ctx).get("bucket"))
         squatted = None
-        if found is None and call("look for the bucket", s3.head_bucket,
-                                  missing=("404", "NoSuchBucket", "403", "Forbidden"),
-                                  Bucket=want) is not None:
-            squatted = want
+        if found is None:
+            squatted = _untagged_owner(ctx, s3, want)
         bucket = found or want
         ctx.facts["backup_bucket"] = bucket
         if found:
@@ -233,10 +266,18 @@ class BackupBucketStep(AWSStep):
 
     def plan(self, ctx, current):
         d, bucket = ctx.deployment, current["bucket"]
+        if current["squatted"] == "this account":
+            # Its name holds this account's and region's digest: it is almost surely this
+            # deployment's own bucket, with its backups, that lost its tag.
+            raise AWSError(
+                f"The S3 bucket {bucket} is in this account but has lost its "
+                f"{TAG_KEY} tag; it may hold this deployment's backups: do not delete it.",
+                f"Tag it again: aws s3api put-bucket-tagging --bucket {bucket} --tagging "
+                f"'TagSet=[{{Key={TAG_KEY},Value={d.name}}},{{Key=Name,Value={bucket}}}]'"
+                ", then run aws_provision again.")
         if current["squatted"]:
-            raise AWSError(f"An S3 bucket named {bucket} exists without this deployment's "
-                           "tag.", "Delete it if it is yours, or give the deployment "
-                           "another --name.")
+            raise AWSError(f"An S3 bucket named {bucket} exists in another account.",
+                           "Give the deployment another --name.")
         role_details = []
         if d.ses_credentials != "role":
             note(ctx, "With --ses-credentials keys the server has no instance role, so it "
@@ -343,8 +384,18 @@ def empty_and_delete(s3, bucket):
         doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
                   for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
         if doomed:
-            call("delete the backups", s3.delete_objects, Bucket=bucket,
-                 Delete={"Objects": doomed, "Quiet": True})
+            answer = call("delete the backups", s3.delete_objects, Bucket=bucket,
+                          Delete={"Objects": doomed, "Quiet": True})
+            # S3 answers 200 and lists the keys it could not delete (AccessDenied...).
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise AWSError(f"S3 did not delete {len(errors)} backup object(s) of "
+                               f"s3://{bucket}, e.g. {first.get('Key')}: "
+                               f"{first.get('Code')}: {first.get('Message')}.",
+                               "Give the credentials s3:DeleteObject and "
+                               "s3:DeleteObjectVersion on the bucket (aws_provision "
+                               "--operator-policy has them), then run --destroy again.")
     call("delete the backup bucket", s3.delete_bucket, Bucket=bucket)
 
 

@@ -3,8 +3,9 @@
 By default an IAM role and instance profile: the instance gets short-lived credentials
 from its metadata service and no key is ever written down. With ``--ses-credentials keys``
 an IAM user with an access key (the guide's way), whose key goes into the .env (0600).
-Either way one inline policy allows only ``ses:SendEmail`` and ``ses:SendRawEmail``, and
-only as the deployment's own identities (its mail domain and sender address).
+Either way one inline policy allows only ``ses:SendRawEmail``, and only as the
+deployment's own identities (its mail domain and sender address), and
+``ses:GetSendQuota``, which django-ses reads to keep under the account's sending rate.
 """
 
 import json
@@ -24,6 +25,9 @@ TRUST_POLICY = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
                    "Action": "sts:AssumeRole"}],
 }
+# Helios sends with django.core.mail; django-ses (SES v1, as the overlay sets it up)
+# sends each message with SendRawEmail.
+SEND_ACTIONS = ["ses:SendRawEmail"]
 KEY_ID, SECRET = "AWS_SES_ACCESS_KEY_ID", "AWS_SES_SECRET_ACCESS_KEY"
 
 
@@ -40,8 +44,15 @@ def send_policy(ctx):
         "Statement": [{
             "Sid": "SendMailAsTheDeploymentOnly",
             "Effect": "Allow",
-            "Action": ["ses:SendEmail", "ses:SendRawEmail"],
+            "Action": SEND_ACTIONS,
             "Resource": [prefix + identity for identity in mail_identities(ctx.deployment)],
+        }, {
+            # django-ses reads the account's sending rate before sending, to stay under it
+            # (AWS_SES_AUTO_THROTTLE); GetSendQuota takes no resource.
+            "Sid": "ReadTheSendingRate",
+            "Effect": "Allow",
+            "Action": ["ses:GetSendQuota"],
+            "Resource": "*",
         }],
     }
 
@@ -110,7 +121,7 @@ class MailRoleStep(AWSStep):
             details.append(f"put the role into the instance profile {name}")
         if not details:
             return self.kept_or_adopted(self.record(ctx).get("profile_arn") == profile["Arn"],
-                                        f"role {name}: ses:SendEmail, ses:SendRawEmail as "
+                                        f"role {name}: {', '.join(SEND_ACTIONS)} as "
                                         f"{identities}")
         return Change(CREATE if profile is None and policy is None else UPDATE, *details)
 

@@ -3,7 +3,10 @@ still protected, and can the server erase the history. Read from S3 and IAM with
 operator's credentials, the bucket found by its tag (as aws_provision finds it)."""
 
 import datetime
+import types
 
+from ..aws import account, policies
+from ..aws import identity as identity_mod
 from ..aws import backups as bucket_mod
 from ..aws.base import iam_name
 from ..aws.session import call, translate
@@ -13,6 +16,7 @@ from .base import Skip, failed, passed, probe, warned
 
 MAX_BACKUP_AGE = datetime.timedelta(hours=26)
 MAX_DRILL_AGE = datetime.timedelta(days=8)
+SHOWN_ACTIONS = 8
 PROTECTIONS = ("encryption", "versioning", "public_access", "policy")
 
 
@@ -76,19 +80,30 @@ def recent_drill(ctx):
     return failed(message) if age > MAX_DRILL_AGE else passed(message)
 
 
+def _caller(ctx):
+    view = session(ctx)
+    return ctx.once("caller", lambda: account.caller(view))
+
+
 @probe("aws.E021", "The backup bucket is encrypted, versioned, private and TLS-only",
-       "Run aws_provision: it puts the bucket's settings back.")
+       "Run aws_provision: it puts the bucket's settings back (and its bucket policy, "
+       "which grants nobody anything).")
 def bucket_protected(ctx):
     config = bucket(ctx)
+    identity = _caller(ctx)
     settings = bucket_mod.read_settings(_s3(ctx), config.bucket)
-    wrong = bucket_mod.drift(settings, ctx.deployment, config.bucket)
-    if "policy" in wrong and settings["policy"] and bucket_mod.tls_only(settings["policy"]):
-        del wrong["policy"]  # changed, but still TLS-only: not a missing protection
+    wrong = bucket_mod.drift(settings, ctx.deployment, config.bucket, identity["partition"])
+    if "policy" in wrong and settings["policy"] and bucket_mod.tls_only(
+            settings["policy"], config.bucket, identity["partition"]):
+        del wrong["policy"]  # changed, but still TLS-only: judged by what it grants below
     missing = [wrong[k] for k in PROTECTIONS if k in wrong]
+    grants = bucket_mod.foreign_grants(settings["policy"], identity["account"])
+    if grants:
+        missing.append("the bucket policy lets other accounts in: " + "; ".join(grants))
     if missing:
         return failed(f"s3://{config.bucket}: " + "; ".join(missing) + ".")
     return passed(f"s3://{config.bucket}: SSE {', '.join(settings['encryption'])}, "
-                  "versioning on, public access blocked, TLS only.")
+                  "versioning on, public access blocked, TLS only, no other account let in.")
 
 
 def _role_policies(iam, role):
@@ -119,10 +134,64 @@ def role_cannot_delete(ctx):
                    "provisioned yet).")
     with translate(f"read the policies of role {role}"):
         documents = _role_policies(iam, role)
-    found = [(name, bucket_mod.allowed_deletes(document))
-             for name, document in documents]
-    found = [(name, actions) for name, actions in found if actions]
-    if found:
-        return failed(f"Role {role} may " + "; ".join(
-            f"{', '.join(actions)} (policy {name})" for name, actions in found) + ".")
+    config = bucket(ctx)
+    partition = _caller(ctx)["partition"]
+    harmful = bucket_mod.harmful_actions([d for _, d in documents], config.bucket,
+                                         config.prefix, partition)
+    if harmful:
+        granting = [name for name, document in documents if bucket_mod.harmful_actions(
+            [document], config.bucket, config.prefix, partition)]
+        shown = ", ".join(harmful[:SHOWN_ACTIONS]) + (
+            f" and {len(harmful) - SHOWN_ACTIONS} more" if len(harmful) > SHOWN_ACTIONS
+            else "")
+        return failed(f"Role {role} may {shown} on s3://{config.bucket} (granted by "
+                      f"{', '.join(granting) or 'the policies together'}).")
     return passed(f"Role {role} may write and read backups, not delete them.")
+
+
+def _actions(document):
+    return {a for s in policies.statements(document) for a in policies.as_list(
+        s.get("Action") or [f"all but {x}" for x in policies.as_list(s.get("NotAction"))])}
+
+
+@probe("aws.E023", "The instance role's policies are the ones aws_provision writes",
+       "Run aws_provision: it writes the role's policies back (and remove by hand any "
+       "policy it does not manage).")
+def role_policies_as_written(ctx):
+    view = session(ctx)
+    role = iam_name(view)
+    iam = view.aws.client("iam")
+    if call("read the instance role", iam.get_role, missing=("NoSuchEntity",),
+            RoleName=role) is None:
+        raise Skip(f"There is no instance role {role} (--ses-credentials keys, or not "
+                   "provisioned yet).")
+    with translate(f"read the policies of role {role}"):
+        found = dict(_role_policies(iam, role))
+    identity = _caller(ctx)
+    facts = types.SimpleNamespace(
+        aws=view.aws, deployment=ctx.deployment,
+        facts={"account": identity["account"], "partition": identity["partition"]})
+    wanted = {identity_mod.POLICY_NAME: identity_mod.send_policy(facts),
+              bucket_mod.ROLE_POLICY_NAME: bucket_mod.role_policy(
+                  ctx.deployment, bucket(ctx).bucket, identity["partition"])}
+    problems = []
+    for name, document in wanted.items():
+        have = found.get(name)
+        if have is None:
+            problems.append(f"{name} is missing (it allows {', '.join(sorted(_actions(document)))})")
+            continue
+        added = sorted(_actions(have) - _actions(document))
+        removed = sorted(_actions(document) - _actions(have))
+        if added:
+            problems.append(f"{name} also allows {', '.join(added)}")
+        if removed:
+            problems.append(f"{name} no longer allows {', '.join(removed)}")
+        if not added and not removed and not identity_mod.same_policy(have, document):
+            problems.append(f"{name} has other resources or conditions")
+    for name in sorted(set(found) - set(wanted)):
+        problems.append(f"{name}, which aws_provision does not write, allows "
+                        f"{', '.join(sorted(_actions(found[name])))}")
+    if problems:
+        return failed(f"Role {role}: " + "; ".join(problems) + ".")
+    return passed(f"Role {role} has exactly the policies aws_provision writes: "
+                  f"{', '.join(sorted(wanted))}.")

@@ -30,6 +30,10 @@ class Command(BaseCommand):
                                  "deployment's name in a terminal, or give --no-input; takes "
                                  "a final backup and a snapshot of the root volume first; "
                                  "keeps the backup bucket).")
+        action.add_argument("--operator-policy", action="store_true",
+                            help="Print the least-privilege IAM policy (JSON) an operator "
+                                 "needs to run every command for this deployment, to use "
+                                 "instead of administrator keys; change nothing.")
         action.add_argument("--stop", action="store_true", help="Stop the instance.")
         action.add_argument("--start", action="store_true", help="Start the instance.")
         parser.add_argument("--rollback", action="store_true",
@@ -79,6 +83,12 @@ class Command(BaseCommand):
         out_dir = cli.resolve_output(options)
         overrides = {"region": options["region"]} if options["region"] else None
         deployment = params.load(out_dir, overrides, cli.settings_layer())
+        if options["operator_policy"]:
+            if options["plan"]:
+                raise ConfigError("--operator-policy changes nothing and has no plan.",
+                                  "Drop --plan.")
+            self.stdout.write(provision.operator_policy(deployment, options.get("profile")))
+            return
         out = Output(self.stdout.write, options["verbosity"], self.style,
                      terminal=self._terminal() if self.stdout.isatty() else None)
         provision.run(deployment, out_dir, options, out, self._confirmer(options))

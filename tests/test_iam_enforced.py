@@ -1,0 +1,164 @@
+"""The instance role's permissions proven by use: the real code, run as on the server,
+with an IAM user carrying exactly the policy documents aws_provision wrote on the role,
+against the moto server with IAM enforced (see iam_enforcement.py for what moto cannot
+judge and how it is adapted).
+
+Helios's mail goes out as Helios sends it (``django.core.mail.send_mail`` in its own
+settings with the overlay and ``EMAIL_USE_AWS=1``), through django-ses at the version
+Helios's uv.lock pins and at the newest; the backup runner takes a backup, drills it,
+restores it (the drill and the restore list the backups to find the newest; ``aws_backup
+--list`` runs on the operator's machine with the operator's policy). Then every action is taken out in turn, and some of
+those paths must fail: an action nothing needs is not in the policy.
+"""
+
+import os
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from fixtures import run_manage
+from iam_enforcement import MOTO_SPELLINGS, actions, enforced, without
+from test_backup import SETTINGS, Site, newest, provision_bucket
+
+# The django-ses Helios's uv.lock pins; the newest is the one installed here.
+PINNED_DJANGO_SES = "4.1.0"
+SENDER = "elections@example.org"
+ROLE = "helios-helios-us-east-1"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, postgres):
+    return Site(tmp_path_factory.mktemp("enforced"), postgres, database="helios_enforced")
+
+
+@pytest.fixture
+def role_documents(aws_env, site):
+    """The policy documents aws_provision wrote on the instance role, read back from IAM;
+    the bucket's policy goes as in test_backup.py (moto cannot evaluate its condition)."""
+    (site.deploy / "state.json").unlink(missing_ok=True)
+    bucket, _ = provision_bucket(site)
+    s3 = boto3.client("s3")
+    s3.delete_bucket_policy(Bucket=bucket)
+    from helios_aws import backup
+    site.config.write_text(backup.Config(bucket=bucket, prefix="helios",
+                                         region="us-east-1").as_json())
+    ses = boto3.client("ses")
+    ses.verify_domain_identity(Domain="example.org")
+    ses.verify_email_identity(EmailAddress=SENDER)
+    iam = boto3.client("iam")
+    return [iam.get_role_policy(RoleName=ROLE, PolicyName=name)["PolicyDocument"]
+            for name in iam.list_role_policies(RoleName=ROLE)["PolicyNames"]]
+
+
+@pytest.fixture(scope="module")
+def pinned_django_ses(tmp_path_factory):
+    """A directory holding django-ses at Helios's pinned version, to put first on the
+    path of the process that sends the mail."""
+    target = tmp_path_factory.mktemp("django-ses-pinned")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), f"django-ses=={PINNED_DJANGO_SES}"], check=True,
+                   capture_output=True, timeout=300)
+    return target
+
+
+SEND = ("import importlib.metadata as m, django_ses;"
+        "from django.core.mail import send_mail;"
+        "print('django-ses', m.version('django-ses'));"
+        "send_mail('Your ballot', 'Vote now.', None, ['voter@example.net'])")
+
+
+def send_as_helios(site, pythonpath=None):
+    """Helios sends mail with send_mail in its settings; the deployment's .env has
+    EMAIL_USE_AWS=1, so it goes through django-ses with the overlay's settings."""
+    env = {"PYTHONPATH": str(pythonpath)} if pythonpath else {}
+    from fixtures import helios_env
+    return run_manage(site.project, "shell", SETTINGS, "-c", SEND, timeout=120,
+                      env=helios_env(HELIOS_ENV_FILE=str(site.env_file), **env))
+
+
+def backup_runner(site):
+    """The backup runner's paths, as the timer and the operator's commands run them on
+    the server; returns [(path, CompletedProcess)] up to the first that failed."""
+    done = []
+    for path, args in (
+            ("backup", ("aws_backup", "--here", "--config", str(site.config))),
+            ("drill", ("aws_restore", "--here", "--drill", "--config", str(site.config))),
+            ("restore", ("aws_restore", "--here", "--into-production", "--yes", "--no-input",
+                         "--config", str(site.config)))):
+        if path == "restore":
+            folder, _ = newest_with_operator_keys(site)
+            args += ("--backup", folder)
+        result = site.manage(*args)
+        done.append((path, result))
+        if result.returncode != 0:
+            break
+    return done
+
+
+def newest_with_operator_keys(site):
+    with pytest.MonkeyPatch.context() as keys:
+        keys.setenv("AWS_ACCESS_KEY_ID", "testing")
+        keys.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        import moto.settings
+        previous = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+        try:
+            bucket = boto3.client("s3").list_buckets()["Buckets"][0]["Name"]
+            return newest(bucket)
+        finally:
+            moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = previous
+
+
+def every_path(site, pythonpath=None):
+    """[(path, CompletedProcess)]: the mail, then the backup runner."""
+    return [("mail", send_as_helios(site, pythonpath))] + backup_runner(site)
+
+
+def test_the_instance_role_sends_helios_mail_with_the_pinned_and_newest_django_ses(
+        site, role_documents, pinned_django_ses, monkeypatch):
+    with enforced(role_documents, monkeypatch) as denials:
+        newest_ses = send_as_helios(site)
+        pinned = send_as_helios(site, pinned_django_ses)
+
+    assert newest_ses.returncode == 0, newest_ses.stderr
+    assert pinned.returncode == 0, pinned.stderr
+    assert f"django-ses {PINNED_DJANGO_SES}" in pinned.stdout
+    assert "django-ses 4." in newest_ses.stdout
+    assert newest_ses.stdout != pinned.stdout
+    assert denials.seen == []
+
+
+def test_the_instance_role_runs_backup_drill_list_and_restore(site, role_documents,
+                                                              monkeypatch):
+    with enforced(role_documents, monkeypatch) as denials:
+        done = backup_runner(site)
+
+    assert [(path, r.returncode) for path, r in done] == [
+        ("backup", 0), ("drill", 0), ("restore", 0)], done[-1][1].stderr
+    assert denials.seen == []
+
+
+def test_every_action_of_the_instance_role_is_needed(site, role_documents, monkeypatch):
+    """Each action taken out in turn: some real path then fails, refused by IAM."""
+    unneeded = []
+    for action in actions(role_documents):
+        with enforced(without(role_documents, action), monkeypatch) as denials:
+            done = every_path(site)
+        failed = [path for path, result in done if result.returncode != 0]
+        names = [action] + MOTO_SPELLINGS.get(action, [])
+        if not failed or not any(d.split()[0] in names for d in denials.seen):
+            unneeded.append(action)
+    assert sorted(unneeded) == sorted(NOT_SHOWN_BY_MOTO)
+
+
+# Actions a real path needs that moto 5.2 does not make fail when they are missing.
+NOT_SHOWN_BY_MOTO = {
+    # Called only when an upload fails half-way (backup.Upload.abort), to leave no
+    # billed parts behind; no path here fails after a part is up.
+    "s3:AbortMultipartUpload": "backup.Upload.abort",
+    # The restore downloads the exact versions it verified (GetObject with VersionId,
+    # which AWS authorizes as s3:GetObjectVersion); moto authorizes it as GetObject.
+    "s3:GetObjectVersion": "backup.restore -> Download(version_id=...)",
+}
