@@ -18,9 +18,9 @@ import sys
 import boto3
 import pytest
 
-from fixtures import run_manage
+from fixtures import HELIOS_TIME_ZONE, run_manage
 from iam_enforcement import MOTO_SPELLINGS, actions, enforced, without
-from test_backup import SETTINGS, Site, newest, provision_bucket
+from test_backup import SETTINGS, Site, newest, provision_bucket, root
 
 # The django-ses Helios's uv.lock pins; the newest is the one installed here.
 PINNED_DJANGO_SES = "4.1.0"
@@ -42,8 +42,8 @@ def role_documents(aws_env, site):
     s3 = boto3.client("s3")
     s3.delete_bucket_policy(Bucket=bucket)
     from helios_aws import backup
-    site.config.write_text(backup.Config(bucket=bucket, prefix="helios",
-                                         region="us-east-1").as_json())
+    site.config.write_text(backup.Config(bucket=bucket, prefix="helios", region="us-east-1",
+                                         time_zone=HELIOS_TIME_ZONE).as_json())
     ses = boto3.client("ses")
     ses.verify_domain_identity(Domain="example.org")
     ses.verify_email_identity(EmailAddress=SENDER)
@@ -79,18 +79,19 @@ def send_as_helios(site, pythonpath=None):
 
 
 def backup_runner(site):
-    """The backup runner's paths, as the timer and the operator's commands run them on
-    the server; returns [(path, CompletedProcess)] up to the first that failed."""
+    """The backup runner's paths, as the server runs them: the backup as the timer does
+    (manage.py in Helios's settings), the drill and the restore as root's side
+    (helios_aws.rootside, started by aws_restore); returns [(path, CompletedProcess)] up
+    to the first that failed."""
     done = []
-    for path, args in (
-            ("backup", ("aws_backup", "--here", "--config", str(site.config))),
-            ("drill", ("aws_restore", "--here", "--drill", "--config", str(site.config))),
-            ("restore", ("aws_restore", "--here", "--into-production", "--yes", "--no-input",
-                         "--config", str(site.config)))):
-        if path == "restore":
+    for path in ("backup", "drill", "restore"):
+        if path == "backup":
+            result = site.manage("aws_backup", "--here", "--config", str(site.config))
+        elif path == "drill":
+            result = root(site, "drill")
+        else:
             folder, _ = newest_with_operator_keys(site)
-            args += ("--backup", folder)
-        result = site.manage(*args)
+            result = root(site, "restore", "--backup", folder)
         done.append((path, result))
         if result.returncode != 0:
             break

@@ -180,4 +180,7 @@ NOT_SHOWN_BY_MOTO = {
     # Only when another deployment still uses a shared identity at --destroy
     # (test_provision_aws.py: test_destroying_one_of_two_deployments_...).
     "ses:UntagResource": "MailStep.destroy of a shared identity",
+    # moto serves no price list: the plan falls back to its table (tests/test_pricing.py
+    # stubs the answer).
+    "pricing:GetProducts": "every --plan's price of the instance (aws/pricing.py)",
 }
