@@ -120,20 +120,29 @@ def _role_policies(iam, role):
     return documents
 
 
+def role_documents(ctx):
+    """(role name, [(policy name, document)]) of the deployment's instance role, read once
+    per run for every probe that judges them; Skip when there is no role."""
+    def read():
+        view = session(ctx)
+        role = iam_name(view)
+        iam = view.aws.client("iam")
+        if call("read the instance role", iam.get_role, missing=("NoSuchEntity",),
+                RoleName=role) is None:
+            raise Skip(f"There is no instance role {role} (--ses-credentials keys, or not "
+                       "provisioned yet).")
+        with translate(f"read the policies of role {role}"):
+            return role, _role_policies(iam, role)
+
+    return ctx.once("role-documents", read)
+
+
 @probe("aws.E022", "The instance role cannot delete backups",
        "Remove the deleting actions from the role's policies (aws_provision manages only "
        "helios-ses-send and helios-backup-write): an attacker on the server could erase "
        "the history.")
 def role_cannot_delete(ctx):
-    view = session(ctx)
-    role = iam_name(view)
-    iam = view.aws.client("iam")
-    if call("read the instance role", iam.get_role, missing=("NoSuchEntity",),
-            RoleName=role) is None:
-        raise Skip(f"There is no instance role {role} (--ses-credentials keys, or not "
-                   "provisioned yet).")
-    with translate(f"read the policies of role {role}"):
-        documents = _role_policies(iam, role)
+    role, documents = role_documents(ctx)
     config = bucket(ctx)
     partition = _caller(ctx)["partition"]
     harmful = bucket_mod.harmful_actions([d for _, d in documents], config.bucket,
@@ -159,14 +168,8 @@ def _actions(document):
        "policy it does not manage).")
 def role_policies_as_written(ctx):
     view = session(ctx)
-    role = iam_name(view)
-    iam = view.aws.client("iam")
-    if call("read the instance role", iam.get_role, missing=("NoSuchEntity",),
-            RoleName=role) is None:
-        raise Skip(f"There is no instance role {role} (--ses-credentials keys, or not "
-                   "provisioned yet).")
-    with translate(f"read the policies of role {role}"):
-        found = dict(_role_policies(iam, role))
+    role, documents = role_documents(ctx)
+    found = dict(documents)
     identity = _caller(ctx)
     facts = types.SimpleNamespace(
         aws=view.aws, deployment=ctx.deployment,
