@@ -184,7 +184,7 @@ def test_helios_does_not_start_without_its_deployed_env(configured, tmp_path, ca
     elif case == "not UTF-8":
         env_file.write_bytes(b"DEBUG=0\nSECRET_KEY=\xff\n")
     reason = {"missing": "does not exist", "a directory": "Is a directory",
-              "not UTF-8": "not UTF-8: byte 0xff"}[case]
+              "not UTF-8": "is not UTF-8 (byte 0xff"}[case]
 
     checked = run_manage(configured, "check", SETTINGS,
                          env=helios_env(HELIOS_ENV_FILE=str(env_file)))
@@ -213,7 +213,7 @@ def test_an_unreadable_default_env_is_skipped_and_fails_E016(configured):
         default.write_bytes(kept)
 
     assert result.returncode == 1
-    assert f"helios-aws: {default} cannot be read (not UTF-8" in result.stderr
+    assert f"helios-aws: {default} is not UTF-8 (byte 0x" in result.stderr
     assert "helios_aws.E016" in result.stderr + result.stdout
 
 

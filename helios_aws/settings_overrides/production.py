@@ -61,16 +61,15 @@ def _load(path):
                 "aws_configure) to write it.")
         return ""
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else (
-            f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}")
+        problem = f"cannot be read ({exc.strerror})" if isinstance(exc, OSError) else (
+            f"is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})")
         if os.environ.get("HELIOS_ENV_FILE"):
             raise ImproperlyConfigured(
-                f"HELIOS_ENV_FILE {path} cannot be read ({reason}): Helios would start with "
-                "its development defaults, so it does not start. Give the user Helios runs "
-                "as read access (it is 0600, owned by that user), or run aws_provision.")
-        sys.stderr.write(f"helios-aws: {path} cannot be read ({reason}); its values were "
-                         "not loaded.\n")
-        return f"{path} cannot be read ({reason})"
+                f"HELIOS_ENV_FILE {path} {problem}: Helios would start with its development "
+                "defaults, so it does not start. Give the user Helios runs as read access "
+                "(it is 0600, owned by that user), or run aws_provision.")
+        sys.stderr.write(f"helios-aws: {path} {problem}; its values were not loaded.\n")
+        return f"{path} {problem}"
     environ.Env.read_env(io.StringIO(content), overwrite=False)
     return ""
 
