@@ -113,13 +113,16 @@ class Rehearsal:
             for what, alive, log in list(self.watched):
                 if self._stopping or alive():
                     continue
-                self.died = f"{what} has stopped."
+                died = f"{what} has stopped."
                 if log:
                     kept = self.work / log[1]
                     with contextlib.suppress(OSError):
                         shutil.copy2(log[0], kept)
-                    self.died += f" Last lines of {kept}:\n{tail(kept)}"
-                print(f"\nrehearse: {self.died}", file=sys.stderr, flush=True)
+                    died += f" Last lines of {kept}:\n{tail(kept)}"
+                # Said before it is known: wait() returns, and the rehearsal may end, as
+                # soon as ``died`` is set.
+                print(f"\nrehearse: {died}", file=sys.stderr, flush=True)
+                self.died = died
                 command = self.command
                 if command is not None and command.poll() is None:
                     command.terminate()
