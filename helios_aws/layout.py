@@ -45,7 +45,20 @@ class HostLayout:
         return self.root / "shared"
 
     @property
+    def config(self):
+        """root's directory for the deployed .env: the service user may read in it
+        (root:service user, 0750), never add, rename or remove, so the file systemd
+        reads as root for the units (``EnvironmentFile=``) cannot be a link it planted."""
+        return self.root / "config"
+
+    @property
     def env_file(self):
+        return self.config / ".env"
+
+    @property
+    def legacy_env_file(self):
+        """Where the .env was kept before: in shared/, which the service user writes.
+        Removed once the units read the new one."""
         return self.shared / ".env"
 
     @property

@@ -6,7 +6,7 @@ Runs as root on the host. It reads only:
 
 * its arguments and ``/var/lib/helios-aws/backup.json`` (root's, written by
   ``aws_provision``);
-* the deployment's ``shared/.env``, read *as the service user* (``runuser ... cat``, so a
+* the deployment's ``config/.env``, read *as the service user* (``runuser ... cat``, so a
   link planted there shows only what that user may read) and parsed as data: of its
   lines only :data:`DATABASE_VARIABLE` (split into libpq's parameters) and
   :data:`PASSED_ON` are used, nothing else reaches this process or a program it starts;

@@ -58,7 +58,8 @@ class Host:
         # Helios opens with sslmode=require: libpq ignores that on a socket).
         rig.run([rig.PG_BIN / "createdb", "helios_host"], env=dict(os.environ, **postgres.env))
         socket_dir = str(postgres.socket_dir).replace("/", "%2F")
-        self.env_file = app / "shared/.env"
+        (app / "config").mkdir(exist_ok=True)
+        self.env_file = app / "config/.env"
         self.env_file.write_text(
             (self.project / "deploy/.env").read_text()
             + f"DATABASE_URL=postgres://postgres@{socket_dir}:{postgres.port}/helios_host\n"

@@ -30,11 +30,12 @@ def host(tmp_path_factory, postgres):
     site.prefix = base / "host"
     app = site.prefix / "srv/helios"
     (app / "shared").mkdir(parents=True)
+    (app / "config").mkdir()
     (app / "current").symlink_to(site.project)
     (site.project / ".venv").symlink_to(sys.prefix)
     (app / "tools").mkdir()
     (app / "tools/helios-aws").symlink_to(sys.prefix)  # root's own helios-aws
-    site.shared_env = app / "shared/.env"
+    site.shared_env = app / "config/.env"
     return site
 
 

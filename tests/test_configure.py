@@ -87,7 +87,7 @@ def test_project_config_is_read_from_the_project(project):
     deploy = project / "deploy"
     service = (deploy / "systemd/gunicorn.service").read_text()
     assert "wsgi:application" in service
-    assert "EnvironmentFile=/srv/helios/shared/.env" in service
+    assert "EnvironmentFile=/srv/helios/config/.env" in service
     celery = (deploy / "systemd/helios-celery.service").read_text()
     assert "--app helios worker" in celery
     assert "--schedule /var/lib/helios/celerybeat-schedule" in celery

@@ -58,7 +58,7 @@ def test_the_units_run_nightly_as_the_service_user_without_credentials(ctx):
 
     assert "User=helios\n" in service and "Group=helios\n" in service
     assert "UMask=0077\n" in service
-    assert "EnvironmentFile=/srv/helios/shared/.env\n" in service
+    assert "EnvironmentFile=/srv/helios/config/.env\n" in service
     assert ("ExecStart=/srv/helios/current/.venv/bin/python manage.py aws_backup --here "
             f"--config {CONFIG}\n") in service
     assert "AWS_" not in service and "SECRET" not in service and "PASSWORD" not in service

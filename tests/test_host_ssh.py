@@ -8,6 +8,7 @@ persistent shells (channels counted), and host steps that touch only files run t
 import hashlib
 import json
 import os
+import grp
 import pwd
 import secrets
 import shutil
@@ -411,7 +412,7 @@ def file_steps_ctx(sshd, tmp_path, service_user):
 
 
 def shared_env(ctx):
-    return Path(ctx.deployment.host_prefix) / "srv" / "helios" / "shared" / ".env"
+    return Path(ctx.deployment.host_prefix) / "srv" / "helios" / "config" / ".env"
 
 
 def run_steps(ctx, chosen):
@@ -426,9 +427,11 @@ def test_file_steps_change_things_once_then_nothing(file_steps_ctx, service_user
     assert env.read_text() == (ctx.out_dir / ".env").read_text()
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
     assert pwd.getpwuid(env.stat().st_uid).pw_name == service_user
-    shared = env.parent.stat()
-    assert (stat.S_IMODE(shared.st_mode), pwd.getpwuid(shared.st_uid).pw_name) == \
-        (0o750, service_user)
+    # Its directory is root's: the service user reads in it, and cannot put a link in
+    # the file's place for systemd (root) to follow.
+    config = env.parent.stat()
+    assert (stat.S_IMODE(config.st_mode), pwd.getpwuid(config.st_uid).pw_name,
+            grp.getgrgid(config.st_gid).gr_name) == (0o750, "root", service_user)
     commands = ctx.ssh.commands_run
     assert run_steps(ctx, chosen) == [engine.UNCHANGED, engine.UNCHANGED]
     assert ctx.ssh.commands_run - commands == 2  # one read each, nothing else

@@ -462,6 +462,7 @@ def test_uv_version_is_read_from_its_metadata(tmp_path, ctx, project):
 
 DIRS_OK = {
     "dir./srv/helios": "root root 755", "dir./srv/helios/releases": "root root 755",
+    "dir./srv/helios/config": "root helios 750",
     "dir./srv/helios/shared": "helios helios 750",
     "dir./srv/helios/shared/media": "helios helios 750",
     "dir./var/www/acme": "root root 755", "dir./var/lib/helios-aws": "root root 755",
@@ -666,13 +667,13 @@ def test_env_file_is_uploaded_private_to_the_service_user(ctx, project):
     change, _ = run_step(host.EnvFile(target(ctx, project)), ctx)
     assert change.action == engine.CREATE
     assert ctx.ssh.staged == [(ctx.out_dir / ".env").read_text()]
-    # Written by the service user itself (shared/ is its own), root only opening the
-    # staged upload for its stdin.
+    # Put in place by root, by a rename in root's own directory (config/), so no link
+    # the service user planted can stand in for the file systemd reads as root.
     write = ctx.ssh.commands[-2]
-    assert write.startswith("runuser -u helios -- env -i PATH=/usr/bin:/bin sh -c ")
-    assert "umask 077 && t=$(mktemp" in write and "mv -fT" in write
-    assert write.endswith("sh /srv/helios/shared/.env </tmp/helios-aws.test/1 && "
-                          "rm -f -- /tmp/helios-aws.test/1")
+    assert write == ("install -m 600 -o helios -g helios -T -- /tmp/helios-aws.test/1 "
+                     "/srv/helios/config/.env.helios-aws-new && mv -fT -- "
+                     "/srv/helios/config/.env.helios-aws-new /srv/helios/config/.env && "
+                     "rm -f -- /tmp/helios-aws.test/1")
     assert "systemctl restart" in ctx.ssh.commands[-1]
 
 
@@ -687,7 +688,7 @@ def test_env_file_readable_by_others_is_rewritten(ctx, project):
     text = (ctx.out_dir / ".env").read_text()
     ctx.ssh.reply("cd /\n", facts(sha=sha(text), stat="helios 644"))
     change, _ = run_step(host.EnvFile(target(ctx, project)), ctx)
-    assert change.action == engine.UPDATE and "umask 077" in ctx.ssh.commands[-2]
+    assert change.action == engine.UPDATE and "install -m 600" in ctx.ssh.commands[-2]
 
 
 # ------------------------------------------------------------------------ release
@@ -821,7 +822,7 @@ def test_migrate_runs_as_the_service_user_with_the_env_file(ctx, project):
     assert change.action == engine.UPDATE
     rel = "/srv/helios/releases/20260101000000-abc"
     assert ctx.ssh.commands[1] == (
-        f"cd {rel} && runuser -u helios -- env HELIOS_ENV_FILE=/srv/helios/shared/.env "
+        f"cd {rel} && runuser -u helios -- env HELIOS_ENV_FILE=/srv/helios/config/.env "
         "DJANGO_SETTINGS_MODULE=helios_aws.settings_overrides.production "
         f"{rel}/.venv/bin/python manage.py migrate --no-input")
     assert ctx.ssh.commands[-1] == ("printf '%s\\n' d41d8 > "
@@ -958,6 +959,23 @@ def test_a_stopped_worker_is_started(ctx, project):
     change, _ = run_step(host.Units(target(ctx, project)), ctx)
     assert change.details == ["start helios-celery.service"]
     assert not ctx.ssh.files
+
+
+def test_the_old_env_in_shared_goes_once_the_units_read_the_new_one(ctx, project):
+    """A deployment made before the .env moved to root's config/: the units now name the
+    new file, and the old one (in shared/, which the service user writes, so perhaps a
+    link by now) is removed as that user after the units restart."""
+    hashes = {**unit_hashes(ctx), "sha./etc/systemd/system/gunicorn.service": "old"}
+    ctx.ssh.reply("cd /\n", facts(**hashes, **UNITS_RUNNING, legacy_env="yes"))
+    change, _ = run_step(host.Units(target(ctx, project)), ctx)
+    assert change.details == ["install gunicorn.service", "remove /srv/helios/shared/.env "
+                              "(the units read /srv/helios/config/.env)"]
+    assert "EnvironmentFile=/srv/helios/config/.env" in ctx.ssh.files[
+        "/etc/systemd/system/gunicorn.service"][0]
+    steps = ctx.ssh.commands[-1].splitlines()
+    assert steps[-1] == ("runuser -u helios -- env -i PATH=/usr/bin:/bin rm -f -- "
+                         "/srv/helios/shared/.env")
+    assert steps.index("systemctl try-restart gunicorn.service") < len(steps) - 1
 
 
 # ------------------------------------------------------------------------ nginx
@@ -1251,9 +1269,9 @@ def test_a_malformed_fingerprint_is_refused(ctx):
 
 def test_layout_paths_match_the_rendered_units(ctx, project):
     unit = (ctx.out_dir / "systemd" / "gunicorn.service").read_text()
-    assert "EnvironmentFile=/srv/helios/shared/.env" in unit
+    assert "EnvironmentFile=/srv/helios/config/.env" in unit
     assert "WorkingDirectory=/srv/helios/current" in unit
-    assert Path(host_base.Target(ctx, project).layout.env_file).as_posix() == "/srv/helios/shared/.env"
+    assert Path(host_base.Target(ctx, project).layout.env_file).as_posix() == "/srv/helios/config/.env"
 
 
 # ------------------------------------------------------------------------ hostile values

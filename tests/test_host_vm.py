@@ -245,7 +245,7 @@ def http_get(vm, path):
 def as_helios(command):
     """A command as the service user, in the serving release, with the deployment's env."""
     return (f"cd /srv/helios/current && sudo runuser -u helios -- env "
-            "HELIOS_ENV_FILE=/srv/helios/shared/.env "
+            "HELIOS_ENV_FILE=/srv/helios/config/.env "
             f"DJANGO_SETTINGS_MODULE=helios_aws.settings_overrides.production {command}")
 
 
@@ -274,7 +274,7 @@ def test_runs_killed_mid_way_leave_nothing_duplicated_half_written_or_rotated(de
     assert not [p.name for p in deploy.rglob("*") if p.name.endswith(".tmp")]
     local = secret_digests((deploy / ".env").read_text())
     assert local == deployment.secrets
-    on_host = deployment.guest("sudo cat /srv/helios/shared/.env").stdout
+    on_host = deployment.guest("sudo cat /srv/helios/config/.env").stdout
     assert secret_digests(on_host) == local
     # One release, installed and serving; nothing half-written beside the real files.
     releases = deployment.guest("ls /srv/helios/releases").stdout.split()
@@ -383,7 +383,7 @@ def test_the_install_ran_as_the_service_user_and_the_code_is_root_s(deployment):
 
 
 def test_secrets_are_private_to_the_service_user(deployment):
-    stat = deployment.guest("sudo stat -c '%U %a' /srv/helios/shared/.env").stdout.split()
+    stat = deployment.guest("sudo stat -c '%U %a' /srv/helios/config/.env").stdout.split()
     assert stat == ["helios", "600"]
     role = deployment.guest("cd / && sudo runuser -u postgres -- psql -XAtc "
                             "\"SELECT rolsuper FROM pg_roles WHERE rolname = 'helios'\"")
@@ -391,7 +391,7 @@ def test_secrets_are_private_to_the_service_user(deployment):
 
 
 def test_helios_does_not_start_without_its_readable_env(deployment):
-    env = "/srv/helios/shared/.env"
+    env = "/srv/helios/config/.env"
     restart = "sudo systemctl restart gunicorn.service"
     since = deployment.guest("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
 
@@ -432,9 +432,9 @@ def test_systemd_reads_the_deployed_env_as_the_overlay_does(deployment):
     python = "/srv/helios/current/.venv/bin/python"
     by_systemd = json.loads(deployment.guest(
         "sudo systemd-run --quiet --wait --pipe --collect "
-        f"-p EnvironmentFile=/srv/helios/shared/.env {python} -c '{dump}'").stdout)
+        f"-p EnvironmentFile=/srv/helios/config/.env {python} -c '{dump}'").stdout)
     overlay = ("import environ, json; E = type('E', (environ.Env,), {'ENVIRON': {}}); "
-               "E.read_env('/srv/helios/shared/.env'); print(json.dumps(E.ENVIRON))")
+               "E.read_env('/srv/helios/config/.env'); print(json.dumps(E.ENVIRON))")
     by_overlay = json.loads(deployment.guest(f'sudo {python} -c "{overlay}"').stdout)
     ours = envfile.parse((deployment.project / "deploy" / ".env").read_text())
     assert ours["DEFAULT_FROM_NAME"] == AWKWARD_FROM_NAME
@@ -598,7 +598,7 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
         f"printf 'import os\\nopen(f\"{evil}/python-{{os.geteuid()}}-{{os.getpid()}}\", "
         f"\"w\")\\n' > {evil}/sitecustomize.py && "
         f"printf 'PATH={evil}:/usr/bin:/bin\\nPYTHONPATH={evil}\\nBASH_ENV={evil}/sh\\n' "
-        ">> /srv/helios/shared/.env && "
+        ">> /srv/helios/config/.env && "
         "mv /srv/helios/shared/media /srv/helios/shared/media-real && "
         "ln -s /var/lib/helios-canary /srv/helios/shared/media"))
     deployment.guest("sudo mkdir -m 700 -p /var/lib/helios-canary && "

@@ -102,7 +102,7 @@ def server(tmp_path, project, database_url):  # noqa: F811
     python.parent.mkdir(parents=True)
     python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
-    env_file = prefix / "srv/helios/shared/.env"
+    env_file = prefix / "srv/helios/config/.env"
     env_file.parent.mkdir(parents=True)
     env_file.write_text(f"DATABASE_URL={database_url}\n")
     env_file.chmod(0o600)

@@ -87,7 +87,12 @@ def host(tmp_path_factory, postgres):
     for path in [shared, *(shared / "media").rglob("*"), shared / "media"]:
         os.chown(path, entry.pw_uid, entry.pw_gid)
     shared.chmod(0o750)
-    site.shared, site.base_dir = shared, base
+    # The .env's directory is root's; the service user may read in it (host.ServiceUser).
+    config = app / "config"
+    config.mkdir()
+    os.chown(config, 0, entry.pw_gid)
+    config.chmod(0o750)
+    site.shared, site.config_dir, site.base_dir = shared, config, base
     # What root owns outside the app's tree, with secrets in it.
     site.outside = base / "outside"
     site.outside.mkdir()
@@ -139,8 +144,9 @@ def deployed(host, aws_env, sshd):
 
 
 def plant_env(host, aws_env, link=None):
-    """The service user's .env, with what it could add to take over root's processes."""
-    env = host.shared / ".env"
+    """The service user's .env, with what it could add to take over root's processes
+    (the file is its own; the directory is root's, so a link there is root's doing)."""
+    env = host.config_dir / ".env"
     env.unlink(missing_ok=True)
     if link is not None:
         env.symlink_to(link)
@@ -202,6 +208,16 @@ def test_planted_environment_and_links_never_reach_root(host, deployed, aws_env,
 def test_a_linked_env_is_read_as_the_service_user_and_refused(host, deployed, aws_env,
                                                              tmp_path):
     _, deployment, options = deployed
+    # The service user cannot put a link (or anything) in the .env's place: the directory
+    # systemd reads it from, as root, is root's.
+    for attempt in ([f"ln -sfn {host.outside / 'secret.env'} {host.config_dir / '.env'}"],
+                    [f"mv -f {host.config_dir / '.env'} {host.config_dir / 'x'}"],
+                    [f"rm -f {host.config_dir / '.env'}"]):
+        tried = subprocess.run(["runuser", "-u", SERVICE_USER, "--", "sh", "-c", *attempt],
+                               capture_output=True, text=True)
+        assert tried.returncode != 0 and "Permission denied" in tried.stderr, attempt
+    # Had root itself been led to put one there, the file is still read as the service
+    # user, and refused.
     plant_env(host, aws_env, link=host.outside / "secret.env")
     outside = snapshot(host.outside)
     try:
@@ -210,7 +226,7 @@ def test_a_linked_env_is_read_as_the_service_user_and_refused(host, deployed, aw
     finally:
         plant_env(host, aws_env)
 
-    assert f"Cannot read {host.shared / '.env'} as {SERVICE_USER}" in refused.value.message
+    assert f"Cannot read {host.config_dir / '.env'} as {SERVICE_USER}" in refused.value.message
     assert "Permission denied" in refused.value.message
     assert snapshot(host.outside) == outside
 

@@ -17,22 +17,20 @@ from .database import Postgres
 
 
 class EnvFile(HostStep):
-    """The .env aws_configure wrote, as shared/.env: 0600, owned by the service user.
+    """The .env aws_configure wrote, as config/.env: 0600, owned by the service user.
 
-    shared/ is the service user's: the file is read and written *as that user* (root
-    only opens the staged upload), so a link it planted there leads nowhere else."""
+    config/ is root's (the service user may only read in it), so no link can stand in
+    for the file that systemd, as root, reads for the units: root writes it there by a
+    rename of its own. The .env of earlier versions, in the service user's shared/, is
+    removed by the units' step once the units read this one."""
 
     name = "host: .env"
 
-    def as_user(self, command):
-        lay = self.target.layout
-        return (f"runuser -u {q(lay.service_user)} -- env -i PATH=/usr/bin:/bin "
-                f"sh -c {q(command)} sh {q(lay.env_file)}")
-
     def read(self, ctx):
-        return self.facts(ctx, fact("sha", self.as_user(
-            '[ -L "$1" ] || sha256sum -- "$1" 2>/dev/null | cut -c1-64'))
-            + fact("stat", self.as_user('stat -c "%U %a" -- "$1" 2>/dev/null')))
+        env = q(self.target.layout.env_file)
+        return self.facts(ctx, fact("sha", f"[ -L {env} ] || sha256sum -- {env} 2>/dev/null"
+                                           " | cut -c1-64")
+                          + fact("stat", f"stat -c '%U %a' -- {env} 2>/dev/null"))
 
     def plan(self, ctx, current):
         lay = self.target.layout
@@ -44,12 +42,12 @@ class EnvFile(HostStep):
                       f"{lay.env_file} (0600, {lay.service_user})")
 
     def apply(self, ctx, current, change):
-        conn = connection(ctx)
-        staged = conn.stage(self.target.local(configure.ENV_NAME))
-        # Root opens the staged file for the user's stdin; the user writes its own file.
-        write = ('umask 077 && t=$(mktemp --suffix=.helios-aws-new -- "$1.XXXXXXXX") && '
-                 'cat >"$t" && mv -fT -- "$t" "$1"')
-        self.sh(ctx, self.as_user(write) + f" <{q(staged)} && rm -f -- {q(staged)}")
+        lay = self.target.layout
+        staged = connection(ctx).stage(self.target.local(configure.ENV_NAME))
+        new = q(f"{lay.env_file}.helios-aws-new")
+        user = q(lay.service_user)
+        self.sh(ctx, f"install -m 600 -o {user} -g {user} -T -- {q(staged)} {new} && "
+                     f"mv -fT -- {new} {q(lay.env_file)} && rm -f -- {q(staged)}")
         # Running services read the file only when they start.
         self.sh(ctx, restart_running())
 

@@ -197,6 +197,7 @@ class ServiceUser(HostStep):
         return [
             (lay.root, "root", "root", "755"),
             (lay.releases, "root", "root", "755"),
+            (lay.config, "root", user, "750"),
             (lay.shared, user, user, "750"),
             (lay.shared_media, user, user, "750"),
             (lay.acme_root, "root", "root", "755"),

@@ -23,14 +23,19 @@ class Units(HostStep):
         return {p.name: p.read_text() for p in sorted(out.iterdir()) if p.is_file()}
 
     def read(self, ctx):
-        unit_dir = self.target.layout.unit_dir
-        paths = [unit_dir / name for name in self.files()]
-        return self.facts(ctx, file_hashes_script(paths) + unit_state_script(APP_UNITS))
+        lay = self.target.layout
+        paths = [lay.unit_dir / name for name in self.files()]
+        legacy = q(lay.legacy_env_file)
+        return self.facts(ctx, file_hashes_script(paths) + unit_state_script(APP_UNITS)
+                          + fact("legacy_env", f"[ -e {legacy} ] || [ -L {legacy} ] && echo yes"))
 
     def plan(self, ctx, current):
-        unit_dir = self.target.layout.unit_dir
+        lay = self.target.layout
+        unit_dir = lay.unit_dir
         details = [f"install {name}" for name, text in self.files().items()
                    if current.get(f"sha.{unit_dir / name}") != sha256(text)]
+        if current.get("legacy_env"):
+            details.append(f"remove {lay.legacy_env_file} (the units read {lay.env_file})")
         for unit in APP_UNITS:
             if current.get(f"enabled.{unit}") != "enabled":
                 details.append(f"enable {unit}")
@@ -57,6 +62,12 @@ class Units(HostStep):
         if restart:
             commands.append(f"systemctl try-restart {' '.join(restart)}")
         commands.append(f"systemctl start {' '.join(APP_UNITS)}")
+        if current.get("legacy_env"):
+            # As the service user, in its own directory: whatever stands there goes, and
+            # nothing it points to.
+            lay = self.target.layout
+            commands.append(f"runuser -u {q(lay.service_user)} -- env -i PATH=/usr/bin:/bin "
+                            f"rm -f -- {q(lay.legacy_env_file)}")
         self.sh(ctx, "\n".join(commands), timeout=600)
 
 
