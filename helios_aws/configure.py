@@ -112,6 +112,9 @@ def record_changes(out_dir, deployment):
             if key not in old or old[key] != value}
 
 
+BACKUP_LOCK_WAIT = 2 * 3600
+
+
 def template_context(deployment, project):
     layout = layout_mod.for_deployment(deployment, deployment.host_prefix)
     return {
@@ -126,6 +129,9 @@ def template_context(deployment, project):
         "https_port": deployment.https_port,
         "https_port_suffix": "" if deployment.https_port == 443 else f":{deployment.https_port}",
         "dropped_forwarding_headers": DROPPED_FORWARDING_HEADERS,
+        "settings_module": layout_mod.SETTINGS_MODULE,
+        # How long the nightly backup waits for the deployment lock (a restore, say).
+        "backup_lock_wait": BACKUP_LOCK_WAIT,
     }
 
 

@@ -56,10 +56,17 @@ def test_the_units_run_nightly_as_the_service_user_without_credentials(ctx):
     service = (ctx.out_dir / "systemd/helios-backup.service").read_text()
     timer = (ctx.out_dir / "systemd/helios-backup.timer").read_text()
 
-    assert "User=helios\n" in service and "Group=helios\n" in service
+    # root takes the deployment lock with the unit's own environment (no .env), then
+    # runs the backup as the service user, whose Helios reads its .env itself.
+    assert "\nEnvironmentFile=" not in service and "\nUser=" not in service
+    assert "Environment=HELIOS_ENV_FILE=/srv/helios/config/.env\n" in service
+    assert ("Environment=DJANGO_SETTINGS_MODULE=helios_aws.settings_overrides.production\n"
+            in service)
     assert "UMask=0077\n" in service
-    assert "EnvironmentFile=/srv/helios/config/.env\n" in service
-    assert ("ExecStart=/srv/helios/current/.venv/bin/python manage.py aws_backup --here "
+    assert "ExecStartPre=+/bin/sh -c 'umask 077 && : >> /run/helios-aws.lock'\n" in service
+    assert ("ExecStart=/usr/bin/flock --wait 7200 /run/helios-aws.lock /usr/bin/setpriv "
+            "--reuid=helios --regid=helios --init-groups --inh-caps=-all -- "
+            "/srv/helios/current/.venv/bin/python manage.py aws_backup --here "
             f"--config {CONFIG}\n") in service
     assert "AWS_" not in service and "SECRET" not in service and "PASSWORD" not in service
     assert "OnCalendar=*-*-* 03:15:00 UTC\n" in timer

@@ -569,9 +569,29 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
                      "voters && echo password,v1,v1@example.org,V1 > "
                      "/srv/helios/shared/media/voters/e1.csv'")
 
+    # The nightly backup waits for the deployment lock (held here as a restore would hold
+    # it), then runs as the service user.
+    deployment.guest("sudo systemd-run --quiet --unit=hold-the-lock "
+                     "flock /run/helios-aws.lock sleep 25")
+    deployment.guest("sudo systemctl start --no-block helios-backup.service")
+    time.sleep(10)
+    waiting = deployment.guest("systemctl is-active helios-backup.service; "
+                               "pgrep -u root -f 'flock --wait 7200 /run/helios-aws.lock' "
+                               ">/dev/null && echo flock-waits", check=False).stdout.split()
+    assert waiting == ["activating", "flock-waits"], waiting
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="helios/daily/")
+    ran_as = deployment.guest(
+        "for i in $(seq 120); do pgrep -u helios -f 'manage.py aws_backup --here' "
+        ">/dev/null && { echo helios; break; }; sleep 0.5; done", check=False).stdout.strip()
+    assert ran_as == "helios"
     started = time.monotonic()
-    deployment.guest("sudo systemctl start helios-backup.service", timeout=900)
-    print(f"backup by the timer's service: {time.monotonic() - started:.0f} s")
+    result = deployment.guest(
+        "while [ \"$(systemctl is-active helios-backup.service)\" = activating ]; do "
+        "sleep 1; done; systemctl show -p Result --value helios-backup.service",
+        timeout=900).stdout.strip()
+    assert result == "success", deployment.guest(
+        "sudo journalctl -u helios-backup.service --no-pager | tail -30", check=False).stdout
+    print(f"backup by the timer's service: {time.monotonic() - started:.0f} s after the lock")
     manifests = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="helios/daily/")
                  ["Contents"] if o["Key"].endswith("/manifest.json")]
     assert len(manifests) == 1

@@ -514,8 +514,9 @@ class Connection:
                 busy.told = True
                 (self.on_lock_wait or self.log)(
                     f"Another helios-aws run holds the deployment lock on {self.host} "
-                    f"({holder.group(1).strip() or 'holder unknown'}; or an interrupted one "
-                    "is finishing its last command there): waiting up to "
+                    f"(last taken by {holder.group(1).strip() or 'an unknown run'}; or an "
+                    "interrupted run is finishing its last command there, or the nightly "
+                    "backup, helios-backup.service, is running): waiting up to "
                     f"{_duration(self.lock_wait)} for it.")
 
         busy.told = False
