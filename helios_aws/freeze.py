@@ -1,0 +1,200 @@
+"""The election freeze: while an election is open, nothing changes the server.
+
+Every operation that changes the server passes :class:`Gate` before its first change: the
+host half of ``aws_provision`` (a release, the .env, the units, the nginx site, OS
+packages: the :class:`~helios_aws.engine.Runner` calls the gate before it applies any
+host step, so a step added later is covered without knowing of it), ``--rollback``,
+``--stop``, ``--destroy`` and ``aws_restore --into-production``. The gate asks the server
+which elections are open (:mod:`helios_aws.freezeside`, run as root: Helios's own
+definition, :mod:`helios_aws.elections`) and refuses, naming each election and when it
+closes. An answer it cannot get refuses too, naming what could not be read.
+
+``--force --reason "..."`` overrides. Each change made under the override is first
+written to an audit record (the reason, the operator: local user and AWS identity, the
+time, the elections, what changes), appended to root's log on the host and put in the
+backup bucket; if the record cannot be written, the change is not made.
+
+A server that has never served Helios (no ``current`` release) holds no election: the
+first provisioning passes without asking.
+"""
+
+import datetime
+import getpass
+import json
+import shlex
+
+from . import layout as layout_mod, rootside
+from .errors import ConfigError, HeliosAWSError
+
+OPEN_ACTION, AUDIT_ACTION = "open", "audit"
+NO_HELIOS = "no-helios-yet"
+
+
+class Frozen(HeliosAWSError):
+    """An election is open (or whether one is could not be read): the change is refused."""
+
+
+def check_options(options):
+    """``--force`` needs ``--reason`` (the audit record's), and ``--reason`` means
+    something only with ``--force``."""
+    reason = (options.get("reason") or "").strip()
+    if options.get("force") and not reason:
+        raise ConfigError("--force needs --reason: overriding the election freeze is "
+                          "recorded with the reason, on the server and in the backup bucket.",
+                          'Add --reason "why this cannot wait until voting ends".')
+    if reason and not options.get("force"):
+        raise ConfigError("--reason means something only with --force.",
+                          "Add --force, or drop --reason.")
+
+
+def _command(deployment, action):
+    lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    prefix = deployment.host_prefix.rstrip("/")
+    argv = ["env", "-i", f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8",
+            str(lay.root_tool / "bin" / "python"), "-I", "-m", "helios_aws.freezeside",
+            action, "--config", prefix + "/var/lib/helios-aws/backup.json",
+            "--env-file", str(lay.env_file), "--log", prefix + "/var/lib/helios-aws/audit.jsonl"]
+    current = shlex.quote(str(lay.current))
+    never = (f"if [ ! -e {current} ] && [ ! -L {current} ]; then echo {NO_HELIOS}; exit 0; fi\n"
+             if action == OPEN_ACTION else "")
+    return f"{never}cd / && {shlex.join(argv)}"
+
+
+def _said(result):
+    lines = [line for line in (result.stderr or "").strip().splitlines() if line.strip()]
+    return " ".join(lines[-4:]) or f"exit {result.status}"
+
+
+def read_open(connection, deployment):
+    """[(short name, closes_at or None)] of the elections open now on the server; Frozen
+    (naming what could not be read) when that cannot be decided."""
+    result = connection.run(_command(deployment, OPEN_ACTION), sudo=True, check=False,
+                            timeout=120)
+    out = (result.stdout or "").strip()
+    if result.status == 0 and out == NO_HELIOS:
+        return []
+    if result.status != 0:
+        raise Frozen(f"Cannot tell whether an election is open on the server, so nothing was "
+                     f"changed: {_said(result)}",
+                     "Fix what the message says, or, if the change cannot wait, give "
+                     '--force --reason "..." (it is recorded).')
+    try:
+        rows = json.loads(out.splitlines()[-1])
+        return [(row["short_name"], row["closes_at"]) for row in rows]
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise Frozen(f"Cannot tell whether an election is open on the server: its answer "
+                     f"was not understood ({exc}); nothing was changed.",
+                     "Run aws_provision again to update root's helios-aws on the server.")
+
+
+def describe(open_now):
+    """``e1 (closes 2026-12-08 18:00 UTC), e2 (no closing time set)``."""
+    def one(name, closes):
+        if not closes:
+            return f"{name} (no closing time set: open until an administrator closes it)"
+        when = datetime.datetime.fromisoformat(closes)
+        return f"{name} (closes {when:%Y-%m-%d %H:%M} UTC)"
+
+    return ", ".join(one(name, closes) for name, closes in open_now)
+
+
+def operator(ctx=None):
+    """Who overrides: the local user and, if the run has AWS credentials at hand, their
+    identity's ARN."""
+    user = getpass.getuser()
+    arn = None
+    if ctx is not None and getattr(ctx, "aws", None) is not None:
+        from .aws import account
+
+        try:
+            arn = account.caller(ctx)["arn"]
+        except HeliosAWSError:
+            arn = None
+    return {"user": user, "aws": arn}
+
+
+class Gate:
+    """Asked before each change to the server (``gate(what)``, ``what`` a list of
+    sentences): the first call reads the open elections; while one is open every call
+    refuses, or, with ``--force --reason``, writes the audit record of ``what`` first."""
+
+    def __init__(self, deployment, options, action, connect, ctx=None, say=None):
+        self.deployment = deployment
+        self.options = options
+        self.action = action
+        self.connect = connect
+        self.ctx = ctx
+        self.say = say or (lambda text: None)
+        self.open = None
+        self.unreadable = None
+
+    def _read(self, connection):
+        if self.open is not None:
+            return
+        try:
+            self.open = read_open(connection, self.deployment)
+        except Frozen as exc:
+            if not self.options.get("force"):
+                raise
+            self.open, self.unreadable = [], exc.message
+
+    def __call__(self, what):
+        connection = self.connect()
+        self._read(connection)
+        if not self.open and not self.unreadable:
+            return
+        if not self.options.get("force"):
+            raise Frozen(
+                f"Refusing {self.action}: election(s) open for voting now: "
+                f"{describe(self.open)}. Nothing on the server may change while voters vote.",
+                'Wait until voting ends, or give --force --reason "..." (the override is '
+                "recorded on the server and in the backup bucket).")
+        changes = list(what) + ([f"elections unreadable: {self.unreadable}"]
+                                if self.unreadable else [])
+        record = {
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "action": self.action, "reason": self.options["reason"].strip(),
+            "operator": operator(self.ctx),
+            "elections": [{"short_name": n, "closes_at": c} for n, c in self.open],
+            "changes": changes,
+        }
+        result = connection.run(_command(self.deployment, AUDIT_ACTION), sudo=True,
+                                check=False, input=json.dumps(record), timeout=120)
+        if result.status != 0:
+            raise Frozen(f"The override of the election freeze could not be recorded, so "
+                         f"nothing was changed: {_said(result)}",
+                         "Fix what the message says and run the same command again.")
+        self.say(f"--force: {self.action} although "
+                 f"{describe(self.open) if self.open else 'the elections could not be read'}"
+                 f"; {(result.stdout or '').strip()}")
+
+
+def step_gate(ctx, action):
+    """The gate of a run of steps: the Runner calls it before it applies a host step."""
+    from .host.base import HostStep, connection
+
+    gate = Gate(ctx.deployment, ctx.options, action, lambda: connection(ctx), ctx=ctx,
+                say=ctx.notice)
+
+    def before_change(step, change):
+        if not isinstance(step, HostStep):
+            return
+        what = f"{step.name}: {change.action}"
+        if change.details:
+            what += " (" + "; ".join(change.details) + ")"
+        gate([ctx.redactor.redact(what)])
+
+    return before_change
+
+
+def guard_restore(deployment, out_dir, options, say):
+    """``aws_restore --into-production``: the gate, on a connection of its own, closed
+    before the restore opens the one that holds the server's lock for it."""
+    from .backup_commands import connect
+
+    connection = connect(deployment, out_dir, options)
+    try:
+        Gate(deployment, options, "a restore into production", lambda: connection,
+             say=say)([f"restore {options.get('backup')} into production"])
+    finally:
+        connection.close()

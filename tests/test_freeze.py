@@ -1,0 +1,239 @@
+"""The election freeze, with real parts: the fixture Helios in a real PostgreSQL with an
+election opened through its Django models (naive UTC, Helios's time zone), the real
+sshd on loopback whose root runs root's side (``python -I -m helios_aws.freezeside``
+from root's own helios-aws), and the moto server over HTTP as the backup bucket.
+
+The gate sits in the Runner, before any host step's change: a step made here stands for
+every one of them (a release, the .env, a unit, a package upgrade), as the gate knows
+nothing of what the step does.
+"""
+
+import datetime
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+from fixtures import HELIOS_TIME_ZONE, helios_env, run_manage
+from helios_aws import backup, freeze, rootside
+from helios_aws.engine import CREATE, KEEP, Change, Context, Output, Runner, StepFailed
+from helios_aws.host.base import HostStep, Target, connection, q
+from helios_aws.params import Deployment
+from test_backup import DOMAIN, SETTINGS, Site, provision_bucket
+
+OPEN_ELECTION = """
+import datetime
+from helios.models import Election
+now = Election.utcnow()
+Election.objects.filter(short_name="board-2026").delete()
+Election(short_name="board-2026", name="Board", frozen_at=now - datetime.timedelta(hours=2),
+         voting_starts_at=now - datetime.timedelta(hours=1),
+         voting_ends_at=now + datetime.timedelta(hours=30)).save()
+print(now.isoformat())
+"""
+
+
+class Touch(HostStep):
+    """A host step that changes one file on the server (as root)."""
+
+    name = "host: a change"
+
+    def __init__(self, target, path):
+        super().__init__(target)
+        self.path = path
+
+    def read(self, ctx):
+        return self.facts(ctx, f"printf 'there=%s\\0' \"$(test -e {q(self.path)} && echo y)\"")
+
+    def plan(self, ctx, current):
+        return Change(KEEP) if current.get("there") else Change(CREATE, f"write {self.path}")
+
+    def apply(self, ctx, current, change):
+        self.sh(ctx, f"touch -- {q(self.path)}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, postgres):
+    site = Site(tmp_path_factory.mktemp("freeze"), postgres, database="helios_freeze")
+    opened = site.manage("shell", "-c", OPEN_ELECTION)
+    assert opened.returncode == 0, opened.stderr
+    site.opened_at = datetime.datetime.fromisoformat(opened.stdout.strip().splitlines()[-1])
+    return site
+
+
+@pytest.fixture
+def server(site, aws_env, sshd):
+    """The host's layout under a prefix: a serving release, root's helios-aws, the .env
+    and root's backup.json naming the bucket and Helios's time zone."""
+    (site.deploy / "state.json").unlink(missing_ok=True)
+    bucket, _ = provision_bucket(site)
+    boto3.client("s3").delete_bucket_policy(Bucket=bucket)  # see test_backup.py
+    base = Path(tempfile.mkdtemp(prefix="helios-aws-freeze-"))
+    prefix = base / "host"
+    app = prefix / "srv/helios"
+    (app / "shared").mkdir(parents=True)
+    (app / "current").symlink_to(site.project)
+    (app / "tools").mkdir()
+    (app / "tools/helios-aws").symlink_to(sys.prefix)
+    (app / "shared/.env").write_text(site.env_file.read_text() + "".join(
+        f"{name}={os.environ[name]}\n" for name in rootside.PASSED_ON if name in os.environ))
+    config = prefix / "var/lib/helios-aws/backup.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(backup.Config(bucket=bucket, prefix="helios", region="us-east-1",
+                                    time_zone=HELIOS_TIME_ZONE).as_json())
+    deployment = Deployment(domain=DOMAIN, email="elections@example.org",
+                            ssh_user=sshd.user, host_prefix=str(prefix))
+    options = {"host": sshd.host, "ssh_port": sshd.port, "ssh_key": str(sshd.client_key),
+               "known_hosts": str(sshd.known_hosts),
+               "trust_host_key": sshd.host_key_fingerprint,
+               "ssh_agent": False}
+    server = type("Server", (), {})()
+    server.prefix, server.bucket, server.config, server.deployment = (
+        prefix, bucket, config, deployment)
+    server.options = options
+    server.audit = prefix / "var/lib/helios-aws/audit.jsonl"
+    yield server
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run(site, server, *paths, **options):
+    """The host steps (each writing one of ``paths``) run as aws_provision runs them, with
+    the gate; returns the printed lines."""
+    ctx = Context(server.deployment, site.deploy, options={**server.options, **options})
+    ctx.before_change = freeze.step_gate(ctx, "a change of the server")
+    lines = []
+    ctx.out = Output(lines.append)
+    try:
+        target = Target(ctx)
+        Runner([Touch(target, p) for p in paths], ctx, ctx.out).apply()
+    finally:
+        if ctx.ssh is not None:
+            ctx.ssh.close()
+    return lines
+
+
+def test_a_change_is_refused_while_an_election_is_open_naming_it_and_its_close(site,
+                                                                                 server):
+    changed = server.prefix / "changed"
+
+    with pytest.raises(StepFailed) as refused:
+        run(site, server, changed)
+
+    closes = site.opened_at + datetime.timedelta(hours=30)
+    assert "Refusing a change of the server: election(s) open for voting now: board-2026 " \
+        f"(closes {closes:%Y-%m-%d %H:%M} UTC)" in refused.value.message
+    assert "--force --reason" in refused.value.hint
+    assert not changed.exists()
+    assert not server.audit.exists()
+
+
+def test_a_run_that_changes_nothing_is_not_refused(site, server):
+    kept = server.prefix / "kept"
+    kept.touch()
+
+    lines = run(site, server, kept)
+
+    assert any("host: a change: unchanged" in line for line in lines)
+
+
+def test_force_with_a_reason_goes_through_and_each_change_is_recorded_first(site, server):
+    first, second = server.prefix / "first", server.prefix / "second"
+
+    lines = run(site, server, first, second, force=True,
+                reason="security fix to the booth's TLS")
+
+    assert first.exists() and second.exists()
+    assert any("--force: a change of the server although board-2026" in line
+               for line in lines)
+    # On the host: root's, not the service user's to read or rewrite.
+    info = server.audit.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (0, 0o600)
+    records = [json.loads(line) for line in server.audit.read_text().splitlines()]
+    assert [r["changes"] for r in records] == [[f"host: a change: create (write {first})"],
+                                               [f"host: a change: create (write {second})"]]
+    for record in records:
+        assert record["reason"] == "security fix to the booth's TLS"
+        assert record["action"] == "a change of the server"
+        assert record["operator"]["user"] == getpass.getuser()
+        assert [e["short_name"] for e in record["elections"]] == ["board-2026"]
+        assert datetime.datetime.fromisoformat(record["at"]) > site.opened_at.replace(
+            tzinfo=datetime.timezone.utc)
+    # Each record names the one before it: a line removed from the log shows.
+    assert records[0]["sha256_of_previous"] is None
+    assert records[1]["sha256_of_previous"] == hashlib.sha256(
+        server.audit.read_text().splitlines()[0].encode()).hexdigest()
+    # In the bucket, with its SHA-256 checksum.
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=server.bucket,
+                                                 Prefix="helios/audit/")["Contents"]]
+    assert len(keys) == 2
+    bodies = sorted(json.loads(s3.get_object(Bucket=server.bucket, Key=k)["Body"].read())
+                    ["changes"][0] for k in keys)
+    assert bodies == sorted(r["changes"][0] for r in records)
+    attributes = s3.get_object_attributes(Bucket=server.bucket, Key=keys[0],
+                                          ObjectAttributes=["Checksum"])
+    assert attributes["Checksum"]["ChecksumSHA256"]
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("zone", "Helios's time zone is unknown"),
+    ("database", 'database "helios_gone" does not exist'),
+])
+def test_elections_that_cannot_be_read_refuse_naming_what(site, server, damage, said):
+    if damage == "zone":
+        server.config.write_text(server.config.read_text().replace(HELIOS_TIME_ZONE, ""))
+    else:
+        env = server.prefix / "srv/helios/shared/.env"
+        env.write_text(env.read_text().replace("/helios_freeze", "/helios_gone"))
+    changed = server.prefix / "changed"
+
+    with pytest.raises(StepFailed) as refused:
+        run(site, server, changed)
+
+    assert "Cannot tell whether an election is open on the server, so nothing was changed" \
+        in refused.value.message
+    assert said in refused.value.message
+    assert not changed.exists()
+
+
+def test_a_server_that_never_served_helios_is_provisioned_without_asking(site, server):
+    (server.prefix / "srv/helios/current").unlink()
+    shutil.rmtree(server.prefix / "srv/helios/tools")
+    changed = server.prefix / "changed"
+
+    run(site, server, changed)
+
+    assert changed.exists()
+
+
+def test_the_restore_guard_on_the_server_names_the_close_too(site, server):
+    ctx = Context(server.deployment, site.deploy, options=server.options)
+    try:
+        gate = freeze.Gate(server.deployment, {}, "a restore into production",
+                           lambda: connection(ctx))
+        with pytest.raises(freeze.Frozen) as refused:
+            gate(["restore daily/x into production"])
+    finally:
+        ctx.ssh.close()
+    assert "Refusing a restore into production: election(s) open for voting now: " \
+        "board-2026 (closes" in refused.value.message
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--force"], "--force needs --reason"),
+    (["--force", "--reason", "  "], "--force needs --reason"),
+    (["--reason", "why"], "--reason means something only with --force"),
+])
+def test_force_needs_a_reason(site, args, said):
+    result = run_manage(site.project, "aws_provision", "--output", str(site.deploy), *args,
+                        SETTINGS, env=helios_env(HELIOS_ENV_FILE=str(site.env_file)))
+
+    assert result.returncode != 0
+    assert said in result.stderr
