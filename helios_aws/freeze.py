@@ -113,6 +113,16 @@ def operator(ctx=None):
     return {"user": user, "aws": arn}
 
 
+def audit_record(action, reason, who, open_now, changes, at=None):
+    """The audit record of an override (schema: records.AUDIT, checked by root's side
+    before it writes anything)."""
+    at = at or datetime.datetime.now(datetime.timezone.utc)
+    return {"at": at.isoformat(timespec="seconds"), "action": action,
+            "reason": reason.strip(), "operator": who,
+            "elections": [{"short_name": n, "closes_at": c} for n, c in open_now],
+            "changes": list(changes)}
+
+
 class Gate:
     """Asked before each change to the server (``gate(what)``, ``what`` a list of
     sentences): the first call reads the open elections; while one is open every call
@@ -151,13 +161,8 @@ class Gate:
                 "recorded on the server and in the backup bucket).")
         changes = list(what) + ([f"elections unreadable: {self.unreadable}"]
                                 if self.unreadable else [])
-        record = {
-            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "action": self.action, "reason": self.options["reason"].strip(),
-            "operator": operator(self.ctx),
-            "elections": [{"short_name": n, "closes_at": c} for n, c in self.open],
-            "changes": changes,
-        }
+        record = audit_record(self.action, self.options["reason"], operator(self.ctx),
+                              self.open, changes)
         result = connection.run(_command(self.deployment, AUDIT_ACTION), sudo=True,
                                 check=False, input=json.dumps(record), timeout=120)
         if result.status != 0:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from fixtures import HELIOS_TIME_ZONE, helios_env, run_manage
-from helios_aws import backup, freeze, rootside
+from helios_aws import backup, freeze, records, rootside
 from helios_aws.engine import CREATE, KEEP, Change, Context, Output, Runner, StepFailed
+from helios_aws.errors import HeliosAWSError
 from helios_aws.host.base import HostStep, Target, connection, q
 from helios_aws.params import Deployment
 from test_backup import DOMAIN, SETTINGS, Site, provision_bucket
@@ -237,3 +239,22 @@ def test_force_needs_a_reason(site, args, said):
 
     assert result.returncode != 0
     assert said in result.stderr
+
+
+NAMES = st.text(min_size=1, max_size=20)
+
+
+@settings(max_examples=40, deadline=None)
+@given(action=NAMES, reason=NAMES, user=NAMES, arn=st.none() | NAMES,
+       open_now=st.lists(st.tuples(NAMES, st.none() | NAMES), max_size=3),
+       changes=st.lists(NAMES, max_size=3))
+def test_root_accepts_the_record_the_operator_writes_and_refuses_another(
+        action, reason, user, arn, open_now, changes):
+    record = freeze.audit_record(action, reason, {"user": user, "aws": arn}, open_now,
+                                 changes)
+    sent = json.loads(json.dumps(record))
+    assert records.check(sent, records.AUDIT, "the audit record", "fix", HeliosAWSError) == sent
+
+    sent["operator"] = user
+    with pytest.raises(HeliosAWSError, match="^the audit record: operator must be an object"):
+        records.check(sent, records.AUDIT, "the audit record", "fix", HeliosAWSError)
