@@ -238,7 +238,9 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
     if "URL_HOST" in merge.changed:
         warnings.append(
             f"URL_HOST changes from {old_env['URL_HOST']} to {desired['URL_HOST']}: links in "
-            "mail already sent and elections already created keep the old address."
+            "mail already sent and elections already created keep the old address. "
+            "aws_provision refuses to deploy it while the server's database holds "
+            "elections (each one's cast URL is part of its fingerprint)."
         )
     for key in merge.kept:
         if key not in envfile.SECRET_KEYS:

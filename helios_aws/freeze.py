@@ -23,7 +23,8 @@ import getpass
 import json
 import shlex
 
-from . import layout as layout_mod, rootside
+from . import envfile, layout as layout_mod, rootside
+from .freezeside import URL_KEYS
 from .errors import ConfigError, HeliosAWSError
 
 OPEN_ACTION, AUDIT_ACTION = "open", "audit"
@@ -68,20 +69,29 @@ def _said(result):
 def read_open(connection, deployment):
     """[(short name, closes_at or None)] of the elections open now on the server; Frozen
     (naming what could not be read) when that cannot be decided."""
+    return read(connection, deployment)["open"]
+
+
+def read(connection, deployment):
+    """The server's answer: {"open": [(short name, closes_at)], "elections": how many the
+    database holds, "url_hosts": {URL_HOST, SECURE_URL_HOST of the deployed .env}};
+    Frozen when it cannot be had."""
     result = connection.run(_command(deployment, OPEN_ACTION), sudo=True, check=False,
                             timeout=120)
     out = (result.stdout or "").strip()
     if result.status == 0 and out == NO_HELIOS:
-        return []
+        return {"open": [], "elections": 0, "url_hosts": {}}
     if result.status != 0:
         raise Frozen(f"Cannot tell whether an election is open on the server, so nothing was "
                      f"changed: {_said(result)}",
                      "Fix what the message says, or, if the change cannot wait, give "
                      '--force --reason "..." (it is recorded).')
     try:
-        rows = json.loads(out.splitlines()[-1])
-        return [(row["short_name"], row["closes_at"]) for row in rows]
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        answer = json.loads(out.splitlines()[-1])
+        return {"open": [(row["short_name"], row["closes_at"]) for row in answer["open"]],
+                "elections": int(answer["elections"]),
+                "url_hosts": {k: str(v) for k, v in answer["url_hosts"].items()}}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise Frozen(f"Cannot tell whether an election is open on the server: its answer "
                      f"was not understood ({exc}); nothing was changed.",
                      "Run aws_provision again to update root's helios-aws on the server.")
@@ -137,20 +147,27 @@ class Gate:
         self.say = say or (lambda text: None)
         self.open = None
         self.unreadable = None
+        self.answer = None
 
     def _read(self, connection):
         if self.open is not None:
             return
         try:
-            self.open = read_open(connection, self.deployment)
+            self.answer = read(connection, self.deployment)
+            self.open = self.answer["open"]
         except Frozen as exc:
             if not self.options.get("force"):
                 raise
             self.open, self.unreadable = [], exc.message
 
-    def __call__(self, what):
+    def __call__(self, what, url_hosts=None):
+        """``url_hosts``: the URL_HOST/SECURE_URL_HOST this run deploys, when it deploys a
+        .env (a change of them is refused while the database holds elections, --force
+        or not)."""
         connection = self.connect()
         self._read(connection)
+        if url_hosts is not None:
+            refuse_url_change(self.answer, url_hosts)
         if not self.open and not self.unreadable:
             return
         if not self.options.get("force"):
@@ -174,12 +191,34 @@ class Gate:
                  f"; {(result.stdout or '').strip()}")
 
 
+def refuse_url_change(answer, wanted):
+    """URL_HOST and SECURE_URL_HOST never change once the database holds elections:
+    each election's cast URL is part of its JSON, hence of its fingerprint."""
+    if answer is None:
+        raise Frozen("Cannot tell whether the server's database holds elections, so its "
+                     "address (URL_HOST) cannot be checked; nothing was changed.",
+                     "Fix what stops the elections from being read and run it again.")
+    deployed = answer["url_hosts"]
+    changed = [f"{key} {deployed[key]} -> {wanted.get(key, '')}" for key in sorted(deployed)
+               if deployed[key] and deployed[key] != wanted.get(key, "")]
+    if changed and answer["elections"]:
+        raise Frozen(
+            f"Refusing to change the site's address ({'; '.join(changed)}): the database "
+            f"holds {answer['elections']} election(s), and each election's cast URL is part "
+            "of its fingerprint, which voters and auditors check; it would no longer match.",
+            "Give aws_configure the old --domain again (then aws_configure and aws_provision "
+            "run as before). A new address needs a new deployment for new elections.")
+
+
 def step_gate(ctx, action):
     """The gate of a run of steps: the Runner calls it before it applies a host step."""
+    from .configure import ENV_NAME
     from .host.base import HostStep, connection
 
     gate = Gate(ctx.deployment, ctx.options, action, lambda: connection(ctx), ctx=ctx,
                 say=ctx.notice)
+    # A provisioning run deploys the local .env; a rollback deploys none.
+    deploys_env = action != "--rollback"
 
     def before_change(step, change):
         if not isinstance(step, HostStep):
@@ -187,7 +226,9 @@ def step_gate(ctx, action):
         what = f"{step.name}: {change.action}"
         if change.details:
             what += " (" + "; ".join(change.details) + ")"
-        gate([ctx.redactor.redact(what)])
+        local = envfile.read(ctx.out_dir / ENV_NAME) if deploys_env else {}
+        gate([ctx.redactor.redact(what)],
+             url_hosts={k: local.get(k, "") for k in URL_KEYS} if deploys_env else None)
 
     return before_change
 

@@ -17,8 +17,9 @@ It writes only the audit log (:data:`AUDIT_LOG`, root's directory, ``O_APPEND`` 
 object per record in the backup bucket under ``NAME/audit/`` (the instance role may put
 there; the bucket's Object Lock keeps it).
 
-``open`` prints one line of JSON, the open elections with their closing times (naive
-UTC, as Helios means them), or exits 1 with a sentence saying what could not be read:
+``open`` prints one line of JSON: the open elections with their closing times (naive
+UTC, as Helios means them), how many elections the database holds and the .env's
+``URL_HOST``/``SECURE_URL_HOST`` (not secrets: the site's address); or it exits 1 with a sentence saying what could not be read:
 the guard that calls it refuses then.
 """
 
@@ -39,13 +40,37 @@ AUDIT_LOG = "/var/lib/helios-aws/audit.jsonl"
 AUDIT_FOLDER = "audit"
 
 
+URL_KEYS = ("URL_HOST", "SECURE_URL_HOST")
+
+
 def _load(args):
     config = backup.Config.load(args.config)
     user = config.service_user if config.service_user not in ("", "root") else ""
     values = rootside.read_env(args.env_file, user)
     os.environ.clear()
     os.environ.update(rootside.clean_env(rootside.passed_on(values)))
-    return config, rootside.database_of(values, user)
+    return config, rootside.database_of(values, user), {k: values.get(k, "") for k in URL_KEYS}
+
+
+def count_elections(db):
+    """How many elections the database holds (any state: each one's fingerprint holds the
+    cast URL); ElectionsUnreadable when that cannot be told."""
+    try:
+        presence = db.query(elections.PRESENCE_SQL).strip()
+        if presence == "check" and db.query(elections.HELIOS_MIGRATED_SQL).strip() != "0":
+            raise elections.ElectionsUnreadable(
+                f"Cannot count the elections: the table {elections.TABLE} is missing, "
+                "although Helios's migrations are recorded as applied.",
+                "Look at the database; nothing was changed.")
+        if presence != "present":
+            return 0
+        return int(db.query(f"SELECT count(*) FROM {elections.TABLE}").strip())
+    except elections.ElectionsUnreadable:
+        raise
+    except (HeliosAWSError, ValueError) as exc:
+        raise elections.ElectionsUnreadable(
+            f"Cannot count the elections: {getattr(exc, 'message', exc)}",
+            "Make sure the database is reachable and try again; nothing was changed.")
 
 
 def open_elections(config, db):
@@ -98,10 +123,12 @@ def arguments(argv):
 def main(argv=None):
     args = arguments(sys.argv[1:] if argv is None else argv)
     try:
-        config, db = _load(args)
+        config, db, urls = _load(args)
         if args.action == "open":
-            sys.stdout.write(json.dumps([{"short_name": name, "closes_at": closes}
-                                         for name, closes in open_now(config, db)]) + "\n")
+            sys.stdout.write(json.dumps({
+                "open": [{"short_name": name, "closes_at": closes}
+                         for name, closes in open_now(config, db)],
+                "elections": count_elections(db), "url_hosts": urls}) + "\n")
             return 0
         text = sys.stdin.read()
         try:

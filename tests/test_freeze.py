@@ -105,10 +105,11 @@ def server(site, aws_env, sshd):
     shutil.rmtree(base, ignore_errors=True)
 
 
-def run(site, server, *paths, **options):
+def run(site, server, *paths, out_dir=None, **options):
     """The host steps (each writing one of ``paths``) run as aws_provision runs them, with
     the gate; returns the printed lines."""
-    ctx = Context(server.deployment, site.deploy, options={**server.options, **options})
+    ctx = Context(server.deployment, out_dir or site.deploy,
+                  options={**server.options, **options})
     ctx.before_change = freeze.step_gate(ctx, "a change of the server")
     lines = []
     ctx.out = Output(lines.append)
@@ -239,6 +240,45 @@ def test_force_needs_a_reason(site, args, said):
 
     assert result.returncode != 0
     assert said in result.stderr
+
+
+def moved(site, tmp_path, domain):
+    """A copy of the deployment's files whose .env gives the site another address."""
+    out_dir = tmp_path / "deploy"
+    shutil.copytree(site.deploy, out_dir)
+    env = out_dir / ".env"
+    env.write_text(env.read_text().replace(f"https://{DOMAIN}", f"https://{domain}"))
+    return out_dir
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_new_address_is_refused_while_the_database_holds_elections(site, server, tmp_path,
+                                                                   force):
+    changed = server.prefix / "changed"
+    options = {"force": True, "reason": "new domain"} if force else {}
+
+    with pytest.raises(StepFailed) as refused:
+        run(site, server, changed, out_dir=moved(site, tmp_path, "new.example.org"), **options)
+
+    assert f"Refusing to change the site's address (SECURE_URL_HOST https://{DOMAIN} -> " \
+        "https://new.example.org; URL_HOST" in refused.value.message
+    assert "each election's cast URL is part of its fingerprint" in refused.value.message
+    assert "the old --domain" in refused.value.hint
+    assert not changed.exists()
+
+
+def test_a_new_address_goes_through_while_the_database_holds_no_election(site, server,
+                                                                        tmp_path):
+    site.psql("CREATE DATABASE helios_freeze_empty")
+    env = server.prefix / "srv/helios/shared/.env"
+    env.write_text(env.read_text().replace("/helios_freeze", "/helios_freeze_empty"))
+    changed = server.prefix / "changed"
+    try:
+        run(site, server, changed, out_dir=moved(site, tmp_path, "new.example.org"))
+    finally:
+        site.psql("DROP DATABASE helios_freeze_empty")
+
+    assert changed.exists()
 
 
 NAMES = st.text(min_size=1, max_size=20)
