@@ -27,7 +27,7 @@ from . import envfile, layout as layout_mod, rootside
 from .freezeside import URL_KEYS
 from .errors import ConfigError, HeliosAWSError
 
-OPEN_ACTION, AUDIT_ACTION = "open", "audit"
+OPEN_ACTION, AUDIT_ACTION, PENDING_ACTION = "open", "audit", "pending"
 NO_HELIOS = "no-helios-yet"
 
 
@@ -48,7 +48,7 @@ def check_options(options):
                           "Add --force, or drop --reason.")
 
 
-def _command(deployment, action):
+def command(deployment, action):
     lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
     prefix = deployment.host_prefix.rstrip("/")
     argv = ["env", "-i", f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8",
@@ -57,11 +57,11 @@ def _command(deployment, action):
             "--env-file", str(lay.env_file), "--log", prefix + "/var/lib/helios-aws/audit.jsonl"]
     current = shlex.quote(str(lay.current))
     never = (f"if [ ! -e {current} ] && [ ! -L {current} ]; then echo {NO_HELIOS}; exit 0; fi\n"
-             if action == OPEN_ACTION else "")
+             if action != AUDIT_ACTION else "")
     return f"{never}cd / && {shlex.join(argv)}"
 
 
-def _said(result):
+def said(result):
     lines = [line for line in (result.stderr or "").strip().splitlines() if line.strip()]
     return " ".join(lines[-4:]) or f"exit {result.status}"
 
@@ -76,14 +76,14 @@ def read(connection, deployment):
     """The server's answer: {"open": [(short name, closes_at)], "elections": how many the
     database holds, "url_hosts": {URL_HOST, SECURE_URL_HOST of the deployed .env}};
     Frozen when it cannot be had."""
-    result = connection.run(_command(deployment, OPEN_ACTION), sudo=True, check=False,
+    result = connection.run(command(deployment, OPEN_ACTION), sudo=True, check=False,
                             timeout=120)
     out = (result.stdout or "").strip()
     if result.status == 0 and out == NO_HELIOS:
         return {"open": [], "elections": 0, "url_hosts": {}}
     if result.status != 0:
         raise Frozen(f"Cannot tell whether an election is open on the server, so nothing was "
-                     f"changed: {_said(result)}",
+                     f"changed: {said(result)}",
                      "Fix what the message says, or, if the change cannot wait, give "
                      '--force --reason "..." (it is recorded).')
     try:
@@ -180,11 +180,11 @@ class Gate:
                                 if self.unreadable else [])
         record = audit_record(self.action, self.options["reason"], operator(self.ctx),
                               self.open, changes)
-        result = connection.run(_command(self.deployment, AUDIT_ACTION), sudo=True,
+        result = connection.run(command(self.deployment, AUDIT_ACTION), sudo=True,
                                 check=False, input=json.dumps(record), timeout=120)
         if result.status != 0:
             raise Frozen(f"The override of the election freeze could not be recorded, so "
-                         f"nothing was changed: {_said(result)}",
+                         f"nothing was changed: {said(result)}",
                          "Fix what the message says and run the same command again.")
         self.say(f"--force: {self.action} although "
                  f"{describe(self.open) if self.open else 'the elections could not be read'}"

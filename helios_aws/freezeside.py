@@ -18,9 +18,11 @@ object per record in the backup bucket under ``NAME/audit/`` (the instance role 
 there; the bucket's Object Lock keeps it).
 
 ``open`` prints one line of JSON: the open elections with their closing times (naive
-UTC, as Helios means them), how many elections the database holds and the .env's
-``URL_HOST``/``SECURE_URL_HOST`` (not secrets: the site's address); or it exits 1 with a sentence saying what could not be read:
-the guard that calls it refuses then.
+UTC, as Helios means them), how many elections the database holds, and the .env's
+``URL_HOST``/``SECURE_URL_HOST`` (the site's address, not a secret); or it exits 1 with
+a sentence saying what could not be read, and the guard that calls it refuses.
+``pending`` prints the elections past their end whose cast votes still wait to be
+verified (for ``aws_check``; read only).
 """
 
 import argparse
@@ -85,6 +87,45 @@ def open_now(config, db):
             for e in open_elections(config, db)]
 
 
+def pending_sql(time_zone):
+    """One line of JSON: each election past its end, not tallied, with cast votes still
+    in Helios's verification queue (``helios_castvote``: neither verified nor
+    invalidated). Times are undone from Helios's zone as in elections.py."""
+    zone = elections._zone(time_zone)
+
+    def utc(column):
+        return f"(e.{column} AT TIME ZONE '{zone}')"
+
+    return f"""
+SELECT coalesce(json_agg(json_build_object('short_name', short_name, 'ended_at', ends,
+                                           'pending', pending) ORDER BY short_name)::text,
+                '[]')
+FROM (
+  SELECT e.short_name, coalesce({utc('voting_ended_at')}, {utc('voting_extended_until')},
+                                {utc('voting_ends_at')}) AS ends, count(*) AS pending
+  FROM {elections.TABLE} e JOIN helios_voter v ON v.election_id = e.id
+       JOIN helios_castvote c ON c.voter_id = v.id
+  WHERE c.verified_at IS NULL AND c.invalidated_at IS NULL AND e.encrypted_tally IS NULL
+  GROUP BY e.id, e.short_name, e.voting_ended_at, e.voting_extended_until, e.voting_ends_at
+) s
+WHERE ends IS NOT NULL AND ends <= (now() AT TIME ZONE 'UTC')
+"""
+
+
+def pending_votes(config, db):
+    """[{short_name, ended_at, pending}] (see :func:`pending_sql`); ElectionsUnreadable
+    when it cannot be read."""
+    statement = pending_sql(config.time_zone)
+    if not count_elections(db):
+        return []
+    try:
+        return json.loads(db.query(statement).strip())
+    except (HeliosAWSError, ValueError) as exc:
+        raise elections.ElectionsUnreadable(
+            f"Cannot read the votes waiting to be verified: {getattr(exc, 'message', exc)}",
+            "Make sure the database is reachable and try again.")
+
+
 def audit_key(config, record):
     stamp = record["at"].replace("-", "").replace(":", "").split(".")[0]
     return f"{config.prefix}/{AUDIT_FOLDER}/{stamp}-{secrets.token_hex(4)}.json"
@@ -113,7 +154,7 @@ def write_audit(config, record, log_path):
 
 def arguments(argv):
     parser = argparse.ArgumentParser(prog="python -I -m helios_aws.freezeside")
-    parser.add_argument("action", choices=("open", "audit"))
+    parser.add_argument("action", choices=("open", "audit", "pending"))
     parser.add_argument("--config", default=backup.CONFIG_PATH)
     parser.add_argument("--env-file", required=True)
     parser.add_argument("--log", default=AUDIT_LOG)
@@ -129,6 +170,9 @@ def main(argv=None):
                 "open": [{"short_name": name, "closes_at": closes}
                          for name, closes in open_now(config, db)],
                 "elections": count_elections(db), "url_hosts": urls}) + "\n")
+            return 0
+        if args.action == "pending":
+            sys.stdout.write(json.dumps(pending_votes(config, db)) + "\n")
             return 0
         text = sys.stdin.read()
         try:

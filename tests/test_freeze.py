@@ -298,3 +298,64 @@ def test_root_accepts_the_record_the_operator_writes_and_refuses_another(
     sent["operator"] = user
     with pytest.raises(HeliosAWSError, match="^the audit record: operator must be an object"):
         records.check(sent, records.AUDIT, "the audit record", "fix", HeliosAWSError)
+
+
+VOTES = """
+import datetime
+from helios.models import CastVote, Election, Voter
+now = Election.utcnow()
+hour = datetime.timedelta(hours=1)
+for name, ends, states in [("past-pending", -2, ["new", "new", "verified", "invalid"]),
+                           ("past-verified", -3, ["verified", "invalid"]),
+                           ("board-2026", None, ["new"])]:
+    election = Election.objects.get_or_create(short_name=name, defaults={"name": name})[0]
+    if ends is not None:
+        election.frozen_at, election.voting_ends_at = now - 10 * hour, now + ends * hour
+        election.save()
+    for number, state in enumerate(states):
+        voter = Voter.objects.create(election=election, uuid=f"{name}-{number}")
+        CastVote.objects.create(voter=voter, vote="{}", vote_hash="h",
+                                verified_at=now if state == "verified" else None,
+                                invalidated_at=now if state == "invalid" else None)
+print(now.isoformat())
+"""
+
+
+def pending_check(server, sshd):
+    from helios_aws.probes import REGISTRY
+    from helios_aws.probes import base as probes_base, host as probes_host
+
+    connect = probes_host.connector(server.deployment, {}, host=sshd.host, port=sshd.port,
+                                    key_file=str(sshd.client_key),
+                                    known_hosts=[str(sshd.known_hosts)])
+    ctx = probes_base.Context(server.deployment,
+                              ssh=lambda: probes_host.Pool(connect).open_first())
+    try:
+        return probes_base.run_one(REGISTRY["seal.W001"], ctx)
+    finally:
+        ctx.close()
+
+
+def test_aws_check_warns_while_an_ended_election_has_votes_waiting_to_be_verified(
+        site, server, sshd):
+    made = site.manage("shell", "-c", VOTES)
+    assert made.returncode == 0, made.stderr
+    now = datetime.datetime.fromisoformat(made.stdout.strip().splitlines()[-1])
+    try:
+        warned = pending_check(server, sshd)
+
+        ended = now - datetime.timedelta(hours=2)
+        assert (warned.id, warned.status) == ("seal.W001", "warn")
+        assert warned.message == (
+            "Cast votes wait to be verified in election(s) whose voting has ended: "
+            f"past-pending (2 vote(s), voting ended {ended:%Y-%m-%d %H:%M} UTC). "
+            "Do not tally yet.")
+        assert "helios-celery" in warned.hint
+
+        site.psql("UPDATE helios_castvote SET verified_at = now() WHERE verified_at IS NULL "
+                  "AND invalidated_at IS NULL")
+        assert pending_check(server, sshd).status == "pass"
+    finally:
+        site.psql("DELETE FROM helios_castvote c USING helios_voter v WHERE c.voter_id = v.id "
+                  "AND v.uuid LIKE '%-_'; DELETE FROM helios_voter WHERE uuid LIKE '%-_';"
+                  "DELETE FROM helios_election WHERE short_name LIKE 'past-%'")
