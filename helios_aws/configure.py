@@ -9,11 +9,12 @@ in which case the edited copy is kept beside it as ``NAME.edited``.
 import contextlib
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from django.template import Context, Engine
 
-from . import envfile, layout as layout_mod, logins, params
+from . import envfile, freeze, layout as layout_mod, logins, params, sealside
 from .errors import ConfigError
 from .files import check_writable, exclusive, read_text, refuse_symlinks, write_atomic
 
@@ -34,6 +35,8 @@ ARTIFACTS = {
     "systemd/helios-backup.timer": "helios_aws/helios-backup.timer",
     "nginx/helios-http.conf": "helios_aws/nginx-http.conf",
     "nginx/helios-https.conf": "helios_aws/nginx-https.conf",
+    "systemd/helios-seal.service": "helios_aws/helios-seal.service",
+    "systemd/helios-seal.timer": "helios_aws/helios-seal.timer",
 }
 BROKER_UNITS = {
     ("al2023", "redis"): "valkey.service",  # AL2023's redis6 is past its end of life
@@ -126,6 +129,9 @@ def template_context(deployment, project):
         "https_port": deployment.https_port,
         "https_port_suffix": "" if deployment.https_port == 443 else f":{deployment.https_port}",
         "dropped_forwarding_headers": DROPPED_FORWARDING_HEADERS,
+        "seal_args": shlex.join(freeze.seal_arguments(deployment)),
+        "seal_url": sealside.PUBLISHED_PATH,
+        "seal_dir": deployment.host_prefix.rstrip("/") + sealside.PUBLISH_DIR,
     }
 
 

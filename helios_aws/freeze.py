@@ -24,11 +24,11 @@ import json
 import shlex
 
 from . import envfile, layout as layout_mod, rootside
-from .freezeside import URL_KEYS
 from .errors import ConfigError, HeliosAWSError
 
 OPEN_ACTION, AUDIT_ACTION, PENDING_ACTION = "open", "audit", "pending"
 NO_HELIOS = "no-helios-yet"
+URL_KEYS = ("URL_HOST", "SECURE_URL_HOST")
 
 
 class Frozen(HeliosAWSError):
@@ -244,3 +244,27 @@ def guard_restore(deployment, out_dir, options, say):
              say=say)([f"restore {options.get('backup')} into production"])
     finally:
         connection.close()
+
+
+def seal_command(deployment, action):
+    """The shell command running :mod:`helios_aws.sealside` ACTION as root (as the seal
+    timer runs it), with the deployment's paths."""
+    lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    argv = ["env", "-i", f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8",
+            str(lay.root_tool / "bin" / "python"), "-I", "-m", "helios_aws.sealside", action,
+            *seal_arguments(deployment)]
+    current = shlex.quote(str(lay.current))
+    return (f"if [ ! -e {current} ] && [ ! -L {current} ]; then echo {NO_HELIOS}; exit 0; fi\n"
+            f"cd / && {shlex.join(argv)}")
+
+
+def seal_arguments(deployment):
+    """sealside's arguments for the deployment's layout (the timer's unit has the same)."""
+    from .sealside import PUBLISH_DIR, SEAL_DIR
+
+    lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    prefix = deployment.host_prefix.rstrip("/")
+    return ["--config", prefix + "/var/lib/helios-aws/backup.json",
+            "--env-file", str(lay.env_file), "--current", str(lay.current),
+            "--unit-dir", str(lay.unit_dir), "--nginx-site", str(lay.nginx_site),
+            "--seal-dir", prefix + SEAL_DIR, "--publish-dir", prefix + PUBLISH_DIR]

@@ -37,12 +37,10 @@ from pathlib import Path
 from . import backup, elections, records, rootside
 from .aws.session import call
 from .errors import HeliosAWSError
+from .freeze import URL_KEYS
 
 AUDIT_LOG = "/var/lib/helios-aws/audit.jsonl"
 AUDIT_FOLDER = "audit"
-
-
-URL_KEYS = ("URL_HOST", "SECURE_URL_HOST")
 
 
 def _load(args):

@@ -47,7 +47,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from . import backup, freeze, freezeside
+from . import backup
 from .errors import HeliosAWSError
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -322,6 +322,8 @@ def restore(host, services, migrate, backup_name, force=False, progress=None, ph
     manifest = backup.read_manifest(config, folder, s3)
     _log(progress, f"restore {folder} (taken {manifest['created_at']}) into database "
                    f"{db.name}")
+    from . import freeze, freezeside
+
     found = freezeside.open_now(host.config, db)
     open_now = ", ".join(name for name, _ in found)
     if open_now and not force:

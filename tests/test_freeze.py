@@ -81,7 +81,13 @@ def server(site, aws_env, sshd):
     prefix = base / "host"
     app = prefix / "srv/helios"
     (app / "shared").mkdir(parents=True)
-    (app / "current").symlink_to(site.project)
+    release = app / "releases" / "20261207000000-0123456789abcdef"
+    shutil.copytree(site.project, release, ignore=shutil.ignore_patterns("deploy", "media"))
+    (app / "current").symlink_to(release)
+    for path, text in (("etc/systemd/system/gunicorn.service", "[Service]\n"),
+                       ("etc/nginx/conf.d/helios.conf", "server {}\n")):
+        (prefix / path).parent.mkdir(parents=True, exist_ok=True)
+        (prefix / path).write_text(text)
     (app / "tools").mkdir()
     (app / "tools/helios-aws").symlink_to(sys.prefix)
     (app / "shared/.env").write_text(site.env_file.read_text() + "".join(
@@ -101,6 +107,7 @@ def server(site, aws_env, sshd):
         prefix, bucket, config, deployment)
     server.options = options
     server.audit = prefix / "var/lib/helios-aws/audit.jsonl"
+    server.release = release
     yield server
     shutil.rmtree(base, ignore_errors=True)
 
@@ -359,3 +366,67 @@ def test_aws_check_warns_while_an_ended_election_has_votes_waiting_to_be_verifie
         site.psql("DELETE FROM helios_castvote c USING helios_voter v WHERE c.voter_id = v.id "
                   "AND v.uuid LIKE '%-_'; DELETE FROM helios_voter WHERE uuid LIKE '%-_';"
                   "DELETE FROM helios_election WHERE short_name LIKE 'past-%'")
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def drift_check(server, sshd):
+    from helios_aws.probes import REGISTRY
+    from helios_aws.probes import base as probes_base, host as probes_host
+
+    connect = probes_host.connector(server.deployment, {}, host=sshd.host, port=sshd.port,
+                                    key_file=str(sshd.client_key),
+                                    known_hosts=[str(sshd.known_hosts)])
+    ctx = probes_base.Context(server.deployment,
+                              ssh=lambda: probes_host.Pool(connect).open_first())
+    try:
+        return probes_base.run_one(REGISTRY["seal.E001"], ctx)
+    finally:
+        ctx.close()
+
+
+def test_a_frozen_election_is_sealed_published_and_drift_is_named(site, server, sshd):
+    ctx = Context(server.deployment, site.deploy, options=server.options)
+    try:
+        # As helios-seal.timer runs it, every minute.
+        wrote = connection(ctx).run(freeze.seal_command(server.deployment, "write"),
+                                    sudo=True, check=False)
+        again = connection(ctx).run(freeze.seal_command(server.deployment, "write"),
+                                    sudo=True, check=False)
+    finally:
+        ctx.ssh.close()
+
+    assert wrote.status == 0, wrote.stderr
+    assert "sealed board-2026: release 20261207000000-0123456789abcdef" in wrote.stdout
+    assert again.status == 0 and again.stdout.strip() == ""  # written once
+    kept = server.prefix / "var/lib/helios-aws/seals/board-2026.json"
+    seal = json.loads(kept.read_text())
+    assert seal["browser_files"]["/booth/booth.js"] == sha(server.release /
+                                                          "heliosbooth/booth.js")
+    assert seal["browser_files"]["/verifier/verify.html"] == sha(
+        server.release / "heliosverifier/verify.html")
+    site_file = server.prefix / "etc/nginx/conf.d/helios.conf"
+    assert seal["nginx_site"] == {str(site_file): sha(site_file)}
+    env = server.prefix / "srv/helios/shared/.env"
+    assert seal["env_sha256"] == sha(env)
+    secret = next(line.partition("=")[2] for line in env.read_text().splitlines()
+                  if line.startswith("SECRET_KEY="))
+    assert secret not in kept.read_text()
+    assert seal["os_packages"]["openssh-server"]
+    published = server.prefix / "var/www/helios-seal/board-2026.json"
+    assert published.read_text() == kept.read_text()
+    assert published.stat().st_mode & 0o777 == 0o644
+    s3 = boto3.client("s3")
+    stored = s3.get_object(Bucket=server.bucket, Key="helios/audit/seals/board-2026.json")
+    assert stored["Body"].read().decode() == kept.read_text()
+
+    assert drift_check(server, sshd).status == "pass"
+    booth = server.release / "heliosbooth/booth.js"
+    booth.write_text(booth.read_text() + "\n// changed while voting\n")
+    drifted = drift_check(server, sshd)
+    assert drifted.status == "fail"
+    assert drifted.message.startswith("The server differs from the seal of board-2026: "
+                                      "browser file /booth/booth.js: sealed ")
+    assert "release tree" in drifted.message

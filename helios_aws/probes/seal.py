@@ -41,3 +41,33 @@ def votes_pending(ctx):
         return failed("Cast votes wait to be verified in election(s) whose voting has "
                       "ended: " + ", ".join(waiting) + ". Do not tally yet.")
     return passed("No election past its end has votes waiting to be verified.")
+
+
+@probe("seal.E001", "The server is what the seal of every open election records",
+       "Put back what changed (aws_provision --rollback, or the sealed release), or, if the "
+       "change was recorded with --force --reason, tell the election's administrators: "
+       "the seal published at /.well-known/helios-seal/ no longer describes the server.",
+       timeout=PENDING_SECONDS)
+def sealed(ctx):
+    result = ctx.ssh().run(freeze.seal_command(ctx.deployment, "drift"),
+                           timeout=max(ctx.timeout, PENDING_SECONDS))
+    out = (result.stdout or "").strip()
+    if result.status == 0 and out == freeze.NO_HELIOS:
+        return passed("No Helios release serves on the server yet: nothing is sealed.")
+    if result.status != 0:
+        return failed(f"Cannot compare the server with the seals: {freeze.said(result)}",
+                      "Make sure the server's database answers, and run aws_check again.")
+    try:
+        found = json.loads(out.splitlines()[-1])
+        drifted = {name: list(diffs) for name, diffs in found.items() if diffs}
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        return failed(f"Cannot compare the server with the seals: the server's answer was "
+                      f"not understood ({exc}).",
+                      "Run aws_provision to update root's helios-aws on the server.")
+    if drifted:
+        return failed("The server differs from the seal of "
+                      + "; ".join(f"{name}: {', '.join(diffs)}"
+                                  for name, diffs in sorted(drifted.items())) + ".")
+    if not found:
+        return passed("No election is open: nothing to compare with a seal.")
+    return passed(f"The server is what the seal of {', '.join(sorted(found))} records.")
