@@ -78,7 +78,8 @@ def tree_digest(root):
 def python_packages(release):
     """{name: version} from the release's virtualenv's package metadata (data only)."""
     found = {}
-    for meta in sorted(Path(release, ".venv").glob("lib/python*/site-packages/*.dist-info/METADATA")):
+    venv = Path(release, ".venv")
+    for meta in sorted(venv.glob("lib/python*/site-packages/*.dist-info/METADATA")):
         fields = {}
         for line in meta.read_text(errors="replace").splitlines():
             if not line.strip():
@@ -112,7 +113,8 @@ def env_digest(env_file, user):
                             env=rootside.clean_env(), capture_output=True, cwd="/",
                             stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        raise HeliosAWSError(f"Cannot read {env_file} as {user or 'root'}.", "Nothing was written.")
+        raise HeliosAWSError(f"Cannot read {env_file} as {user or 'root'}.",
+                             "Nothing was written.")
     return hashlib.sha256(result.stdout).hexdigest()
 
 

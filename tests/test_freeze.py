@@ -25,7 +25,7 @@ from hypothesis import given, settings, strategies as st
 from fixtures import HELIOS_TIME_ZONE, helios_env, run_manage
 from helios_aws import backup, freeze, records, rootside
 from helios_aws.engine import CREATE, KEEP, Change, Context, Output, Runner, StepFailed
-from helios_aws.errors import HeliosAWSError
+from helios_aws.errors import ConfigError, HeliosAWSError
 from helios_aws.host.base import HostStep, Target, connection, q
 from helios_aws.params import Deployment
 from test_backup import DOMAIN, SETTINGS, Site, provision_bucket
@@ -236,17 +236,16 @@ def test_the_restore_guard_on_the_server_names_the_close_too(site, server):
         "board-2026 (closes" in refused.value.message
 
 
-@pytest.mark.parametrize("args, said", [
-    (["--force"], "--force needs --reason"),
-    (["--force", "--reason", "  "], "--force needs --reason"),
-    (["--reason", "why"], "--reason means something only with --force"),
-])
-def test_force_needs_a_reason(site, args, said):
-    result = run_manage(site.project, "aws_provision", "--output", str(site.deploy), *args,
+def test_force_needs_a_reason(site):
+    result = run_manage(site.project, "aws_provision", "--output", str(site.deploy), "--force",
                         SETTINGS, env=helios_env(HELIOS_ENV_FILE=str(site.env_file)))
 
     assert result.returncode != 0
-    assert said in result.stderr
+    assert "--force needs --reason" in result.stderr
+    for options, said in (({"force": True, "reason": "  "}, "--force needs --reason"),
+                          ({"reason": "why"}, "--reason means something only with --force")):
+        with pytest.raises(ConfigError, match=said):
+            freeze.check_options(options)
 
 
 def moved(site, tmp_path, domain):
@@ -430,3 +429,38 @@ def test_a_frozen_election_is_sealed_published_and_drift_is_named(site, server, 
     assert drifted.message.startswith("The server differs from the seal of board-2026: "
                                       "browser file /booth/booth.js: sealed ")
     assert "release tree" in drifted.message
+
+
+def test_stop_is_refused_while_an_election_is_open_and_forced_with_a_record(site, server):
+    from helios_aws import provision
+
+    ec2 = boto3.client("ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "helios-aws:deployment",
+                                               "Value": server.deployment.name}]}],
+    )["Instances"][0]["InstanceId"]
+    lines = []
+
+    def stop(**extra):
+        provision.run(server.deployment, site.deploy, {**server.options, "stop": True,
+                                                        **extra},
+                      Output(lines.append), lambda prompt, expected: False)
+
+    def state():
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
+            "State"]["Name"]
+
+    with pytest.raises(freeze.Frozen) as refused:
+        stop()
+    assert refused.value.message.startswith("Refusing --stop: election(s) open for voting "
+                                            "now: board-2026 (closes ")
+    assert state() == "running"
+
+    stop(force=True, reason="the host must move")
+
+    assert state() == "stopped"
+    record = json.loads(server.audit.read_text().splitlines()[-1])
+    assert (record["action"], record["changes"], record["reason"]) == (
+        "--stop", [f"stop {iid}"], "the host must move")
+    assert record["operator"]["aws"].startswith("arn:aws:")
