@@ -21,6 +21,7 @@ first provisioning passes without asking.
 import datetime
 import getpass
 import json
+import secrets
 import shlex
 
 from . import envfile, layout as layout_mod, rootside
@@ -164,8 +165,18 @@ class Gate:
         """``url_hosts``: the URL_HOST/SECURE_URL_HOST this run deploys, when it deploys a
         .env (a change of them is refused while the database holds elections, --force
         or not)."""
-        connection = self.connect()
-        self._read(connection)
+        try:
+            connection = self.connect()
+        except HeliosAWSError as exc:
+            if not self.options.get("force"):
+                raise Frozen(f"Cannot tell whether an election is open: the server cannot be "
+                             f"reached ({exc.message}); nothing was changed.",
+                             "Start it or fix SSH (aws_check), or, if the change cannot "
+                             'wait, give --force --reason "..." (it is recorded).') from exc
+            connection = None
+            self.open, self.unreadable = [], f"the server cannot be reached: {exc.message}"
+        if connection is not None:
+            self._read(connection)
         if url_hosts is not None:
             refuse_url_change(self.answer, url_hosts)
         if not self.open and not self.unreadable:
@@ -180,15 +191,49 @@ class Gate:
                                 if self.unreadable else [])
         record = audit_record(self.action, self.options["reason"], operator(self.ctx),
                               self.open, changes)
-        result = connection.run(command(self.deployment, AUDIT_ACTION), sudo=True,
-                                check=False, input=json.dumps(record), timeout=120)
-        if result.status != 0:
-            raise Frozen(f"The override of the election freeze could not be recorded, so "
-                         f"nothing was changed: {said(result)}",
-                         "Fix what the message says and run the same command again.")
+        if connection is None:
+            where = self._record_in_bucket(record)
+        else:
+            result = connection.run(command(self.deployment, AUDIT_ACTION), sudo=True,
+                                    check=False, input=json.dumps(record), timeout=120)
+            if result.status != 0:
+                raise Frozen(f"The override of the election freeze could not be recorded, "
+                             f"so nothing was changed: {said(result)}",
+                             "Fix what the message says and run the same command again.")
+            where = (result.stdout or "").strip()
         self.say(f"--force: {self.action} although "
                  f"{describe(self.open) if self.open else 'the elections could not be read'}"
-                 f"; {(result.stdout or '').strip()}")
+                 f"; {where}")
+
+    def _record_in_bucket(self, record):
+        """The record, when the server cannot be reached, put in the backup bucket with
+        the operator's own credentials (and in the run's log)."""
+        from .aws.backups import find_bucket
+        from .aws.session import call
+
+        if self.ctx is None or getattr(self.ctx, "aws", None) is None:
+            raise Frozen("The override cannot be recorded: the server cannot be reached and "
+                         "there are no AWS credentials; nothing was changed.",
+                         "Fix SSH to the server and run the same command again.")
+        self.ctx.log.info("freeze override: %s", json.dumps(record, sort_keys=True))
+        bucket = find_bucket(self.ctx.aws, self.deployment,
+                             (self.ctx.state.get("backups") or {}).get("bucket"))
+        if bucket is None:
+            raise Frozen("The override cannot be recorded: the server cannot be reached and "
+                         "the deployment has no backup bucket; nothing was changed.",
+                         "Fix SSH to the server and run the same command again.")
+        stamp = record["at"].replace("-", "").replace(":", "")[:15]
+        key = f"{self.deployment.name}/audit/{stamp}-{secrets.token_hex(4)}.json"
+        try:
+            call(f"put the audit record s3://{bucket}/{key}",
+                 self.ctx.aws.client("s3").put_object, Bucket=bucket, Key=key,
+                 Body=(json.dumps(record, sort_keys=True) + "\n").encode(),
+                 ContentType="application/json", ServerSideEncryption="AES256",
+                 ChecksumAlgorithm="SHA256")
+        except HeliosAWSError as exc:
+            raise Frozen(f"The override could not be recorded, so nothing was changed: "
+                         f"{exc.message}", exc.hint) from exc
+        return f"audit record written to s3://{bucket}/{key} (the server cannot be reached)"
 
 
 def refuse_url_change(answer, wanted):

@@ -438,6 +438,10 @@ def stop_or_start(ctx, out, action):
     ctx.log.info("%s: %s", action, message)
 
 
+# A server that has run for a while answers SSH at once or not at all.
+SERVER_GATE_SSH_WAIT = 2
+
+
 def server_gate(ctx, action):
     """The election freeze for an action on the instance itself (--stop, --destroy):
     asked over SSH, on a server that has been up for a while (it answers at once)."""
@@ -446,6 +450,6 @@ def server_gate(ctx, action):
     if not ctx.facts.get("host"):
         facts_from_state(ctx)
     if ctx.options.get("ssh_wait") is None:
-        ctx.options["ssh_wait"] = backup_commands.FINAL_BACKUP_SSH_WAIT
+        ctx.options["ssh_wait"] = SERVER_GATE_SSH_WAIT
     return freeze.Gate(ctx.deployment, ctx.options, action, lambda: connection(ctx),
                        ctx=ctx, say=ctx.notice)

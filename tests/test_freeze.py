@@ -464,3 +464,33 @@ def test_stop_is_refused_while_an_election_is_open_and_forced_with_a_record(site
     assert (record["action"], record["changes"], record["reason"]) == (
         "--stop", [f"stop {iid}"], "the host must move")
     assert record["operator"]["aws"].startswith("arn:aws:")
+
+
+def test_a_server_that_cannot_be_reached_is_not_stopped_unless_forced(site, server, sshd):
+    from helios_aws import provision
+
+    ec2 = boto3.client("ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "helios-aws:deployment",
+                                               "Value": server.deployment.name}]}],
+    )["Instances"][0]["InstanceId"]
+    unreachable = {**server.options, "ssh_port": rig_free_port(), "ssh_wait": 0, "stop": True}
+
+    with pytest.raises(freeze.Frozen) as refused:
+        provision.run(server.deployment, site.deploy, unreachable, Output(lambda line: None),
+                      lambda prompt, expected: False)
+
+    assert refused.value.message.startswith(
+        "Cannot tell whether an election is open: the server cannot be reached (")
+    assert "--force --reason" in refused.value.hint
+    assert ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
+        "State"]["Name"] == "running"
+
+
+def rig_free_port():
+    import socket
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
