@@ -177,8 +177,13 @@ class Gate:
             self.open, self.unreadable = [], f"the server cannot be reached: {exc.message}"
         if connection is not None:
             self._read(connection)
-        if url_hosts is not None:
+        unchecked = []
+        if url_hosts is not None and self.answer is not None:
             refuse_url_change(self.answer, url_hosts)
+        elif url_hosts is not None:
+            # Only under --force (unforced, the unreadable answer refused above).
+            unchecked = ["the site's address (URL_HOST) could not be checked against the "
+                         f"server's: deploying {url_hosts.get('SECURE_URL_HOST', '')}"]
         if not self.open and not self.unreadable:
             return
         if not self.options.get("force"):
@@ -188,39 +193,45 @@ class Gate:
                 'Wait until voting ends, or give --force --reason "..." (the override is '
                 "recorded on the server and in the backup bucket).")
         changes = list(what) + ([f"elections unreadable: {self.unreadable}"]
-                                if self.unreadable else [])
+                                if self.unreadable else []) + unchecked
         record = audit_record(self.action, self.options["reason"], operator(self.ctx),
                               self.open, changes)
         if connection is None:
-            where = self._record_in_bucket(record)
+            where = self._record_in_bucket(record, "the server cannot be reached")
         else:
             result = connection.run(command(self.deployment, AUDIT_ACTION), sudo=True,
                                     check=False, input=json.dumps(record), timeout=120)
-            if result.status != 0:
+            if result.status == 0:
+                where = (result.stdout or "").strip()
+            elif self.unreadable:
+                # root's side could not answer at all (e.g. a server whose root's
+                # helios-aws predates the freeze): the operator records it instead.
+                where = self._record_in_bucket(record, "root's side on the server could "
+                                               "not record it")
+            else:
                 raise Frozen(f"The override of the election freeze could not be recorded, "
                              f"so nothing was changed: {said(result)}",
                              "Fix what the message says and run the same command again.")
-            where = (result.stdout or "").strip()
         self.say(f"--force: {self.action} although "
                  f"{describe(self.open) if self.open else 'the elections could not be read'}"
                  f"; {where}")
 
-    def _record_in_bucket(self, record):
+    def _record_in_bucket(self, record, why):
         """The record, when the server cannot be reached, put in the backup bucket with
         the operator's own credentials (and in the run's log)."""
         from .aws.backups import find_bucket
         from .aws.session import call
 
         if self.ctx is None or getattr(self.ctx, "aws", None) is None:
-            raise Frozen("The override cannot be recorded: the server cannot be reached and "
-                         "there are no AWS credentials; nothing was changed.",
+            raise Frozen(f"The override cannot be recorded: {why}, and there are no AWS "
+                         "credentials; nothing was changed.",
                          "Fix SSH to the server and run the same command again.")
         self.ctx.log.info("freeze override: %s", json.dumps(record, sort_keys=True))
         bucket = find_bucket(self.ctx.aws, self.deployment,
                              (self.ctx.state.get("backups") or {}).get("bucket"))
         if bucket is None:
-            raise Frozen("The override cannot be recorded: the server cannot be reached and "
-                         "the deployment has no backup bucket; nothing was changed.",
+            raise Frozen(f"The override cannot be recorded: {why}, and the deployment has no "
+                         "backup bucket; nothing was changed.",
                          "Fix SSH to the server and run the same command again.")
         stamp = record["at"].replace("-", "").replace(":", "")[:15]
         key = f"{self.deployment.name}/audit/{stamp}-{secrets.token_hex(4)}.json"
@@ -233,16 +244,12 @@ class Gate:
         except HeliosAWSError as exc:
             raise Frozen(f"The override could not be recorded, so nothing was changed: "
                          f"{exc.message}", exc.hint) from exc
-        return f"audit record written to s3://{bucket}/{key} (the server cannot be reached)"
+        return f"audit record written to s3://{bucket}/{key} ({why})"
 
 
 def refuse_url_change(answer, wanted):
     """URL_HOST and SECURE_URL_HOST never change once the database holds elections:
     each election's cast URL is part of its JSON, hence of its fingerprint."""
-    if answer is None:
-        raise Frozen("Cannot tell whether the server's database holds elections, so its "
-                     "address (URL_HOST) cannot be checked; nothing was changed.",
-                     "Fix what stops the elections from being read and run it again.")
     deployed = answer["url_hosts"]
     changed = [f"{key} {deployed[key]} -> {wanted.get(key, '')}" for key in sorted(deployed)
                if deployed[key] and deployed[key] != wanted.get(key, "")]

@@ -24,6 +24,7 @@ from hypothesis import given, settings, strategies as st
 
 from fixtures import HELIOS_TIME_ZONE, helios_env, run_manage
 from helios_aws import backup, freeze, records, rootside
+from helios_aws.aws.session import AWS
 from helios_aws.engine import CREATE, KEEP, Change, Context, Output, Runner, StepFailed
 from helios_aws.errors import ConfigError, HeliosAWSError
 from helios_aws.host.base import HostStep, Target, connection, q
@@ -116,7 +117,7 @@ def run(site, server, *paths, out_dir=None, **options):
     """The host steps (each writing one of ``paths``) run as aws_provision runs them, with
     the gate; returns the printed lines."""
     ctx = Context(server.deployment, out_dir or site.deploy,
-                  options={**server.options, **options})
+                  options={**server.options, **options}, aws=AWS("us-east-1"))
     ctx.before_change = freeze.step_gate(ctx, "a change of the server")
     lines = []
     ctx.out = Output(lines.append)
@@ -494,3 +495,31 @@ def rig_free_port():
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         return probe_socket.getsockname()[1]
+
+
+def test_a_server_whose_root_tool_predates_the_freeze_needs_force_once(site, server):
+    tool = server.prefix / "srv/helios/tools/helios-aws"
+    tool.unlink()
+    (tool / "bin").mkdir(parents=True)
+    (tool / "bin/python").write_text('#!/bin/sh\nexec /usr/bin/python3 "$@"\n')
+    (tool / "bin/python").chmod(0o755)
+    changed = server.prefix / "changed"
+
+    with pytest.raises(StepFailed) as refused:
+        run(site, server, changed)
+    assert "helios_aws.freezeside" in refused.value.message
+    assert not changed.exists()
+
+    lines = run(site, server, changed, force=True, reason="first run of the new helios-aws")
+
+    assert changed.exists()
+    assert any("audit record written to s3://" in line and
+               "(root's side on the server could not record it)" in line for line in lines)
+    s3 = boto3.client("s3")
+    key = s3.list_objects_v2(Bucket=server.bucket, Prefix="helios/audit/")["Contents"][0]["Key"]
+    record = json.loads(s3.get_object(Bucket=server.bucket, Key=key)["Body"].read())
+    assert record["reason"] == "first run of the new helios-aws"
+    assert record["changes"][1].startswith("elections unreadable: Cannot tell whether an "
+                                           "election is open on the server")
+    assert record["changes"][2].startswith("the site's address (URL_HOST) could not be "
+                                           "checked")
