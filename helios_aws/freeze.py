@@ -67,12 +67,6 @@ def said(result):
     return " ".join(lines[-4:]) or f"exit {result.status}"
 
 
-def read_open(connection, deployment):
-    """[(short name, closes_at or None)] of the elections open now on the server; Frozen
-    (naming what could not be read) when that cannot be decided."""
-    return read(connection, deployment)["open"]
-
-
 def read(connection, deployment):
     """The server's answer: {"open": [(short name, closes_at)], "elections": how many the
     database holds, "url_hosts": {URL_HOST, SECURE_URL_HOST of the deployed .env}};

@@ -26,7 +26,6 @@ verified (for ``aws_check``; read only).
 """
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
@@ -199,10 +198,6 @@ def _previous_digest(log_path):
     with os.fdopen(fd, "rb") as log:
         lines = log.read().splitlines()
     return hashlib.sha256(lines[-1]).hexdigest() if lines else None
-
-
-def now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 if __name__ == "__main__":

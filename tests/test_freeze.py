@@ -224,7 +224,7 @@ def test_a_server_that_never_served_helios_is_provisioned_without_asking(site, s
     assert changed.exists()
 
 
-def test_the_restore_guard_on_the_server_names_the_close_too(site, server):
+def test_a_restore_into_production_is_refused_naming_the_close(site, server):
     ctx = Context(server.deployment, site.deploy, options=server.options)
     try:
         gate = freeze.Gate(server.deployment, {}, "a restore into production",
