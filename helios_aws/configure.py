@@ -9,11 +9,12 @@ in which case the edited copy is kept beside it as ``NAME.edited``.
 import contextlib
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from django.template import Context, Engine
 
-from . import envfile, layout as layout_mod, logins, params
+from . import envfile, freeze, layout as layout_mod, logins, params, sealside
 from .errors import ConfigError
 from .files import check_writable, exclusive, read_text, refuse_symlinks, write_atomic
 
@@ -34,6 +35,8 @@ ARTIFACTS = {
     "systemd/helios-backup.timer": "helios_aws/helios-backup.timer",
     "nginx/helios-http.conf": "helios_aws/nginx-http.conf",
     "nginx/helios-https.conf": "helios_aws/nginx-https.conf",
+    "systemd/helios-seal.service": "helios_aws/helios-seal.service",
+    "systemd/helios-seal.timer": "helios_aws/helios-seal.timer",
 }
 BROKER_UNITS = {
     ("al2023", "redis"): "valkey.service",  # AL2023's redis6 is past its end of life
@@ -132,6 +135,9 @@ def template_context(deployment, project):
         "settings_module": layout_mod.SETTINGS_MODULE,
         # How long the nightly backup waits for the deployment lock (a restore, say).
         "backup_lock_wait": BACKUP_LOCK_WAIT,
+        "seal_args": shlex.join(freeze.seal_arguments(deployment)),
+        "seal_url": sealside.PUBLISHED_PATH,
+        "seal_dir": deployment.host_prefix.rstrip("/") + sealside.PUBLISH_DIR,
     }
 
 
@@ -244,7 +250,9 @@ def _configure(deployment, project, out_dir, secrets, dry_run, force):
     if "URL_HOST" in merge.changed:
         warnings.append(
             f"URL_HOST changes from {old_env['URL_HOST']} to {desired['URL_HOST']}: links in "
-            "mail already sent and elections already created keep the old address."
+            "mail already sent and elections already created keep the old address. "
+            "aws_provision refuses to deploy it while the server's database holds "
+            "elections (each one's cast URL is part of its fingerprint)."
         )
     for key in merge.kept:
         if key not in envfile.SECRET_KEYS:

@@ -169,6 +169,9 @@ class Context:
         self.log = _file_logger(self.out_dir / LOG_NAME, self.redactor)
         self.out = out
         self.activity = None
+        # Called with (step, change) before any step's change is applied: the election
+        # freeze (helios_aws.freeze) refuses there.
+        self.before_change = None
         for secret in url_secrets(self.options.get("git_url")):
             self.secret(secret)
 
@@ -388,6 +391,9 @@ class Runner:
                     if change.action == KEEP:
                         outcome = UNCHANGED
                     else:
+                        gate = getattr(self.ctx, "before_change", None)
+                        if gate is not None:
+                            gate(step, change)
                         outcome = step.apply(self.ctx, current, change) or (
                             CREATED if change.action == CREATE else UPDATED)
             except KeyboardInterrupt:

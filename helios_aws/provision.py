@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import backup_commands, envfile, params
+from . import backup_commands, envfile, freeze, params
 from .aws import account, backups, inventory, operator, pricing
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
@@ -34,6 +34,7 @@ def run(deployment, out_dir, options, out, confirm):
     """Do what the options ask: ``--plan``, ``--destroy``, ``--stop``, ``--start``, or
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(deployment, options)
+    freeze.check_options(options)
     refuse_symlinks(Path(out_dir) / name for name in (ENV_NAME, STATE_NAME, LOG_NAME))
     with exclusive(out_dir, written_dirs(out_dir)):
         ctx = make_context(deployment, out_dir, options, out)
@@ -43,6 +44,7 @@ def run(deployment, out_dir, options, out, confirm):
             if options.get("releases"):
                 return list_releases(ctx, out)
             if options.get("rollback"):
+                ctx.before_change = freeze.step_gate(ctx, "--rollback")
                 return roll_back(ctx, out)
             if options.get("stop") or options.get("start"):
                 action = "stop" if options.get("stop") else "start"
@@ -51,6 +53,7 @@ def run(deployment, out_dir, options, out, confirm):
             if options.get("plan"):
                 with phase("the plan (--plan)", "Nothing was changed."):
                     return show_plan(ctx, out)
+            ctx.before_change = freeze.step_gate(ctx, "a change of the server")
             return provision(ctx, out)
         finally:
             # The host half opens the run's SSH connection on first use.
@@ -361,6 +364,8 @@ def _teardown(ctx, out, confirm, current, doomed):
             out.line("Cancelled: nothing was destroyed.", "WARNING")
             return []
         ctx.log.info("destroy confirmed: %s", doomed)
+        if instance["instance"] is not None:
+            server_gate(ctx, "--destroy")(doomed)
         backup_commands.final_backup(ctx, out, instance["instance"])
         if snapshot:
             with Activity(out, ctx, "snapshot of the root volume"):
@@ -418,8 +423,12 @@ def roll_back(ctx, out):
 def stop_or_start(ctx, out, action):
     """--stop / --start: the guide's advice for servers used now and then."""
     step = InstanceStep()
+    current = step.read(ctx)
+    if action == "stop" and current["instance"] is not None and \
+            current["instance"]["State"]["Name"] != "stopped":
+        server_gate(ctx, "--stop")([f"stop {current['instance']['InstanceId']}"])
     with Activity(out, ctx, f"{action} {step.name}"):
-        message = getattr(step, action)(ctx, step.read(ctx))
+        message = getattr(step, action)(ctx, current)
     out.line(message, "SUCCESS")
     if action == "stop":
         d = ctx.deployment
@@ -427,3 +436,20 @@ def stop_or_start(ctx, out, action):
                  f"${pricing.gp3_month(d.volume_size):.2f}/month) and the Elastic IP "
                  f"(${pricing.public_ipv4_month():.2f}/month) still do.")
     ctx.log.info("%s: %s", action, message)
+
+
+# A server that has run for a while answers SSH at once or not at all.
+SERVER_GATE_SSH_WAIT = 2
+
+
+def server_gate(ctx, action):
+    """The election freeze for an action on the instance itself (--stop, --destroy):
+    asked over SSH, on a server that has been up for a while (it answers at once)."""
+    from .host.base import connection
+
+    if not ctx.facts.get("host"):
+        facts_from_state(ctx)
+    if ctx.options.get("ssh_wait") is None:
+        ctx.options["ssh_wait"] = SERVER_GATE_SSH_WAIT
+    return freeze.Gate(ctx.deployment, ctx.options, action, lambda: connection(ctx),
+                       ctx=ctx, say=ctx.notice)

@@ -159,3 +159,13 @@ def deployment_schema(fields):
     type; all optional (a record holds what was given)."""
     return Object({name: Optional(float if isinstance(default, float) else type(default))
                    for name, default in fields.items()})
+
+# An override of the election freeze (helios_aws.freeze writes it, freezeside checks it
+# and appends it to the host's audit log and the bucket).
+AUDIT = Object({
+    "at": str, "action": str, "reason": str,
+    "operator": Object({"user": str, "aws": Optional(str)}),
+    "elections": ListOf(Object({"short_name": str, "closes_at": Optional(str)})),
+    "changes": ListOf(str),
+    "sha256_of_previous": Optional(str),
+})

@@ -322,14 +322,18 @@ def restore(host, services, migrate, backup_name, force=False, progress=None, ph
     manifest = backup.read_manifest(config, folder, s3)
     _log(progress, f"restore {folder} (taken {manifest['created_at']}) into database "
                    f"{db.name}")
-    open_now = db.open_elections()
+    from . import freeze, freezeside
+
+    found = freezeside.open_now(host.config, db)
+    open_now = ", ".join(name for name, _ in found)
     if open_now and not force:
         raise RestoreError(
-            f"Refusing to restore: election(s) open for voting now: {', '.join(open_now)}. "
+            f"Refusing to restore: election(s) open for voting now: {freeze.describe(found)}. "
             "A restore would lose the ballots cast since the backup.",
-            "Wait until voting ends, or give --force if losing those ballots is intended.")
+            'Wait until voting ends, or give --force --reason "..." if losing those ballots '
+            "is intended (it is recorded).")
     if open_now:
-        _log(progress, f"--force: restoring although {', '.join(open_now)} is open")
+        _log(progress, f"--force: restoring although {open_now} is open")
     _log(progress, f"checking the checksums of {folder}...")
     versions = {name: backup._verify(s3, config, manifest[name])
                 for name in ("database", "media")}

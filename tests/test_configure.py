@@ -21,6 +21,7 @@ RENDERED = [
     "systemd/helios-certbot-renew.service", "systemd/helios-certbot-renew.timer",
     "systemd/helios-backup.service", "systemd/helios-backup.timer",
     "nginx/helios-http.conf", "nginx/helios-https.conf",
+    "systemd/helios-seal.service", "systemd/helios-seal.timer",
 ]
 
 

@@ -19,7 +19,8 @@ from test_configure import BASE, SETTINGS, configure, read_env
 DOMAIN = "vote.example.org"
 UNITS = ["gunicorn.socket", "gunicorn.service", "helios-celery.service",
          "helios-certbot-renew.service", "helios-certbot-renew.timer",
-         "helios-backup.service", "helios-backup.timer"]
+         "helios-backup.service", "helios-backup.timer", "helios-seal.service",
+         "helios-seal.timer"]
 
 
 def configured(tmp_path, *extra):

@@ -149,7 +149,7 @@ def test_step_list_for_debian_with_uv_and_rabbitmq(ctx, project):
         "host: .env", "host: release", "host: migrate", "host: switch release",
         "host: systemd units", "host: nginx site (HTTP)", "host: certificate",
         "host: nginx site (HTTPS)", "host: certificate renewal", "host: liveness",
-        "host: nightly backup",
+        "host: nightly backup", "host: election seals",
     ]
 
 

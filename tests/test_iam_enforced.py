@@ -163,3 +163,31 @@ NOT_SHOWN_BY_MOTO = {
     # which AWS authorizes as s3:GetObjectVersion); moto authorizes it as GetObject.
     "s3:GetObjectVersion": "backup.restore -> Download(version_id=...)",
 }
+
+
+def test_the_instance_role_records_an_override_of_the_election_freeze(site, role_documents,
+                                                                      monkeypatch, tmp_path):
+    """root's side of ``--force --reason`` (helios_aws.freezeside audit) puts its record
+    in the bucket with the instance role, under the deployment's prefix."""
+    import json
+    from helios_aws import rootside
+
+    record = {"at": "2026-12-07T23:00:00+00:00", "action": "a change of the server",
+              "reason": "urgent fix", "operator": {"user": "ops", "aws": None},
+              "elections": [{"short_name": "board", "closes_at": None}],
+              "changes": ["host: release: create"]}
+    with enforced(role_documents, monkeypatch) as denials:
+        host_env = tmp_path / "host.env"
+        host_env.write_text(site.env_file.read_text() + "".join(
+            f"{name}={os.environ[name]}\n" for name in rootside.PASSED_ON
+            if name in os.environ))
+        result = subprocess.run(
+            [sys.executable, "-I", "-m", "helios_aws.freezeside", "audit", "--config",
+             str(site.config), "--env-file", str(host_env), "--log",
+             str(tmp_path / "audit.jsonl")], input=json.dumps(record),
+            env={"PATH": rootside.SAFE_PATH}, cwd="/", capture_output=True, text=True,
+            timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert "s3://helios-helios-backup-" in result.stdout and "/helios/audit/" in result.stdout
+    assert denials.seen == []

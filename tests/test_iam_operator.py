@@ -76,15 +76,20 @@ LIFECYCLE = (
     ("create", ("aws_provision", "--skip-host"), None),
     ("no-op", ("aws_provision", "--skip-host"), None),
     ("adopt and repair", ("aws_provision", "--skip-host"), drift),
-    ("stop", ("aws_provision", "--stop"), None),
+    # No SSH server answers for moto's instance: the election freeze cannot be read, so
+    # --stop and --destroy need --force --reason, recorded in the bucket by the operator.
+    ("stop", ("aws_provision", "--stop", "--force", "--reason", "moving the server"),
+     without_bucket_policy),
     ("start", ("aws_provision", "--start"), None),
     ("aws_check", ("aws_check", "--only", "aws", "--format", "json"), without_bucket_policy),
     ("aws_backup --list", ("aws_backup", "--list"), None),
-    ("destroy", ("aws_provision", "--destroy", "--no-input", "--no-backup"), None),
+    ("destroy", ("aws_provision", "--destroy", "--no-input", "--no-backup", "--force",
+                  "--reason", "end of the pilot"), None),
     ("create again: the saved key, keys for mail", ("aws_provision", "--skip-host"),
      mail_keys),
     ("destroy with the backups", ("aws_provision", "--destroy", "--no-input", "--no-backup",
-                                  "--no-snapshot", "--delete-backups", "helios"),
+                                  "--no-snapshot", "--delete-backups", "helios", "--force",
+                                  "--reason", "end of the pilot"),
      without_bucket_policy),
 )
 

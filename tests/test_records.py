@@ -63,7 +63,7 @@ def typed_fields(spec):
 
 SCHEMAS = {"manifest": records.MANIFEST, "drill": records.DRILL,
            "backup.json": records.BACKUP_CONFIG, "state.json": records.STATE,
-           "deployment.json": params.record_schema()}
+           "deployment.json": params.record_schema(), "audit": records.AUDIT}
 
 
 @pytest.mark.parametrize("name", SCHEMAS)
@@ -83,7 +83,7 @@ def test_a_record_of_the_schema_is_accepted_and_a_wrong_type_named(name, data):
 
 
 @pytest.mark.parametrize("name", ["manifest", "drill", "backup.json", "state.json",
-                                  "deployment.json"])
+                                  "deployment.json", "audit"])
 @settings(max_examples=30, deadline=None)
 @given(value=st.one_of(st.lists(JSON_SCALARS, max_size=3), JSON_SCALARS))
 def test_a_record_that_is_not_an_object_is_refused(name, value):

@@ -160,6 +160,12 @@ PERMISSIONS = (
                ("route53:GetChange",), _changes),
     # The plan's monthly price of the instance (pricing.py; without it, the built-in table).
     Permission("ReadPrices", "every --plan's cost lines", ("pricing:GetProducts",)),
+    # The election freeze's override of --stop/--destroy when the server cannot be reached:
+    # its audit record goes to the bucket with the operator's own credentials.
+    Permission("RecordOverrides", "--stop/--destroy --force --reason (audit record)",
+               ("s3:PutObject",), lambda n: [
+                   f"arn:{n.partition}:s3:::helios-{n.deployment}-backup-*/{n.deployment}"
+                   "/audit/*"]),
 )
 
 

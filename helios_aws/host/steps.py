@@ -2,7 +2,7 @@
 
 ``steps(ctx)`` returns them in order; the steps themselves live by concern beside this
 module, as the AWS half's do (``base`` holds what they share; ``preflight``, ``system``,
-``database``, ``broker``, ``deploy``, ``web``, ``checks``, ``backups``); ``helios_aws.provision`` runs them after the AWS
+``database``, ``broker``, ``deploy``, ``web``, ``checks``, ``backups``, ``seal``); ``helios_aws.provision`` runs them after the AWS
 steps (or alone, with ``--skip-aws``). Each step reads the server's state with one batched
 command, plans only the difference and applies only that, so a second run reports
 "no changes".
@@ -44,6 +44,7 @@ from .checks import Liveness
 from .database import Postgres
 from .deploy import EnvFile, Migrate, Release, Switch
 from .preflight import Preflight
+from .seal import SealTimer
 from .system import Connect, Packages, RootTool, ServiceUser, TrustCA, UvTool
 from .web import Certificate, NginxSite, Renewal, Units
 
@@ -87,6 +88,6 @@ def steps(ctx, project=None):
         ServiceUser(target), Postgres(target), Broker(target), EnvFile(target),
         Release(target), Migrate(target), Switch(target), Units(target),
         NginxSite(target, https=False), Certificate(target), NginxSite(target, https=True),
-        Renewal(target), Liveness(target), BackupTimer(target),
+        Renewal(target), Liveness(target), BackupTimer(target), SealTimer(target),
     ]
     return result

@@ -23,8 +23,8 @@ PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
 ERROR, WARNING, INFO = "error", "warning", "info"
 LEVEL_LETTERS = {"E": ERROR, "W": WARNING}
-AREAS = ("config", "site", "aws", "host", "mail")
-PROBE_ID_RE = re.compile(r"^(site|aws|host|mail)\.([EW])(\d{3})$")
+AREAS = ("config", "site", "aws", "host", "mail", "seal")
+PROBE_ID_RE = re.compile(r"^(site|aws|host|mail|seal)\.([EW])(\d{3})$")
 DEFAULT_TIMEOUT = 15.0
 
 REGISTRY = {}
@@ -45,6 +45,8 @@ TIMEOUT_HINTS = {
             "broker answer, or allow more time with --timeout.",
     "mail": "Check this machine's connection to the SES endpoint, or allow more time "
             "with --timeout.",
+    "seal": "The host or its database did not answer in time: check that it runs and that "
+            "PostgreSQL answers, or allow more time with --timeout.",
 }
 
 

@@ -10,7 +10,7 @@ SCHEMA_VERSION = 1
 FAIL_LEVELS = (ERROR, WARNING)
 LABELS = {PASS: "pass", WARN: "WARN", FAIL: "FAIL", SKIP: "skip"}
 AREA_TITLES = {"config": "Configuration", "site": "Site", "aws": "AWS", "host": "Host",
-               "mail": "Mail"}
+               "mail": "Mail", "seal": "Elections"}
 
 
 class Report:

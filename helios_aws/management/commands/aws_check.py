@@ -25,7 +25,7 @@ class Command(BaseCommand):
                             help="Only the configuration checks, on this process's "
                                  "settings (Django's system checks, deploy ones included).")
         parser.add_argument("--only", action="append", default=[], metavar="AREA|ID",
-                            help="Run only these areas (config, site, aws, host, mail) or "
+                            help="Run only these areas (config, site, aws, host, mail, seal) or "
                                  "check ids; repeatable, or comma-separated.")
         parser.add_argument("--skip", action="append", default=[], metavar="AREA|ID",
                             help="Leave out these areas or check ids.")

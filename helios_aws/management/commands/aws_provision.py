@@ -77,6 +77,12 @@ class Command(BaseCommand):
                                "server's (with --server), or a TLS-inspecting proxy's.")
         host.add_argument("--git-url", default=None, help="Helios repository to deploy.")
         host.add_argument("--git-ref", default=None, help="Branch, tag or commit to deploy.")
+        freeze = parser.add_argument_group("the election freeze")
+        freeze.add_argument("--force", action="store_true",
+                            help="Change the server although an election is open (needs "
+                                 "--reason; recorded on the server and in the bucket).")
+        freeze.add_argument("--reason", default="",
+                            help="Why the change cannot wait (with --force).")
 
     @cli.translate_errors
     def handle(self, *args, **options):

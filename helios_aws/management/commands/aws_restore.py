@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from helios_aws import backup_commands, cli, params
+from helios_aws import backup_commands, cli, freeze, params
 from helios_aws.errors import ConfigError
 
 
@@ -31,7 +31,10 @@ class Command(BaseCommand):
                             help="The backup (as aws_backup --list shows it; default for "
                                  "--drill: the newest).")
         parser.add_argument("--force", action="store_true",
-                            help="Restore into production even while an election is open.")
+                            help="Restore into production even while an election is open "
+                                 "(needs --reason; recorded).")
+        parser.add_argument("--reason", default="",
+                            help="Why the restore cannot wait (with --force).")
         parser.add_argument("--yes", action="store_true",
                             help="With --no-input: do not ask for the deployment name.")
         parser.add_argument("--no-input", action="store_true", help="Never prompt.")
@@ -62,7 +65,9 @@ class Command(BaseCommand):
         if options["status"]:
             backup_commands.on_host(deployment, out_dir, options, "status", [], write)
             return
+        freeze.check_options(options)
         self._confirm(options, deployment.name, options["backup"])
+        freeze.guard_restore(deployment, out_dir, options, write)
         backup_commands.restore_on_host(deployment, out_dir, options,
                                         args + (["--force"] if options["force"] else []),
                                         write)

@@ -61,3 +61,7 @@ class CastVote(models.Model):
     vote_hash = models.CharField(max_length=100)
     cast_at = models.DateTimeField(auto_now_add=True)
     cast_ip = models.GenericIPAddressField(null=True)
+    # Helios's verification queue: a cast vote waits until a worker verifies it
+    # (verified_at) or finds it invalid (invalidated_at); a tally counts verified ones.
+    verified_at = models.DateTimeField(null=True)
+    invalidated_at = models.DateTimeField(null=True)

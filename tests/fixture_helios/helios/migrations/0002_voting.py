@@ -43,6 +43,8 @@ class Migration(migrations.Migration):
                 ('vote_hash', models.CharField(max_length=100)),
                 ('cast_at', models.DateTimeField(auto_now_add=True)),
                 ('cast_ip', models.GenericIPAddressField(null=True)),
+                ('verified_at', models.DateTimeField(null=True)),
+                ('invalidated_at', models.DateTimeField(null=True)),
                 ('voter', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='helios.voter')),
             ],
         ),
