@@ -82,6 +82,7 @@ def server(site, aws_env, sshd):
     prefix = base / "host"
     app = prefix / "srv/helios"
     (app / "shared").mkdir(parents=True)
+    (app / "config").mkdir()
     release = app / "releases" / "20261207000000-0123456789abcdef"
     shutil.copytree(site.project, release, ignore=shutil.ignore_patterns("deploy", "media"))
     (app / "current").symlink_to(release)
@@ -91,7 +92,7 @@ def server(site, aws_env, sshd):
         (prefix / path).write_text(text)
     (app / "tools").mkdir()
     (app / "tools/helios-aws").symlink_to(sys.prefix)
-    (app / "shared/.env").write_text(site.env_file.read_text() + "".join(
+    (app / "config/.env").write_text(site.env_file.read_text() + "".join(
         f"{name}={os.environ[name]}\n" for name in rootside.PASSED_ON if name in os.environ))
     config = prefix / "var/lib/helios-aws/backup.json"
     config.parent.mkdir(parents=True)
@@ -201,7 +202,7 @@ def test_elections_that_cannot_be_read_refuse_naming_what(site, server, damage, 
     if damage == "zone":
         server.config.write_text(server.config.read_text().replace(HELIOS_TIME_ZONE, ""))
     else:
-        env = server.prefix / "srv/helios/shared/.env"
+        env = server.prefix / "srv/helios/config/.env"
         env.write_text(env.read_text().replace("/helios_freeze", "/helios_gone"))
     changed = server.prefix / "changed"
 
@@ -277,7 +278,7 @@ def test_a_new_address_is_refused_while_the_database_holds_elections(site, serve
 def test_a_new_address_goes_through_while_the_database_holds_no_election(site, server,
                                                                         tmp_path):
     site.psql("CREATE DATABASE helios_freeze_empty")
-    env = server.prefix / "srv/helios/shared/.env"
+    env = server.prefix / "srv/helios/config/.env"
     env.write_text(env.read_text().replace("/helios_freeze", "/helios_freeze_empty"))
     changed = server.prefix / "changed"
     try:
@@ -409,7 +410,7 @@ def test_a_frozen_election_is_sealed_published_and_drift_is_named(site, server, 
         server.release / "heliosverifier/verify.html")
     site_file = server.prefix / "etc/nginx/conf.d/helios.conf"
     assert seal["nginx_site"] == {str(site_file): sha(site_file)}
-    env = server.prefix / "srv/helios/shared/.env"
+    env = server.prefix / "srv/helios/config/.env"
     assert seal["env_sha256"] == sha(env)
     secret = next(line.partition("=")[2] for line in env.read_text().splitlines()
                   if line.startswith("SECRET_KEY="))

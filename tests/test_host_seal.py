@@ -37,7 +37,7 @@ def test_the_timer_runs_roots_own_sealer_every_minute_and_nginx_publishes_the_se
     argv = shlex.split(exec_start.partition("=")[2])
     assert argv[:5] == ["/srv/helios/tools/helios-aws/bin/python", "-I", "-m",
                         "helios_aws.sealside", "write"]
-    assert argv[argv.index("--env-file") + 1] == "/srv/helios/shared/.env"
+    assert argv[argv.index("--env-file") + 1] == "/srv/helios/config/.env"
     assert argv[argv.index("--publish-dir") + 1] == "/var/www/helios-seal"
     assert "User=" not in service  # root: it reads root's files and writes where nginx reads
     assert "OnUnitActiveSec=1min\n" in timer
