@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import backup_commands, envfile, params
-from .aws import account, backups, inventory, operator, pricing
+from .aws import account, backups, inventory, operator, pricing, ssh_access
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
@@ -25,7 +25,7 @@ from .engine import (CREATE, KEEP, LOG_NAME, STATE_NAME, Activity, Context, Outp
                      summary)
 from .errors import ConfigError, HostError
 from .files import exclusive, refuse_symlinks
-from .host import rollback, steps as host_steps
+from .host import base as host_base, rollback, steps as host_steps
 
 LOGGED_PARAMS_LENGTH = 400
 
@@ -53,9 +53,13 @@ def run(deployment, out_dir, options, out, confirm):
                     return show_plan(ctx, out)
             return provision(ctx, out)
         finally:
-            # The host half opens the run's SSH connection on first use.
-            if ctx.ssh is not None:
-                ctx.ssh.close()
+            # The host half opens the run's SSH connection on first use, and port 22
+            # (without --ssh-cidr) just before it.
+            try:
+                if ctx.ssh is not None:
+                    ctx.ssh.close()
+            finally:
+                host_base.close_ssh_access(ctx)
 
 
 def operator_policy(deployment, profile=None):
@@ -218,6 +222,7 @@ def show_costs(ctx, steps, out):
 def show_plan(ctx, out):
     """--plan: what every step would do and what it would cost; changes nothing."""
     out.line(ctx.deployment.os_summary)
+    out.line(ssh_access.mode_line(ctx.deployment))
     aws = [] if ctx.options.get("skip_aws") else aws_steps(ctx.deployment)
     if aws:
         warn_world_ssh(ctx, out)

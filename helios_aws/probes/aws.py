@@ -14,6 +14,7 @@ from ..aws.compute import LIVE_STATES
 from ..aws.dns import find_record, find_zone, record_sets, values
 from ..aws.identity import mail_identities
 from ..aws.mail import sending_account
+from ..aws import ssh_access
 from ..aws.session import NO_CREDENTIALS_HINT, TAG_KEY, translate
 from .base import Skip, failed, passed, probe, warned
 
@@ -247,3 +248,29 @@ def ses_account(ctx):
                       f"({usage}).", "Ask AWS for a higher sending quota before an "
                       "election's invitations go out.")
     return passed(f"Production access, sending enabled, {usage}.")
+
+
+@probe("aws.W040", "No SSH rule is left from a run that ended",
+       "The next aws_provision, aws_backup or aws_restore removes it (its own address's "
+       "rule too); or remove it now: `aws ec2 revoke-security-group-ingress --group-id "
+       "GROUP --protocol tcp --port 22 --cidr ADDRESS`.")
+def leftover_ssh_rules(ctx):
+    view = session(ctx)
+    ec2 = view.aws.client("ec2")
+    with translate("list the deployment's security groups"):
+        groups = ec2.describe_security_groups(Filters=tag_filter(view))["SecurityGroups"]
+    if not groups:
+        raise Skip(f"No security group is tagged {TAG_KEY}={ctx.deployment.name} in "
+                   f"{ctx.deployment.region}: run aws_provision first.")
+    moment = ssh_access.now()
+    rules = [(g["GroupId"], r) for g in groups for r in ssh_access.run_rules(g)]
+    left = [(gid, r) for gid, r in rules if ssh_access.is_leftover(r, moment)]
+    if left:
+        return failed("Port 22 is still open for runs that ended: " + "; ".join(
+            f"{r['source']} in {gid}, from the run of {r['owner']} (pid {r['pid']}), opened "
+            f"{ssh_access.describe_age(moment - r['start'])} ago" for gid, r in left) + ".")
+    going = len(rules)
+    if going:
+        return passed(f"No leftover SSH rule; {going} run(s) going hold port 22 open "
+                      "(this check's own included).")
+    return passed("No SSH rule is left from an ended run.")

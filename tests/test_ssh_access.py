@@ -1,0 +1,149 @@
+"""Port 22 closed between runs (no --ssh-cidr): a command that reaches the host adds a rule
+for the operator's address to the deployment's security group, in the moto server, and
+removes it at its end, after a SIGTERM too; a run killed with SIGKILL leaves its rule, and
+the next run removes it; aws_check reports it meanwhile (aws.W040). The host is the real
+sshd on loopback, reached through aws_backup's and aws_restore's connection path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import boto3
+import pytest
+
+from conftest import ECHOED_ADDRESS
+from helios_aws import backup_commands
+from helios_aws.aws import ssh_access
+from helios_aws.engine import STATE_NAME
+from helios_aws.params import Deployment
+from helios_aws.probes import aws as aws_probes
+from helios_aws.probes.base import Context
+
+SOURCE = f"{ECHOED_ADDRESS}/32"
+
+
+@pytest.fixture
+def deployment_dir(aws_env, sshd, tmp_path):
+    """A tagged security group in moto, recorded in state.json, and the sshd options."""
+    ec2 = boto3.client("ec2")
+    group = ec2.create_security_group(
+        GroupName="helios-helios", Description="Helios",
+        TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+            {"Key": "helios-aws:deployment", "Value": "helios"}]}])["GroupId"]
+    (tmp_path / STATE_NAME).write_text(json.dumps({"security_group": {"id": group}}))
+    deployment = Deployment(domain="vote.example.org", email="elections@example.org",
+                            ssh_user=sshd.user)
+    options = {"host": sshd.host, "ssh_port": sshd.port, "ssh_key": str(sshd.client_key),
+               "known_hosts": str(sshd.known_hosts)}
+    return tmp_path, group, deployment, options
+
+
+def ssh_rules(group):
+    found = boto3.client("ec2").describe_security_groups(GroupIds=[group])["SecurityGroups"][0]
+    return [(r["CidrIp"], r.get("Description", "")) for p in found["IpPermissions"]
+            if p.get("FromPort") == 22 for r in p.get("IpRanges", [])]
+
+
+def test_the_rule_exists_only_while_the_command_holds_the_host(deployment_dir):
+    out_dir, group, deployment, options = deployment_dir
+    said = []
+    with backup_commands.host_session(deployment, out_dir, options, said.append) as ssh:
+        assert ssh.run("true").ok
+        (source, description), = ssh_rules(group)
+        assert source == SOURCE
+        assert description.startswith(f"helios-aws run {ssh_access.owner()} pid {os.getpid()} ")
+        assert " until " in description
+    assert ssh_rules(group) == []
+    assert any(f"opened to {SOURCE}" in line for line in said), said
+    assert any("closed again" in line for line in said), said
+
+
+def test_a_given_address_wins_and_a_failure_still_closes(deployment_dir):
+    out_dir, group, deployment, options = deployment_dir
+    with pytest.raises(RuntimeError):
+        with backup_commands.host_session(deployment, out_dir,
+                                          dict(options, ssh_from="203.0.113.9"), print):
+            assert [s for s, _ in ssh_rules(group)] == ["203.0.113.9/32"]
+            raise RuntimeError("the command failed")
+    assert ssh_rules(group) == []
+
+
+def test_another_operators_rule_is_left_alone(deployment_dir):
+    out_dir, group, deployment, options = deployment_dir
+    start = ssh_access.now()
+    other = ssh_access.description(start, pid=1, who="alice@elsewhere")
+    boto3.client("ec2").authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": "192.0.2.5/32", "Description": other}]}])
+    with backup_commands.host_session(deployment, out_dir, options, print):
+        assert sorted(s for s, _ in ssh_rules(group)) == ["192.0.2.5/32", SOURCE]
+    assert ssh_rules(group) == [("192.0.2.5/32", other)]
+
+
+RUN = textwrap.dedent("""
+    import sys, time
+    from helios_aws import backup_commands
+    from helios_aws.params import Deployment
+    deployment = Deployment(domain="vote.example.org", email="elections@example.org",
+                            ssh_user=sys.argv[2])
+    options = dict(host=sys.argv[3], ssh_port=int(sys.argv[4]), ssh_key=sys.argv[5],
+                   known_hosts=sys.argv[6])
+    try:
+        with backup_commands.host_session(deployment, sys.argv[1], options, print):
+            print("holding the host", flush=True)
+            time.sleep(60)
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+
+
+def start_run(out_dir, options, deployment):
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN, str(out_dir), deployment.ssh_user, options["host"],
+         str(options["ssh_port"]), options["ssh_key"], options["known_hosts"]],
+        stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("holding the host"):
+            return process
+    pytest.fail(f"the run ended early (exit {process.wait()})")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_run_ended_by_a_signal(deployment_dir, how):
+    out_dir, group, deployment, options = deployment_dir
+    process = start_run(out_dir, options, deployment)
+    (source, description), = ssh_rules(group)
+    assert f" pid {process.pid} " in description
+    process.send_signal(how)
+    process.wait(30)
+    if how == signal.SIGTERM:
+        assert process.returncode == 130
+        assert ssh_rules(group) == []
+        return
+    assert ssh_rules(group) == [(source, description)]  # killed: nothing could remove it
+    ctx = Context(deployment, aws=lambda: backup_commands.AWS("us-east-1"))
+    report = aws_probes.leftover_ssh_rules(ctx)
+    assert report.status == "fail" and SOURCE in report.message
+    assert f"pid {process.pid}" in report.message and "0 min ago" in report.message
+    # The next run removes it, and adds (then removes) its own.
+    said = []
+    with backup_commands.host_session(deployment, out_dir, dict(options, ssh_from="203.0.113.9"),
+                                      said.append):
+        assert [s for s, _ in ssh_rules(group)] == ["203.0.113.9/32"]
+    assert any("Removed a leftover SSH rule" in line for line in said), said
+    assert ssh_rules(group) == []
+    assert aws_probes.leftover_ssh_rules(ctx).status == "pass"
+
+
+def test_the_echo_answers_an_address_or_the_command_says_what_to_give(monkeypatch):
+    monkeypatch.setenv(ssh_access.ECHO_URL_VARIABLE, "http://127.0.0.1:9/")
+    with pytest.raises(Exception) as refused:
+        ssh_access.operator_address()
+    assert "--ssh-from" in refused.value.hint
+    with pytest.raises(Exception) as bad:
+        ssh_access.operator_address("not-an-address")
+    assert "is not an IP address" in bad.value.message
