@@ -153,6 +153,16 @@ def _rule_problems(permission):
     return []
 
 
+def _instance_groups(ctx, group_ids):
+    """The instance's security groups, read once for aws.E005 and aws.W040."""
+    def read():
+        ec2 = session(ctx).aws.client("ec2")
+        with translate("describe the instance's security groups"):
+            return ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
+
+    return ctx.once("instance-groups", read)
+
+
 @probe("aws.E005", "The security group opens only 22 (not to the world), 80 and 443",
        "Remove the extra inbound rules, and limit SSH to your address: "
        "`aws ec2 revoke-security-group-ingress ...`, or aws_provision --ssh-cidr "
@@ -162,9 +172,7 @@ def security_group(ctx):
     group_ids = [g["GroupId"] for g in current.get("SecurityGroups", [])]
     if not group_ids:
         return failed(f"{current['InstanceId']} has no security group to check.")
-    ec2 = session(ctx).aws.client("ec2")
-    with translate("describe the instance's security groups"):
-        groups = ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
+    groups = _instance_groups(ctx, group_ids)
     problems = [f"{g['GroupId']}: {p}" for g in groups for rule in g.get("IpPermissions", [])
                 for p in _rule_problems(rule)]
     if problems:
@@ -255,13 +263,11 @@ def ses_account(ctx):
        "rule too); or remove it now: `aws ec2 revoke-security-group-ingress --group-id "
        "GROUP --protocol tcp --port 22 --cidr ADDRESS`.")
 def leftover_ssh_rules(ctx):
-    view = session(ctx)
-    ec2 = view.aws.client("ec2")
-    with translate("list the deployment's security groups"):
-        groups = ec2.describe_security_groups(Filters=tag_filter(view))["SecurityGroups"]
-    if not groups:
-        raise Skip(f"No security group is tagged {TAG_KEY}={ctx.deployment.name} in "
-                   f"{ctx.deployment.region}: run aws_provision first.")
+    # The instance's groups, as aws.E005 reads them: port 22 is opened in those.
+    group_ids = [g["GroupId"] for g in instance(ctx).get("SecurityGroups", [])]
+    if not group_ids:
+        raise Skip(f"{instance(ctx)['InstanceId']} has no security group.")
+    groups = _instance_groups(ctx, group_ids)
     moment = ssh_access.now()
     rules = [(g["GroupId"], r) for g in groups for r in ssh_access.run_rules(g)]
     left = [(gid, r) for gid, r in rules if ssh_access.is_leftover(r, moment)]
