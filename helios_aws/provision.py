@@ -35,7 +35,7 @@ def run(deployment, out_dir, options, out, confirm):
     provision. ``confirm(prompt, expected)`` asks the operator before a teardown."""
     check_options(deployment, options)
     refuse_symlinks(Path(out_dir) / name for name in (ENV_NAME, STATE_NAME, LOG_NAME))
-    with exclusive(out_dir, written_dirs(out_dir)):
+    with exclusive(out_dir, written_dirs(out_dir)), ssh_access.ending_on_signals(deployment):
         ctx = make_context(deployment, out_dir, options, out)
         try:
             if options.get("destroy"):

@@ -49,7 +49,10 @@ def deployment_dir(aws_env, sshd, tmp_path):
 
 
 def ssh_rules(group):
-    found = boto3.client("ec2").describe_security_groups(GroupIds=[group])["SecurityGroups"][0]
+    # A new session each time: under enforcement, the enforced user's key from the
+    # environment (boto3's default session keeps the keys it first found).
+    ec2 = boto3.session.Session().client("ec2")
+    found = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]
     return [(r["CidrIp"], r.get("Description", "")) for p in found["IpPermissions"]
             if p.get("FromPort") == 22 for r in p.get("IpRanges", [])]
 
@@ -156,3 +159,21 @@ def test_the_echo_answers_an_address_or_the_command_says_what_to_give(monkeypatc
     with pytest.raises(Exception) as bad:
         ssh_access.operator_address("not-an-address")
     assert "is not an IP address" in bad.value.message
+
+
+def test_the_operator_policy_allows_opening_and_closing(deployment_dir, monkeypatch):
+    """Under IAM enforcement, with exactly the policy --operator-policy prints: the rule
+    is read, added and removed, and each of those actions is needed."""
+    from helios_aws.aws import operator
+    from iam_enforcement import enforced, refused, without
+
+    out_dir, group, deployment, options = deployment_dir
+    policy = operator.policy(deployment, "123456789012")
+    with enforced([policy], monkeypatch) as denials:
+        with backup_commands.host_session(deployment, out_dir, options, print):
+            assert [s for s, _ in ssh_rules(group)] == [SOURCE]
+    assert denials.seen == []
+    assert ssh_rules(group) == []
+    for action in ("ec2:DescribeSecurityGroups", "ec2:AuthorizeSecurityGroupIngress",
+                   "ec2:RevokeSecurityGroupIngress"):
+        assert refused(without([policy], action), denials.made), action

@@ -200,7 +200,6 @@ class Access:
         self.address = ipaddress.ip_address(address)
         self.say = say
         self.rule = None
-        self._signals = {}
 
     @property
     def source(self):
@@ -230,45 +229,42 @@ class Access:
             revoke(ec2, self.group_id, mine[0])
         start = now()
         text = description(start)
-        self._trap_signals()
-        self.rule = {"source": self.source, "kind": kind}
         answer = call("open SSH (port 22) to this machine's address for the run",
                       ec2.authorize_security_group_ingress,
                       missing=("InvalidPermission.Duplicate",), GroupId=self.group_id,
                       IpPermissions=[_permission(self.source, kind, text)])
-        if answer is None:  # a standing rule for the same address covers it
-            self.rule = None
-            self._restore_signals()
+        if answer is None:  # a rule for the same address (added by hand) covers it
             self.say(f"SSH (port 22) is open to {self.source} already, by another rule.")
             return self
+        self.rule = {"source": self.source, "kind": kind}
         self.say(f"SSH (port 22) opened to {self.source} for this run, in {self.group_id} "
                  f"(until {(start + LEASE).strftime(STAMP)} at the latest).")
         return self
 
     def close(self):
-        try:
-            if self.rule is not None:
-                revoke(self.aws.client("ec2"), self.group_id, self.rule)
-                self.rule = None
-                self.say(f"SSH (port 22) closed again to {self.source}.")
-        finally:
-            self._restore_signals()
+        if self.rule is not None:
+            rule, self.rule = self.rule, None
+            revoke(self.aws.client("ec2"), self.group_id, rule)
+            self.say(f"SSH (port 22) closed again to {self.source}.")
 
-    # SIGTERM and SIGHUP (a closed terminal) end the run as Ctrl-C does, so the rule goes
-    # with it; only SIGKILL leaves it behind, for the next run to remove.
-    def _trap_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            return
+
+@contextlib.contextmanager
+def ending_on_signals(deployment):
+    """Without --ssh-cidr: SIGTERM and SIGHUP (a closed terminal) end the block as Ctrl-C
+    does, so the cleanup that follows removes the run's rule; only SIGKILL leaves it
+    behind, for the next run to remove. Handlers set by someone else are kept."""
+    trapped = {}
+    if closed(deployment) and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
             previous = signal.getsignal(signum)
-            if previous in (signal.SIG_DFL, None):
-                self._signals[signum] = previous
+            if previous == signal.SIG_DFL:
+                trapped[signum] = previous
                 signal.signal(signum, _interrupt)
-
-    def _restore_signals(self):
-        for signum, previous in self._signals.items():
-            signal.signal(signum, previous or signal.SIG_DFL)
-        self._signals.clear()
+    try:
+        yield
+    finally:
+        for signum, previous in trapped.items():
+            signal.signal(signum, previous)
 
 
 def _interrupt(signum, frame):
@@ -294,11 +290,12 @@ def opened(aws_factory, deployment, state, given, say):
     """``open_for`` for a command that holds the host for a block: the rule exists for
     the block and is removed after it, whatever ends it."""
     group_id = recorded_group(state)
-    access = None
-    if closed(deployment) and group_id:
-        access = open_for(aws_factory(), deployment, group_id, given, say)
-    try:
-        yield access
-    finally:
-        if access is not None:
-            access.close()
+    with ending_on_signals(deployment):
+        access = None
+        if closed(deployment) and group_id:
+            access = open_for(aws_factory(), deployment, group_id, given, say)
+        try:
+            yield access
+        finally:
+            if access is not None:
+                access.close()

@@ -158,7 +158,8 @@ def check(options):
             local_probes = []
     probes += local_probes
     try:
-        results = run(probes, ctx, tasks=tasks, timeout=timeout)
+        with ssh_access.ending_on_signals(deployment):
+            results = run(probes, ctx, tasks=tasks, timeout=timeout)
     finally:
         ctx.close()
     report = Report(_filter(results, options), time.monotonic() - started,
