@@ -177,3 +177,41 @@ def test_the_operator_policy_allows_opening_and_closing(deployment_dir, monkeypa
     for action in ("ec2:DescribeSecurityGroups", "ec2:AuthorizeSecurityGroupIngress",
                    "ec2:RevokeSecurityGroupIngress"):
         assert refused(without([policy], action), denials.made), action
+
+
+def test_the_plan_names_the_mode_and_a_leftover_is_drift_the_next_run_removes(aws_env,
+                                                                             tmp_path):
+    """aws_provision's AWS half without --ssh-cidr: no standing SSH rule; the plan says
+    port 22 is opened per run; a rule left by a killed run of this machine is drift."""
+    from helios_aws import params, provision
+    from helios_aws.engine import Output
+
+    boto3.client("route53").create_hosted_zone(Name="example.org", CallerReference="z")
+    deployment = params.build([{"domain": "vote.example.org",
+                                "email": "elections@example.org"}])
+    out_dir = tmp_path / "deploy"
+    params.write_record(out_dir, deployment)
+
+    def run(**options):
+        lines = []
+        out = Output(lines.append)
+        ctx = provision.make_context(deployment, out_dir, {"skip_host": True, **options}, out)
+        (provision.show_plan if options.get("plan") else provision.provision)(ctx, out)
+        return "\n".join(lines)
+
+    run()
+    group = json.loads((out_dir / STATE_NAME).read_text())["security_group"]["id"]
+    assert ssh_rules(group) == []
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    left = ssh_access.description(ssh_access.now(), pid=int(ended))
+    boto3.client("ec2").authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": "192.0.2.8/32", "Description": left}]}])
+
+    plan = run(plan=True)
+    assert "SSH (port 22): closed between runs" in plan
+    assert (f"remove tcp 22 from 192.0.2.8/32 (left by the ended run of "
+            f"{ssh_access.owner()})") in plan
+    run()
+    assert ssh_rules(group) == []
