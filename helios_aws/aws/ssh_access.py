@@ -229,14 +229,21 @@ class Access:
             revoke(ec2, self.group_id, mine[0])
         start = now()
         text = description(start)
-        answer = call("open SSH (port 22) to this machine's address for the run",
-                      ec2.authorize_security_group_ingress,
-                      missing=("InvalidPermission.Duplicate",), GroupId=self.group_id,
-                      IpPermissions=[_permission(self.source, kind, text)])
+        rule = {"source": self.source, "kind": kind}
+        try:
+            answer = call("open SSH (port 22) to this machine's address for the run",
+                          ec2.authorize_security_group_ingress,
+                          missing=("InvalidPermission.Duplicate",), GroupId=self.group_id,
+                          IpPermissions=[_permission(self.source, kind, text)])
+        except BaseException:
+            # Interrupted, AWS may have added it all the same: no caller will close it.
+            with contextlib.suppress(Exception):
+                revoke(ec2, self.group_id, rule)
+            raise
         if answer is None:  # a rule for the same address (added by hand) covers it
             self.say(f"SSH (port 22) is open to {self.source} already, by another rule.")
             return self
-        self.rule = {"source": self.source, "kind": kind}
+        self.rule = rule
         self.say(f"SSH (port 22) opened to {self.source} for this run, in {self.group_id} "
                  f"(until {(start + LEASE).strftime(STAMP)} at the latest).")
         return self
