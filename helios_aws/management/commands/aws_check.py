@@ -64,13 +64,13 @@ class Command(BaseCommand):
                             metavar="SHA256:...",
                             help="Trust this host key fingerprint (besides those "
                                  "aws_provision pinned).")
+        parser.add_argument("--send-test-email", default="", metavar="ADDRESS",
+                            help="Also send a test message through the deployment's mail "
+                                 "configuration and report its SES message id.")
         parser.add_argument("--ssh-from", default="", metavar="ADDRESS",
                             help="Without --ssh-cidr: this machine's public address, which "
                                  "port 22 is opened to while the host is checked (default: "
                                  "the answer of AWS's address echo).")
-        parser.add_argument("--send-test-email", default="", metavar="ADDRESS",
-                            help="Also send a test message through the deployment's mail "
-                                 "configuration and report its SES message id.")
 
     @cli.translate_errors
     def handle(self, *args, **options):
