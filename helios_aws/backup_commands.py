@@ -12,12 +12,14 @@ operator's own AWS credentials.
 """
 
 import argparse
+import contextlib
 import os
 import shlex
 from pathlib import Path
 
 from . import backup, layout as layout_mod, params, rootside
 from .aws.backups import find_bucket
+from .aws import ssh_access
 from .aws.compute import KEY_FILE
 from .aws.session import AWS
 from .engine import STATE_NAME, State
@@ -40,6 +42,10 @@ def add_ssh_arguments(parser):
     group.add_argument("--known-hosts", default="", help="A known_hosts file to trust.")
     group.add_argument("--trust-host-key", default="", metavar="FINGERPRINT",
                        help="The server's host key fingerprint (SHA256:...).")
+    group.add_argument("--ssh-from", default="", metavar="ADDRESS",
+                       help="Without --ssh-cidr: this machine's public address, which port "
+                            "22 is opened to while the command runs (default: the answer "
+                            "of AWS's address echo).")
 
 
 def add_host_side_arguments(parser):
@@ -149,12 +155,23 @@ def connect(deployment, out_dir, options):
     return opener()
 
 
+@contextlib.contextmanager
+def host_session(deployment, out_dir, options, write):
+    """The verified connection, with port 22 open to this machine while it is used
+    (without --ssh-cidr); both are closed after the block, whatever ends it."""
+    state = State(Path(out_dir) / STATE_NAME).data
+    with ssh_access.opened(lambda: AWS(deployment.region, options.get("profile") or None),
+                           deployment, state, options.get("ssh_from"), write):
+        connection = connect(deployment, out_dir, options)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
 def on_host(deployment, out_dir, options, command, args, write, as_service=False):
-    connection = connect(deployment, out_dir, options)
-    try:
+    with host_session(deployment, out_dir, options, write) as connection:
         run_on_host(connection, deployment, command, args, write, as_service)
-    finally:
-        connection.close()
 
 
 def restore_on_host(deployment, out_dir, options, args, write):
@@ -162,12 +179,12 @@ def restore_on_host(deployment, out_dir, options, args, write):
     this side is then cut off from the restore (Ctrl-C here, the connection lost), the
     server is asked again once the restore let go of the lock: a new answer is this
     restore's outcome, the same one means it never began."""
-    connection = connect(deployment, out_dir, options)
     before, sent = [], False
     try:
-        run_on_host(connection, deployment, "status", [], before.append)
-        sent = True
-        run_on_host(connection, deployment, "restore", args, write)
+        with host_session(deployment, out_dir, options, write) as connection:
+            run_on_host(connection, deployment, "status", [], before.append)
+            sent = True
+            run_on_host(connection, deployment, "restore", args, write)
         return
     except HostError as exc:
         if not sent or ("ended while running" not in exc.message
@@ -179,8 +196,6 @@ def restore_on_host(deployment, out_dir, options, args, write):
             raise HostError("Interrupted before the restore began: nothing on the server "
                             "changed.", "Run the same command again.")
         cut = "Interrupted here"
-    finally:
-        connection.close()
     write(f"{cut}; the server finishes or undoes the restore on its own. Asking it which "
           "database serves (this waits for the restore to end; Ctrl-C again to stop "
           "asking)...")

@@ -164,6 +164,7 @@ class Context:
         self.facts = {}
         self.aws = aws
         self.ssh = ssh
+        self.ssh_access = None  # port 22 opened for this run (aws/ssh_access.py)
         self.options = options or {}
         self.redactor = Redactor()
         self.log = _file_logger(self.out_dir / LOG_NAME, self.redactor)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import backup_commands, envfile, freeze, params
-from .aws import account, backups, inventory, operator, pricing
+from .aws import account, backups, inventory, operator, pricing, ssh_access
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
@@ -25,7 +25,7 @@ from .engine import (CREATE, KEEP, LOG_NAME, STATE_NAME, Activity, Context, Outp
                      summary)
 from .errors import ConfigError, HostError
 from .files import exclusive, refuse_symlinks
-from .host import rollback, steps as host_steps
+from .host import base as host_base, rollback, steps as host_steps
 
 LOGGED_PARAMS_LENGTH = 400
 
@@ -36,7 +36,7 @@ def run(deployment, out_dir, options, out, confirm):
     check_options(deployment, options)
     freeze.check_options(options)
     refuse_symlinks(Path(out_dir) / name for name in (ENV_NAME, STATE_NAME, LOG_NAME))
-    with exclusive(out_dir, written_dirs(out_dir)):
+    with exclusive(out_dir, written_dirs(out_dir)), ssh_access.ending_on_signals(deployment):
         ctx = make_context(deployment, out_dir, options, out)
         try:
             if options.get("destroy"):
@@ -56,9 +56,13 @@ def run(deployment, out_dir, options, out, confirm):
             ctx.before_change = freeze.step_gate(ctx, "a change of the server")
             return provision(ctx, out)
         finally:
-            # The host half opens the run's SSH connection on first use.
-            if ctx.ssh is not None:
-                ctx.ssh.close()
+            # The host half opens the run's SSH connection on first use, and port 22
+            # (without --ssh-cidr) just before it.
+            try:
+                if ctx.ssh is not None:
+                    ctx.ssh.close()
+            finally:
+                host_base.close_ssh_access(ctx)
 
 
 def operator_policy(deployment, profile=None):
@@ -221,6 +225,7 @@ def show_costs(ctx, steps, out):
 def show_plan(ctx, out):
     """--plan: what every step would do and what it would cost; changes nothing."""
     out.line(ctx.deployment.os_summary)
+    out.line(ssh_access.mode_line(ctx.deployment))
     aws = [] if ctx.options.get("skip_aws") else aws_steps(ctx.deployment)
     if aws:
         warn_world_ssh(ctx, out)

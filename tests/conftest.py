@@ -39,8 +39,21 @@ def moto_server():
     server.stop()
 
 
+ECHOED_ADDRESS = "198.51.100.23"
+
+
+@pytest.fixture(scope="session")
+def address_echo():
+    """A loopback stand-in for AWS's address echo, answering ECHOED_ADDRESS."""
+    from helios_aws.rehearse.aws import AddressEcho
+
+    echo = AddressEcho(ECHOED_ADDRESS)
+    yield echo.url
+    echo.stop()
+
+
 @pytest.fixture
-def aws_env(moto_server, monkeypatch, tmp_path):
+def aws_env(moto_server, monkeypatch, tmp_path, address_echo):
     """An AWS environment that reaches only the moto server, which is emptied first
     (then given Debian 13's image parameters, which moto lacks).
 
@@ -59,6 +72,8 @@ def aws_env(moto_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Port 22 is opened to what the echo answers, never to this machine's real address.
+    monkeypatch.setenv("HELIOS_AWS_ADDRESS_ECHO_URL", address_echo)
     rig.moto_fresh(moto_server)
     yield moto_server
 

@@ -6,7 +6,7 @@ import botocore.exceptions
 from ..engine import ADOPT, CREATE, CREATED, UPDATE, UPDATED, Change
 from ..errors import ConfigError
 from ..params import validate_cidr
-from . import pricing
+from . import pricing, ssh_access
 from .base import AWSStep, ec2_name, pick, poll, tag_filter, tag_spec
 from .session import call, error_code, translate
 
@@ -23,8 +23,10 @@ SOURCE_FIELDS = {
 
 def desired_rules(deployment):
     """Inbound rules as (protocol, from port, to port, source kind, source)."""
-    network = validate_cidr(deployment.ssh_cidr)
-    rules = {("tcp", 22, 22, f"ipv{network.version}", str(network))}
+    rules = set()
+    if deployment.ssh_cidr:  # else port 22 is opened per run (ssh_access.py)
+        network = validate_cidr(deployment.ssh_cidr)
+        rules.add(("tcp", 22, 22, f"ipv{network.version}", str(network)))
     for port in (deployment.http_port, deployment.https_port):
         rules.add(("tcp", port, port, "ipv4", WORLD[0]))
         rules.add(("tcp", port, port, "ipv6", WORLD[1]))
@@ -60,6 +62,14 @@ def describe_rule(rule):
     return f"{ports} from {source}"
 
 
+def _judged_rules(group):
+    """The group's rules but those of runs still going (each run removes its own; a
+    leftover of one that ended is drift)."""
+    running = {ssh_access.rule_tuple(r) for r in ssh_access.run_rules(group)
+               if not ssh_access.is_leftover(r)}
+    return actual_rules(group) - running
+
+
 def _covers_postgresql(rule):
     proto, low, high = rule[:3]
     return proto == "-1" or (low is not None and low <= POSTGRESQL_PORT <= high)
@@ -84,28 +94,26 @@ class SecurityGroupStep(AWSStep):
 
     def plan(self, ctx, current):
         d = ctx.deployment
-        if not d.ssh_cidr:
-            raise ConfigError(
-                "No --ssh-cidr is recorded: SSH would be open to nobody, and this tool "
-                "never opens it to everyone by default.",
-                "Run aws_configure --ssh-cidr YOUR.IP.ADDRESS/32 (your address: "
-                "curl https://checkip.amazonaws.com).",
-            )
         desired = desired_rules(d)
+        ssh = (f"SSH from {d.ssh_cidr} (standing rule)" if d.ssh_cidr else
+               "SSH opened per run to the operator's address (no --ssh-cidr)")
         group = current["group"]
         if group is None:
             self._default_vpc(ctx)
-            return Change(CREATE, *(f"allow {describe_rule(r)}" for r in sorted(desired)))
-        actual = actual_rules(group)
+            return Change(CREATE, *(f"allow {describe_rule(r)}" for r in sorted(desired)),
+                          ssh)
+        actual = _judged_rules(group)
         details = [f"allow {describe_rule(r)} (missing)" for r in sorted(desired - actual)]
+        leftovers = {ssh_access.rule_tuple(r): r for r in ssh_access.run_rules(group)}
         for rule in sorted(actual - desired, key=str):
             why = " (PostgreSQL is never exposed)" if _covers_postgresql(rule) else ""
+            if rule in leftovers:
+                why = f" (left by the ended run of {leftovers[rule]['owner']})"
             details.append(f"remove {describe_rule(rule)}{why}")
         if details:
             return Change(UPDATE, f"rules of {group['GroupId']} drifted:", *details)
         return self.kept_or_adopted(self.record(ctx).get("id") == group["GroupId"],
-                                    f"{group['GroupId']}: SSH from {d.ssh_cidr}, "
-                                    f"HTTP/HTTPS from anywhere")
+                                    f"{group['GroupId']}: {ssh}, HTTP/HTTPS from anywhere")
 
     def _default_vpc(self, ctx):
         ec2 = ctx.aws.client("ec2")
@@ -143,7 +151,7 @@ class SecurityGroupStep(AWSStep):
         group_id = group["GroupId"]
         if change.action == ADOPT:
             return self.adopt(ctx, id=group_id)
-        actual = actual_rules(group)
+        actual = _judged_rules(group)
         if actual - desired:
             call("remove drifted security group rules", ec2.revoke_security_group_ingress,
                  GroupId=group_id, IpPermissions=[permission(r) for r in actual - desired])

@@ -12,6 +12,7 @@ that changes a resource drops what it read with :meth:`AWS.forget`.
 
 import contextlib
 import logging
+import threading
 
 import functools
 
@@ -73,14 +74,23 @@ class AWS:
         if not self.session._session.get_config_variable("data_path"):
             self.session._session.register_component("data_loader", _model_loader())
         self._clients = {}
+        self._lock = threading.Lock()
         self._cache = {}
 
     def client(self, service, region=None):
+        """The run's one client of ``service``. Threads (aws_check's probes) share it: a
+        boto3 session is not safe to use from several threads at once, and each client
+        built costs 5-30 ms of CPU under the interpreter lock, so probes that each built
+        their own (six EC2 clients in one aws_check) ran one after another."""
         key = (service, region or self.region)
-        if key not in self._clients:
-            self._clients[key] = self.session.client(
-                service, region_name=region or self.region, config=CONFIG)
-        return self._clients[key]
+        client = self._clients.get(key)  # a client built already is never waited for
+        if client is None:
+            with self._lock:
+                client = self._clients.get(key)
+                if client is None:
+                    client = self._clients[key] = self.session.client(
+                        service, region_name=region or self.region, config=CONFIG)
+        return client
 
     def observe(self, callback):
         """Call ``callback(service, operation, params)`` once for every API call of this

@@ -8,6 +8,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from .. import layout as layout_mod, project as project_mod
+from ..aws import ssh_access
 from ..engine import Step
 from ..errors import ConfigError, HostError
 from . import recipes
@@ -115,6 +116,7 @@ def open_connection(ctx):
                         "Give --host (with --skip-aws), or let the AWS half create the "
                         "instance first.")
     deployment = ctx.deployment
+    open_ssh_access(ctx)
     conn = Connection(
         host, user=options.get("ssh_user") or deployment.ssh_user or None,
         default_user=deployment.os_profile["ssh_user"], port=options.get("ssh_port"),
@@ -129,6 +131,24 @@ def open_connection(ctx):
         # A new instance needs a few minutes before sshd answers; a running server not.
         wait = 600 if facts.get("instance_created") else 60
     return conn.connect(wait=wait, on_wait=ctx.detail)
+
+
+def open_ssh_access(ctx):
+    """Without --ssh-cidr, port 22 opened to the operator's address for this run (once;
+    the command that made ``ctx`` closes it at its end: :func:`close_ssh_access`)."""
+    if getattr(ctx, "ssh_access", None) is not None or ctx.aws is None:
+        return
+    group_id = ctx.facts.get("security_group_id") or ssh_access.recorded_group(
+        {"security_group": ctx.state.get("security_group")})
+    ctx.ssh_access = ssh_access.open_for(ctx.aws, ctx.deployment, group_id,
+                                         ctx.options.get("ssh_from"), ctx.say)
+
+
+def close_ssh_access(ctx):
+    access = getattr(ctx, "ssh_access", None)
+    if access is not None:
+        ctx.ssh_access = None
+        access.close()
 
 
 class Target:

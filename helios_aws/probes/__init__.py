@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import params, project as project_mod
+from ..aws import ssh_access
 from ..aws.compute import KEY_FILE
 from ..aws.session import AWS
 from ..engine import STATE_NAME, State
@@ -50,6 +51,7 @@ class Options:
     known_hosts: str = ""
     trust_host_key: tuple = ()
     settings_layer: dict = None
+    ssh_from: str = ""
 
 
 def validate_selection(tokens):
@@ -132,6 +134,7 @@ def check(options):
     project = _project()
     project_root = project.root if project else project_mod.find_root()
     state = State(out_dir / STATE_NAME).data
+    ssh_notes = []
     ctx = Context(deployment,
                   state=state,
                   target=_target(deployment, options),
@@ -139,7 +142,7 @@ def check(options):
                   static_file=static_sample(project) if project else "",
                   celery_app=project.celery_app if project else "",
                   aws=lambda: _aws(deployment, options),
-                  ssh=_ssh(deployment, state, out_dir, options),
+                  ssh=_ssh(deployment, state, out_dir, options, ssh_notes),
                   test_email=options.test_email)
     probes = [p for p in select(options.only, options.skip) if p.area != "mail"]
     tasks, local_probes = _local_tasks(options)
@@ -156,11 +159,14 @@ def check(options):
             local_probes = []
     probes += local_probes
     try:
-        results = run(probes, ctx, tasks=tasks, timeout=timeout)
+        with ssh_access.ending_on_signals(deployment):
+            results = run(probes, ctx, tasks=tasks, timeout=timeout)
     finally:
         ctx.close()
-    return Report(_filter(results, options), time.monotonic() - started,
-                  f"{deployment.domain} (deployment in {out_dir})")
+    report = Report(_filter(results, options), time.monotonic() - started,
+                    f"{deployment.domain} (deployment in {out_dir})")
+    report.notes = ssh_notes
+    return report
 
 
 def _target(deployment, options):
@@ -186,8 +192,10 @@ def _target(deployment, options):
     )
 
 
-def _ssh(deployment, state, out_dir, options):
-    """A factory of the SSH connection pool, or None when there is no host."""
+def _ssh(deployment, state, out_dir, options, notes):
+    """A factory of the SSH connection pool, or None when there is no host. Without
+    --ssh-cidr, port 22 is opened to this machine first (what was done goes to
+    ``notes``) and closed with the pool."""
     key = options.ssh_key or (out_dir / KEY_FILE if (out_dir / KEY_FILE).is_file() else None)
     connect = host.connector(
         deployment, state, host=options.host, port=options.ssh_port, user=options.ssh_user,
@@ -196,7 +204,19 @@ def _ssh(deployment, state, out_dir, options):
         trust_host_key=options.trust_host_key, timeout=options.timeout or DEFAULT_TIMEOUT)
     if connect is None:
         return None
-    return lambda: host.Pool(connect).open_first()
+
+    def open_pool():
+        access = ssh_access.open_for(_aws(deployment, options), deployment,
+                                     ssh_access.recorded_group(state), options.ssh_from,
+                                     notes.append)
+        pool = host.Pool(connect, on_close=access.close if access else None)
+        try:
+            return pool.open_first()
+        except BaseException:
+            pool.close()
+            raise
+
+    return open_pool
 
 
 def _aws(deployment, options):

@@ -14,6 +14,7 @@ from ..aws.compute import LIVE_STATES
 from ..aws.dns import find_record, find_zone, record_sets, values
 from ..aws.identity import mail_identities
 from ..aws.mail import sending_account
+from ..aws import ssh_access
 from ..aws.session import NO_CREDENTIALS_HINT, TAG_KEY, translate
 from .base import Skip, failed, passed, probe, warned
 
@@ -152,6 +153,16 @@ def _rule_problems(permission):
     return []
 
 
+def _instance_groups(ctx, group_ids):
+    """The instance's security groups, read once for aws.E005 and aws.W040."""
+    def read():
+        ec2 = session(ctx).aws.client("ec2")
+        with translate("describe the instance's security groups"):
+            return ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
+
+    return ctx.once("instance-groups", read)
+
+
 @probe("aws.E005", "The security group opens only 22 (not to the world), 80 and 443",
        "Remove the extra inbound rules, and limit SSH to your address: "
        "`aws ec2 revoke-security-group-ingress ...`, or aws_provision --ssh-cidr "
@@ -161,9 +172,7 @@ def security_group(ctx):
     group_ids = [g["GroupId"] for g in current.get("SecurityGroups", [])]
     if not group_ids:
         return failed(f"{current['InstanceId']} has no security group to check.")
-    ec2 = session(ctx).aws.client("ec2")
-    with translate("describe the instance's security groups"):
-        groups = ec2.describe_security_groups(GroupIds=group_ids)["SecurityGroups"]
+    groups = _instance_groups(ctx, group_ids)
     problems = [f"{g['GroupId']}: {p}" for g in groups for rule in g.get("IpPermissions", [])
                 for p in _rule_problems(rule)]
     if problems:
@@ -247,3 +256,27 @@ def ses_account(ctx):
                       f"({usage}).", "Ask AWS for a higher sending quota before an "
                       "election's invitations go out.")
     return passed(f"Production access, sending enabled, {usage}.")
+
+
+@probe("aws.W040", "No SSH rule is left from a run that ended",
+       "The next aws_provision, aws_backup or aws_restore removes it (its own address's "
+       "rule too); or remove it now: `aws ec2 revoke-security-group-ingress --group-id "
+       "GROUP --protocol tcp --port 22 --cidr ADDRESS`.")
+def leftover_ssh_rules(ctx):
+    # The instance's groups, as aws.E005 reads them: port 22 is opened in those.
+    group_ids = [g["GroupId"] for g in instance(ctx).get("SecurityGroups", [])]
+    if not group_ids:
+        raise Skip(f"{instance(ctx)['InstanceId']} has no security group.")
+    groups = _instance_groups(ctx, group_ids)
+    moment = ssh_access.now()
+    rules = [(g["GroupId"], r) for g in groups for r in ssh_access.run_rules(g)]
+    left = [(gid, r) for gid, r in rules if ssh_access.is_leftover(r, moment)]
+    if left:
+        return failed("Port 22 is still open for runs that ended: " + "; ".join(
+            f"{r['source']} in {gid}, from the run of {r['owner']} (pid {r['pid']}), opened "
+            f"{ssh_access.describe_age(moment - r['start'])} ago" for gid, r in left) + ".")
+    going = len(rules)
+    if going:
+        return passed(f"No leftover SSH rule; {going} run(s) going hold port 22 open "
+                      "(this check's own included).")
+    return passed("No SSH rule is left from an ended run.")

@@ -36,8 +36,9 @@ TIMEOUT_HINT = TIMEOUT_HINTS["host"]
 class Pool:
     """Up to ``size`` SSH connections, each used by one probe at a time."""
 
-    def __init__(self, connect, size=MAX_CONNECTIONS):
+    def __init__(self, connect, size=MAX_CONNECTIONS, on_close=None):
         self._connect = connect
+        self._on_close = on_close
         self._slots = threading.Semaphore(size)
         self._lock = threading.Lock()
         self._idle = []
@@ -72,11 +73,16 @@ class Pool:
             return connection.run(command, sudo=sudo, check=False, timeout=timeout)
 
     def close(self):
-        with self._lock:
-            for connection in self._all:
-                connection.close()
-            self._all.clear()
-            self._idle.clear()
+        try:
+            with self._lock:
+                for connection in self._all:
+                    connection.close()
+                self._all.clear()
+                self._idle.clear()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()  # port 22 closed again (aws/ssh_access.py)
 
 
 def connector(deployment, state, host="", port=None, user="", key_file=None, known_hosts=(),

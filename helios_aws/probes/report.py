@@ -15,6 +15,7 @@ AREA_TITLES = {"config": "Configuration", "site": "Site", "aws": "AWS", "host": 
 
 class Report:
     def __init__(self, results, seconds, subject):
+        self.notes = []  # what the run did besides checking (port 22 opened and closed)
         order = {area: index for index, area in enumerate(AREAS)}
         self.results = sorted(results, key=lambda r: order.get(r.area, len(order)))
         self.seconds = seconds
@@ -81,5 +82,7 @@ class Report:
             if result.hint and result.status in (WARN, FAIL, SKIP):
                 yield f"{' ' * (10 + width)}hint: {result.hint}"
         yield ""
+        for note in self.notes if verbosity >= 1 else ():
+            yield note
         summary_style = {PASS: style.SUCCESS, WARN: style.WARNING, FAIL: style.ERROR}
         yield summary_style[self.verdict](self.summary())

@@ -135,3 +135,35 @@ def publish_debian_images(url: str, regions: Sequence[str] = ("us-east-1", "us-w
         for debian, amazon in DEBIAN_13_IMAGES.items():
             image = ssm.get_parameter(Name=amazon)["Parameter"]["Value"]
             publish_public_parameter(debian, image, region=region)
+
+
+class AddressEcho:
+    """A stand-in for AWS's address echo (https://checkip.amazonaws.com): answers every
+    GET with ``address`` and a line break, over HTTP on loopback. The commands find it
+    through HELIOS_AWS_ADDRESS_ECHO_URL (``url``) and open port 22 to that address."""
+
+    def __init__(self, address: str = LOOPBACK):
+        import http.server
+        import threading
+
+        body = f"{address}\n".encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the name http.server calls)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}/"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

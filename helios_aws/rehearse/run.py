@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import configure, envfile, layout as layout_mod
 from ..host import release as release_mod
+from ..aws import ssh_access
 from . import aws, processes, tls
 
 ZONE = "rehearsal.test"
@@ -147,6 +148,11 @@ class Rehearsal:
             AWS_CONFIG_FILE=str(self.work / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(self.work / "no-aws-credentials"),
         )
+        # Port 22 is opened per run to the operator's address (no --ssh-cidr): the
+        # VM is reached on loopback, so a local address echo answers 127.0.0.1.
+        echo = aws.AddressEcho()
+        self.stack.append(echo.stop)
+        self.env[ssh_access.ECHO_URL_VARIABLE] = echo.url
         route53 = boto3.client("route53", endpoint_url=moto.url, **CREDENTIALS)
         route53.create_hosted_zone(Name=ZONE, CallerReference=ZONE)
         # The local AWS knows Amazon Linux's image parameters, not those of Debian 13 (the
@@ -231,7 +237,7 @@ class Rehearsal:
         per_command = {"aws_provision": self.host_flags(), "aws_check": self.check_flags()}
         names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE",
-                 "AWS_SHARED_CREDENTIALS_FILE")
+                 "AWS_SHARED_CREDENTIALS_FILE", ssh_access.ECHO_URL_VARIABLE)
         cases = "\n".join(
             f"  {command}) set -- \"$@\" {shlex.join(flags)} ;;"
             for command, flags in per_command.items())
@@ -286,7 +292,7 @@ exec env {' '.join(f'-u {k}' for k in CLEARED)} \\
             self.serve_host_keys([key.with_suffix(".pub").read_text()])
         self.step("aws_configure")
         self.manage("aws_configure", "--domain", DOMAIN, "--email", SENDER,
-                    "--auth-systems", "password", "--ssh-cidr", "127.0.0.1/32", "--no-input")
+                    "--auth-systems", "password", "--no-input")
         self.step("aws_provision --plan")
         self.manage("aws_provision", "--plan", *self.host_flags())
         self.step("aws_provision")

@@ -67,6 +67,10 @@ class Command(BaseCommand):
         parser.add_argument("--send-test-email", default="", metavar="ADDRESS",
                             help="Also send a test message through the deployment's mail "
                                  "configuration and report its SES message id.")
+        parser.add_argument("--ssh-from", default="", metavar="ADDRESS",
+                            help="Without --ssh-cidr: this machine's public address, which "
+                                 "port 22 is opened to while the host is checked (default: "
+                                 "the answer of AWS's address echo).")
 
     @cli.translate_errors
     def handle(self, *args, **options):
@@ -90,6 +94,7 @@ class Command(BaseCommand):
                 known_hosts=options["known_hosts"],
                 trust_host_key=_tokens(options["trust_host_key"]),
                 settings_layer=cli.settings_layer(),
+                ssh_from=options["ssh_from"],
             ))
         if options["format"] == "json":
             self.stdout.write(json.dumps(report.as_json(), indent=2))

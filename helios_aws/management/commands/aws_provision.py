@@ -77,6 +77,10 @@ class Command(BaseCommand):
                                "server's (with --server), or a TLS-inspecting proxy's.")
         host.add_argument("--git-url", default=None, help="Helios repository to deploy.")
         host.add_argument("--git-ref", default=None, help="Branch, tag or commit to deploy.")
+        host.add_argument("--ssh-from", default=None, metavar="ADDRESS",
+                          help="Without --ssh-cidr: this machine's public address, which "
+                               "port 22 is opened to for the run (default: the answer of "
+                               "AWS's address echo, https://checkip.amazonaws.com).")
         freeze = parser.add_argument_group("the election freeze")
         freeze.add_argument("--force", action="store_true",
                             help="Change the server although an election is open (needs "
