@@ -282,14 +282,12 @@ def step_gate(ctx, action):
 def guard_restore(deployment, out_dir, options, say):
     """``aws_restore --into-production``: the gate, on a connection of its own, closed
     before the restore opens the one that holds the server's lock for it."""
-    from .backup_commands import connect
+    from .backup_commands import host_session
 
-    connection = connect(deployment, out_dir, options)
-    try:
+    # (host_session opens port 22 to this machine for the while, without --ssh-cidr.)
+    with host_session(deployment, out_dir, options, say) as connection:
         Gate(deployment, options, "a restore into production", lambda: connection,
              say=say)([f"restore {options.get('backup')} into production"])
-    finally:
-        connection.close()
 
 
 def seal_command(deployment, action):
