@@ -160,6 +160,14 @@ PERMISSIONS = (
                ("route53:GetChange",), _changes),
     # The plan's monthly price of the instance (pricing.py; without it, the built-in table).
     Permission("ReadPrices", "every --plan's cost lines", ("pricing:GetProducts",)),
+    # The backups' Object Lock: read and put back by BackupBucketStep and aws_check; the
+    # versions listed by aws_check's overwrite check (s3:ListBucketVersions, above).
+    Permission("LockBackups", "BackupBucketStep, aws_check aws.E025", (
+        "s3:GetBucketObjectLockConfiguration", "s3:PutBucketObjectLockConfiguration"),
+        _bucket),
+    # Governance mode yields to this only: deleting locked backups on purpose.
+    Permission("DeleteLockedBackups", "--destroy --delete-backups (governance mode)",
+               ("s3:BypassGovernanceRetention",), _objects),
 )
 
 
