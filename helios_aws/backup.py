@@ -643,8 +643,10 @@ def list_drills(config, s3=None):
     return drills
 
 
-def read_json(s3, bucket, key):
-    body = call(f"download s3://{bucket}/{key}", s3.get_object, Bucket=bucket, Key=key)["Body"]
+def read_json(s3, bucket, key, version_id=None):
+    extra = {"VersionId": version_id} if version_id else {}
+    body = call(f"download s3://{bucket}/{key}", s3.get_object, Bucket=bucket, Key=key,
+                **extra)["Body"]
     try:
         return json.loads(body.read())
     except ValueError:
@@ -652,8 +654,11 @@ def read_json(s3, bucket, key):
                           "The backup is damaged: choose another one.")
 
 
-def read_manifest(config, folder, s3=None):
-    return records.check(read_json(s3 or config.s3(), config.bucket, folder + MANIFEST),
+def read_manifest(config, folder, s3=None, version_id=None):
+    """The backup's manifest: its current version, or the version ``version_id`` names
+    (an earlier one, when the manifest was written over)."""
+    return records.check(read_json(s3 or config.s3(), config.bucket, folder + MANIFEST,
+                                   version_id),
                          records.MANIFEST, f"s3://{config.bucket}/{folder}{MANIFEST}",
                          "The backup's manifest is damaged: choose another backup.",
                          BackupError)
@@ -754,15 +759,16 @@ def _restore(db, download, replace=False):
 
 
 def _verify(s3, config, part):
-    """Read the object's current version once to check it against the manifest; returns
-    that version's id (the manifest also names the version first written, which the
-    bucket keeps if the object is overwritten)."""
-    download = Download(s3, config.bucket, part["key"], part["sha256"])
+    """Read the object's version the manifest names (the one first written, which the
+    bucket keeps if the object is overwritten; the current one for a manifest that names
+    none) once to check it; returns that version's id."""
+    download = Download(s3, config.bucket, part["key"], part["sha256"],
+                        part.get("version_id"))
     download.drain()
     return download.version_id
 
 
-def drill(config, db, admin, backup=None, progress=None):
+def drill(config, db, admin, backup=None, progress=None, object_version=None):
     """Restore a backup into a scratch database next to ``db`` and compare it with its
     manifest; the scratch database is always dropped. The result (passed or not) is
     recorded under ``NAME/drills/``; returns it. ``admin`` reaches the server as a role
@@ -774,7 +780,7 @@ def drill(config, db, admin, backup=None, progress=None):
               "passed": False}
     scratch = db.other(f"helios_drill_{stamp(started).lower().replace('-', '')}")
     try:
-        manifest = read_manifest(config, folder, s3)
+        manifest = read_manifest(config, folder, s3, object_version)
         record["created_at"] = manifest["created_at"]
         _log(progress, f"drill {folder}: checking {MEDIA}...")
         _verify(s3, config, manifest["media"])
@@ -784,7 +790,8 @@ def drill(config, db, admin, backup=None, progress=None):
                     if (db.user or db.run_as) else f'CREATE DATABASE "{scratch.name}"')
         try:
             part = manifest["database"]
-            _restore(scratch, Download(s3, config.bucket, part["key"], part["sha256"]))
+            _restore(scratch, Download(s3, config.bucket, part["key"], part["sha256"],
+                                       part.get("version_id")))
             counts = scratch.row_counts()
         finally:
             # FORCE: a restore cut short (a damaged backup) may leave its server session
