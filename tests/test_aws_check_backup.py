@@ -212,11 +212,14 @@ def test_an_overwritten_backup_is_an_incident(project, bucket):
     put_backup_objects(bucket)
     folder = write_backup(bucket, hours_ago=2)
     assert check(project)["aws.E024"].status == "pass"
-    boto3.client("s3").put_object(Bucket=bucket, Key=folder + backup.DUMP, Body=b"forged")
+    s3 = boto3.client("s3")
+    first, = s3.list_object_versions(Bucket=bucket, Prefix=folder + backup.DUMP)["Versions"]
+    s3.put_object(Bucket=bucket, Key=folder + backup.DUMP, Body=b"forged")
 
     result = check(project)["aws.E024"]
 
     assert result.status == "fail"
     assert result.message == (f"1 backup object(s) in s3://{bucket} were written more "
-                              f"than once: {folder}{backup.DUMP} (2 versions).")
+                              f"than once: {folder}{backup.DUMP} (2 versions, the first "
+                              f"{first['VersionId']}).")
     assert "aws_restore --object-version" in base.REGISTRY["aws.E024"].hint

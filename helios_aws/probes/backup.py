@@ -220,8 +220,10 @@ def role_policies_as_written(ctx):
 
 @probe("aws.E024", "No backup in the bucket was overwritten",
        "Treat it as an incident: something wrote over a backup (a taken-over server can). "
-       "The earlier version is kept: restore it with aws_restore --object-version, and look "
-       "at the server's logs for who wrote the later one.")
+       "The earlier versions are kept. A restore reads the versions its manifest names; "
+       "when a manifest.json was written over, restore with aws_restore --backup FOLDER "
+       "--object-version FIRST (the first version named above). Look at the server's logs "
+       "for who wrote the later one.")
 def no_overwritten_backup(ctx):
     config = bucket(ctx)
     versions = {}
@@ -234,7 +236,8 @@ def no_overwritten_backup(ctx):
     # A key is written once; expiry adds a delete marker, never a second version.
     overwritten = sorted(key for key, found in versions.items() if len(found) > 1)
     if overwritten:
-        shown = ", ".join(f"{key} ({len(versions[key])} versions)"
+        shown = ", ".join(f"{key} ({len(versions[key])} versions, the first "
+                          f"{_first(versions[key])['VersionId']})"
                           for key in overwritten[:SHOWN_ACTIONS])
         more = len(overwritten) - SHOWN_ACTIONS
         return failed(f"{len(overwritten)} backup object(s) in s3://{config.bucket} were "
@@ -242,6 +245,10 @@ def no_overwritten_backup(ctx):
                                                              else "") + ".")
     return passed(f"Each of the {len(versions)} objects under s3://{config.bucket}/"
                   f"{config.prefix}/ was written once.")
+
+
+def _first(versions):
+    return min(versions, key=lambda v: v["LastModified"])
 
 
 @probe("aws.E025", "The backup bucket locks every backup for --backup-days",
