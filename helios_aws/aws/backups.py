@@ -304,11 +304,7 @@ class BackupBucketStep(AWSStep):
             squatted = _untagged_owner(ctx, s3, want)
         bucket = found or want
         ctx.facts["backup_bucket"] = bucket
-        if found:
-            newest = ctx.aws.cached(("backups", found), lambda: list_backups(
-                Config(bucket=found, prefix=ctx.deployment.name, region=ctx.aws.region), s3))
-            if newest:
-                ctx.facts["backup_size_gib"] = newest[0]["size"] / 2 ** 30
+        ctx.facts["backup_bucket_found"] = found
         policy = None
         if ctx.deployment.ses_credentials == "role":
             answer = ctx.aws.cached(("backup_role_policy", iam_name(ctx)), lambda: call(
@@ -412,10 +408,21 @@ class BackupBucketStep(AWSStep):
         """Storage for ``backup_days`` daily backups the size of the newest one (or of
         :data:`ASSUMED_BACKUP_GIB` before there is one)."""
         d = ctx.deployment
-        size = ctx.facts.get("backup_size_gib")
+        size = self._newest_size(ctx)
         label = f"about {size:.2f} GiB" if size else f"{ASSUMED_BACKUP_GIB:.1f} GiB assumed"
         return [(f"S3 backups, {d.backup_days} daily of {label}",
                  pricing.s3_month((size or ASSUMED_BACKUP_GIB) * d.backup_days))]
+
+    def _newest_size(self, ctx):
+        """GiB of the newest backup, or None; listed only when a cost is shown (a run
+        without --plan or -v 2 shows none)."""
+        found = ctx.facts.get("backup_bucket_found")
+        if not found:
+            return None
+        newest = ctx.aws.cached(("backups", found), lambda: list_backups(
+            Config(bucket=found, prefix=ctx.deployment.name, region=ctx.aws.region),
+            ctx.aws.client("s3")))
+        return newest[0]["size"] / 2 ** 30 if newest else None
 
     def teardown(self, ctx, current):
         doomed_name = ctx.options.get("delete_backups")
