@@ -204,8 +204,9 @@ def test_a_backup_named_in_the_future_is_as_old_as_s3_says(project, bucket):
     result = check(project)["aws.E020"]
 
     assert result.status == "fail"
-    assert result.message.startswith(f"The newest backup, {lying}, is 30.0 h old by S3's clock, though its name "
-                                     "claims 9")
+    assert result.message.startswith(
+        f"The newest backup, {lying}, is 30.0 h old by S3's clock, though its name "
+        "claims 9")
 
 
 def test_an_overwritten_backup_is_an_incident(project, bucket):
