@@ -23,8 +23,8 @@ reads the restore drill needs (``s3:GetObject`` there, ``s3:ListBucket`` with a 
 condition), nothing else: no ``DeleteObject``, no bucket administration, so an attacker
 on the server cannot erase the history. An explicit Deny (:data:`NEVER_ACTIONS`) keeps it
 so even if another policy on the role grants more: the role can never shorten or bypass
-a retention, nor change the bucket's lock, lifecycle, versioning or policy. ``--destroy`` keeps the bucket unless
-``--delete-backups NAME`` is given.
+a retention, nor change the bucket's lock, lifecycle, versioning or policy.
+``--destroy`` keeps the bucket unless ``--delete-backups NAME`` is given.
 """
 
 import hashlib
@@ -98,7 +98,8 @@ def object_lock(deployment):
 
 
 def describe_lock(deployment):
-    return f"Object Lock: each backup kept {deployment.backup_days} days ({deployment.backup_lock})"
+    return (f"Object Lock: each backup kept {deployment.backup_days} days "
+            f"({deployment.backup_lock})")
 
 
 def role_policy(deployment, bucket, partition="aws"):
