@@ -223,4 +223,5 @@ def test_an_overwritten_backup_is_an_incident(project, bucket):
     assert result.message == (f"1 backup object(s) in s3://{bucket} were written more "
                               f"than once: {folder}{backup.DUMP} (2 versions, the first "
                               f"{first['VersionId']}).")
-    assert "aws_restore --object-version" in base.REGISTRY["aws.E024"].hint
+    assert "aws_restore --backup FOLDER --object-version FIRST" in \
+        base.REGISTRY["aws.E024"].hint
