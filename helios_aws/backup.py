@@ -17,8 +17,15 @@ Under the deployment's prefix (its name) the bucket holds::
 Both archives are streamed straight into S3 multipart uploads: fixed-size parts, at most
 :data:`PARTS_IN_FLIGHT` of them in memory, no temporary file, the SHA-256 computed on the
 way. Nothing is written to the host's disk, so the dump is never there to be read.
+
+Every object goes up with an S3 checksum (``ChecksumAlgorithm=SHA256``; a multipart
+upload's is the composite of its parts' digests). A download is checked against both
+the manifest's SHA-256 and the digest S3 holds for the version (:class:`Download`): the
+manifest is as writable as the backup, S3's digest is computed by S3 from the bytes it
+stored.
 """
 
+import base64
 import concurrent.futures
 import dataclasses
 import datetime
@@ -37,6 +44,7 @@ from .aws.session import AWS, call, translate
 from .errors import HeliosAWSError
 
 PART_SIZE = 8 * 1024 * 1024
+CHECKSUM = "SHA256"
 PARTS_IN_FLIGHT = 2
 KINDS = ("daily", "safety", "final")
 DUMP, MEDIA, MANIFEST = "db.dump", "media.tar", "manifest.json"
@@ -263,15 +271,19 @@ class Upload:
         if self._upload_id is None:
             self._upload_id = call(f"start uploading s3://{self.bucket}/{self.key}",
                                    self.s3.create_multipart_upload, Bucket=self.bucket,
-                                   Key=self.key, ServerSideEncryption="AES256")["UploadId"]
+                                   Key=self.key, ServerSideEncryption="AES256",
+                                   ChecksumAlgorithm=CHECKSUM)["UploadId"]
         number = len(self._parts) + 1
         self._slots.acquire()
 
         def upload():
             try:
-                return call(f"upload part {number} of s3://{self.bucket}/{self.key}",
-                            self.s3.upload_part, Bucket=self.bucket, Key=self.key,
-                            UploadId=self._upload_id, PartNumber=number, Body=body)["ETag"]
+                answer = call(f"upload part {number} of s3://{self.bucket}/{self.key}",
+                              self.s3.upload_part, Bucket=self.bucket, Key=self.key,
+                              UploadId=self._upload_id, PartNumber=number, Body=body,
+                              ChecksumAlgorithm=CHECKSUM)
+                return {"PartNumber": number, "ETag": answer["ETag"],
+                        "ChecksumSHA256": answer["ChecksumSHA256"]}
             finally:
                 self._slots.release()
 
@@ -284,13 +296,12 @@ class Upload:
                 # Smaller than one part: a single request.
                 answer = call(f"upload s3://{self.bucket}/{self.key}", self.s3.put_object,
                               Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer),
-                              ServerSideEncryption="AES256")
+                              ServerSideEncryption="AES256", ChecksumAlgorithm=CHECKSUM)
                 return answer.get("VersionId")
             if self._buffer:
                 self._send(bytes(self._buffer))
                 self._buffer.clear()
-            parts = [{"PartNumber": n, "ETag": f.result()} for n, f in
-                     enumerate(self._parts, 1)]
+            parts = [f.result() for f in self._parts]
             answer = call(f"finish uploading s3://{self.bucket}/{self.key}",
                           self.s3.complete_multipart_upload, Bucket=self.bucket,
                           Key=self.key, UploadId=self._upload_id,
@@ -314,17 +325,32 @@ class Upload:
 
 
 class Download:
-    """A readable stream of one S3 object version that checks its SHA-256 at the end:
-    a mismatch raises BackupError naming the key, so a corrupted backup fails loudly."""
+    """A readable stream of one S3 object version that checks it at the end against the
+    manifest's SHA-256 and against the SHA-256 S3 holds for that version (whole, or the
+    composite of the parts of a multipart upload): a mismatch, or a version S3 holds no
+    SHA-256 for, raises BackupError naming the key, so a corrupted or substituted backup
+    fails loudly."""
 
     def __init__(self, s3, bucket, key, expected_sha256, version_id=None):
         self.key = f"s3://{bucket}/{key}"
         extra = {"VersionId": version_id} if version_id else {}
-        answer = call(f"download {self.key}", s3.get_object, Bucket=bucket, Key=key, **extra)
+        answer = call(f"download {self.key}", s3.get_object, Bucket=bucket, Key=key,
+                      ChecksumMode="ENABLED", **extra)
         self.version_id = answer.get("VersionId")
+        self.last_modified = answer.get("LastModified")
         self._body = answer["Body"]
         self._expected = expected_sha256
+        self._held = answer.get("ChecksumSHA256")
         self._sha = hashlib.sha256()
+        # A composite digest ("DIGEST-N") is over the parts' digests: the first part's
+        # size (every part but the last has it) says where each part ends.
+        self._part_size = None
+        if self._held and "-" in self._held:
+            first = call(f"read the parts of {self.key}", s3.head_object, Bucket=bucket,
+                         Key=key, PartNumber=1, ChecksumMode="ENABLED",
+                         **({"VersionId": self.version_id} if self.version_id else {}))
+            self._part_size = first["ContentLength"]
+        self._parts, self._part, self._in_part = [], hashlib.sha256(), 0
         self.size = 0
         self.finished = False
 
@@ -334,21 +360,51 @@ class Download:
     def read(self, size=-1):
         data = self._body.read(PART_SIZE if size is None or size < 0 else size)
         self._sha.update(data)
+        self._track_parts(data)
         self.size += len(data)
         if not data:
             self.verify()
         return data
 
+    def _track_parts(self, data):
+        view = memoryview(data)
+        while self._part_size and view:
+            piece = view[:self._part_size - self._in_part]
+            self._part.update(piece)
+            self._in_part += len(piece)
+            view = view[len(piece):]
+            if self._in_part == self._part_size:
+                self._parts.append(self._part.digest())
+                self._part, self._in_part = hashlib.sha256(), 0
+
+    def s3_digest(self):
+        """The bytes read, digested as S3 digests this object."""
+        if self._part_size is None:
+            return base64.b64encode(self._sha.digest()).decode()
+        parts = self._parts + ([self._part.digest()] if self._in_part else [])
+        combined = hashlib.sha256(b"".join(parts)).digest()
+        return f"{base64.b64encode(combined).decode()}-{len(parts)}"
+
     def verify(self):
         if self.finished:
             return
+        hint = ("Do not restore it: choose an older backup (aws_backup --list), or an older "
+                "version of the object (aws_restore --object-version; the bucket keeps them).")
         actual = self._sha.hexdigest()
         if actual != self._expected:
             raise BackupError(
                 f"Checksum mismatch for {self.key}: the manifest says SHA-256 "
                 f"{self._expected}, the object has {actual}. This backup is damaged or was "
-                "altered.", "Do not restore it: choose an older backup (aws_backup --list), "
-                "or an older version of the object (the bucket keeps them).")
+                "altered.", hint)
+        if not self._held:
+            raise BackupError(
+                f"S3 holds no SHA-256 for {self.key}: it was not uploaded as helios-aws "
+                "uploads backups, so only its own manifest vouches for it.",
+                "Take a new backup (aws_backup) and use that one. " + hint)
+        if self.s3_digest() != self._held:
+            raise BackupError(
+                f"Checksum mismatch for {self.key}: S3 holds SHA-256 {self._held}, the bytes "
+                f"read give {self.s3_digest()}. This backup is damaged or was altered.", hint)
         self.finished = True
 
     def drain(self):
@@ -530,6 +586,7 @@ def _run_backup(config, db, media_root, kind, release, progress, when):
     }
     call(f"upload s3://{config.bucket}/{folder}{MANIFEST}", s3.put_object,
          Bucket=config.bucket, Key=folder + MANIFEST, ServerSideEncryption="AES256",
+         ChecksumAlgorithm=CHECKSUM,
          Body=json.dumps(manifest, indent=2, sort_keys=True).encode(),
          ContentType="application/json")
     _log(progress, f"backup {folder}: complete ({sum(counts.values())} rows in "
@@ -542,7 +599,8 @@ def _run_backup(config, db, media_root, kind, release, progress, when):
 
 def list_backups(config, s3=None):
     """Every complete backup (one with a manifest), newest first:
-    [{"folder", "kind", "created_at" (datetime), "size"}]."""
+    [{"folder", "kind", "created_at" (datetime, as its name states), "uploaded_at" (when
+    S3 stored its manifest: S3's own time, which the server cannot state), "size"}]."""
     s3 = s3 or config.s3()
     found = {}
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=config.bucket,
@@ -555,15 +613,18 @@ def list_backups(config, s3=None):
                     continue
                 folder = "/".join(parts[:3]) + "/"
                 entry = found.setdefault(folder, {"folder": folder, "kind": parts[1],
-                                                  "size": 0, "complete": False})
+                                                  "size": 0, "complete": False,
+                                                  "valid": True})
                 entry["size"] += item["Size"]
-                entry["complete"] |= parts[3] == MANIFEST
+                if parts[3] == MANIFEST:
+                    entry["complete"] = True
+                    entry["uploaded_at"] = item["LastModified"]
                 try:
                     entry["created_at"] = parse_stamp(parts[2])
                 except ValueError:
-                    entry["complete"] = False
-    backups = [b for b in found.values() if b["complete"]]
-    return sorted(backups, key=lambda b: b["created_at"], reverse=True)
+                    entry["valid"] = False
+    backups = [b for b in found.values() if b["complete"] and b["valid"]]
+    return sorted(backups, key=lambda b: b["uploaded_at"], reverse=True)
 
 
 def list_drills(config, s3=None):
@@ -582,8 +643,10 @@ def list_drills(config, s3=None):
     return drills
 
 
-def read_json(s3, bucket, key):
-    body = call(f"download s3://{bucket}/{key}", s3.get_object, Bucket=bucket, Key=key)["Body"]
+def read_json(s3, bucket, key, version_id=None):
+    extra = {"VersionId": version_id} if version_id else {}
+    body = call(f"download s3://{bucket}/{key}", s3.get_object, Bucket=bucket, Key=key,
+                **extra)["Body"]
     try:
         return json.loads(body.read())
     except ValueError:
@@ -591,8 +654,11 @@ def read_json(s3, bucket, key):
                           "The backup is damaged: choose another one.")
 
 
-def read_manifest(config, folder, s3=None):
-    return records.check(read_json(s3 or config.s3(), config.bucket, folder + MANIFEST),
+def read_manifest(config, folder, s3=None, version_id=None):
+    """The backup's manifest: its current version, or the version ``version_id`` names
+    (an earlier one, when the manifest was written over)."""
+    return records.check(read_json(s3 or config.s3(), config.bucket, folder + MANIFEST,
+                                   version_id),
                          records.MANIFEST, f"s3://{config.bucket}/{folder}{MANIFEST}",
                          "The backup's manifest is damaged: choose another backup.",
                          BackupError)
@@ -693,15 +759,16 @@ def _restore(db, download, replace=False):
 
 
 def _verify(s3, config, part):
-    """Read the object's current version once to check it against the manifest; returns
-    that version's id (the manifest also names the version first written, which the
-    bucket keeps if the object is overwritten)."""
-    download = Download(s3, config.bucket, part["key"], part["sha256"])
+    """Read the object's version the manifest names (the one first written, which the
+    bucket keeps if the object is overwritten; the current one for a manifest that names
+    none) once to check it; returns that version's id."""
+    download = Download(s3, config.bucket, part["key"], part["sha256"],
+                        part.get("version_id"))
     download.drain()
     return download.version_id
 
 
-def drill(config, db, admin, backup=None, progress=None):
+def drill(config, db, admin, backup=None, progress=None, object_version=None):
     """Restore a backup into a scratch database next to ``db`` and compare it with its
     manifest; the scratch database is always dropped. The result (passed or not) is
     recorded under ``NAME/drills/``; returns it. ``admin`` reaches the server as a role
@@ -713,7 +780,7 @@ def drill(config, db, admin, backup=None, progress=None):
               "passed": False}
     scratch = db.other(f"helios_drill_{stamp(started).lower().replace('-', '')}")
     try:
-        manifest = read_manifest(config, folder, s3)
+        manifest = read_manifest(config, folder, s3, object_version)
         record["created_at"] = manifest["created_at"]
         _log(progress, f"drill {folder}: checking {MEDIA}...")
         _verify(s3, config, manifest["media"])
@@ -723,7 +790,8 @@ def drill(config, db, admin, backup=None, progress=None):
                     if (db.user or db.run_as) else f'CREATE DATABASE "{scratch.name}"')
         try:
             part = manifest["database"]
-            _restore(scratch, Download(s3, config.bucket, part["key"], part["sha256"]))
+            _restore(scratch, Download(s3, config.bucket, part["key"], part["sha256"],
+                                       part.get("version_id")))
             counts = scratch.row_counts()
         finally:
             # FORCE: a restore cut short (a damaged backup) may leave its server session
@@ -750,7 +818,9 @@ def drill(config, db, admin, backup=None, progress=None):
         call("record the drill", s3.put_object, Bucket=config.bucket,
              Key=f"{config.prefix}/{DRILLS}/{stamp(finished)}.json",
              Body=json.dumps(record, indent=2, sort_keys=True).encode(),
-             ServerSideEncryption="AES256", ContentType="application/json")
+             ServerSideEncryption="AES256", ContentType="application/json",
+             ChecksumAlgorithm=CHECKSUM)
     _log(progress, f"drill {folder}: passed ({record['rows']} rows in {record['tables']} "
-                   f"tables match the manifest, checksums verified, {record['seconds']}s)")
+                   "tables match the manifest, checksums verified against the manifest "
+                   f"and S3, {record['seconds']}s)")
     return record

@@ -248,7 +248,7 @@ def listing(deployment, out_dir, profile=""):
         drill = verified.get(item["folder"])
         status = (f"verified (drill {drill['finished_at']})" if drill
                   else "not verified by a drill")
-        lines.append(f"  {item['folder']}  {backup.describe_age(moment - item['created_at'])} old  "
+        lines.append(f"  {item['folder']}  {backup.describe_age(moment - item['uploaded_at'])} old  "
                      f"{_size(item['size'])}  {status}")
     failed = [d for d in drills[:1] if not d.get("passed")]
     for drill in failed:

@@ -161,6 +161,10 @@ class Deployment:
     host_prefix: str = _field("", "Put every host path under this directory (rehearsals).")
     http_port: int = _field(80, "Port nginx serves HTTP on.")
     https_port: int = _field(443, "Port nginx serves HTTPS on.")
+    backup_lock: str = _field("governance", "How S3 Object Lock keeps each backup for "
+                              "--backup-days: governance (the account's administrators can "
+                              "lift it) or compliance (nobody can, the account's root "
+                              "included).", choices=("governance", "compliance"))
 
     # Derived values, always computed from the fields above.
 

@@ -313,13 +313,18 @@ def _rename(host, source, target):
     host.run_as_user("mv", "-T", "--", str(source), str(target))
 
 
-def restore(host, services, migrate, backup_name, force=False, progress=None, phase=None):
+def restore(host, services, migrate, backup_name, force=False, progress=None, phase=None,
+            object_version=None):
     """Restore ``backup_name`` into production, whole or not at all; returns the
-    journal's last record. ``phase(name)`` is told each phase as it begins."""
+    journal's last record. ``phase(name)`` is told each phase as it begins. With
+    ``object_version``, the backup is the one that version of its manifest describes
+    (the objects' versions it names), whatever was written over it since."""
     config, db = host.config, host.db
     s3 = config.s3()
     folder = backup.choose(config, backup_name, s3)
-    manifest = backup.read_manifest(config, folder, s3)
+    manifest = backup.read_manifest(config, folder, s3, object_version)
+    if object_version:
+        _log(progress, f"restore {folder}: manifest version {object_version}")
     _log(progress, f"restore {folder} (taken {manifest['created_at']}) into database "
                    f"{db.name}")
     from . import freeze, freezeside
@@ -569,7 +574,18 @@ def arguments(argv):
     parser.add_argument("--journal", default=JOURNAL)
     parser.add_argument("--backup", default="")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--object-version", default=None, type=object_version)
     return parser.parse_args(argv)
+
+
+VERSION_RE = re.compile(r"[A-Za-z0-9._+=-]{1,1024}")
+
+
+def object_version(text):
+    """An S3 version id, as S3 spells them (letters, digits and . _ - + =)."""
+    if not VERSION_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an S3 version id")
+    return text
 
 
 def main(argv=None):
@@ -586,11 +602,11 @@ def main(argv=None):
             before = recover(host, services, write)
         if args.action == "drill":
             backup.drill(host.config, host.db, host.admin, args.backup or None,
-                         progress=write)
+                         progress=write, object_version=args.object_version or None)
             return 0
         if args.action == "worker":
             restore(host, services, migrator(host), args.backup, force=args.force,
-                    progress=write)
+                    progress=write, object_version=args.object_version or None)
             return 0
         if args.action == "restore":
             # The worker does the restore; this process stays to recover whatever the

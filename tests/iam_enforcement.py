@@ -41,6 +41,8 @@ MOTO_SPELLINGS = {
     "s3:PutEncryptionConfiguration": ["s3:PutBucketEncryption"],
     "s3:GetLifecycleConfiguration": ["s3:GetBucketLifecycleConfiguration"],
     "s3:PutLifecycleConfiguration": ["s3:PutBucketLifecycleConfiguration"],
+    "s3:GetBucketObjectLockConfiguration": ["s3:GetObjectLockConfiguration"],
+    "s3:PutBucketObjectLockConfiguration": ["s3:PutObjectLockConfiguration"],
 }
 
 

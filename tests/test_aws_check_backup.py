@@ -14,7 +14,8 @@ from test_backup import provision_bucket
 from test_backup_bucket import ROLE, Deployed, put_backup_objects  # noqa: F401
 from test_provision_aws import aws, configured, host_keys, project  # noqa: F401 (fixtures)
 
-BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022", "aws.E023")
+BACKUP_PROBES = ("aws.E020", "aws.W020", "aws.E021", "aws.E022", "aws.E023", "aws.E024",
+                 "aws.E025")
 
 
 def check(project):
@@ -24,12 +25,26 @@ def check(project):
     return {r.id: r for r in base.run([base.REGISTRY[i] for i in BACKUP_PROBES], ctx)}
 
 
-def write_backup(bucket, hours_ago):
+def backdate(bucket, key, when):
+    """Make S3's own time of ``key``'s versions ``when``: moto cannot be asked to store an
+    object in the past through its API, so its record is changed in this process (the
+    suite's moto server runs here), as the passing of time would."""
+    from moto.s3.models import s3_backends
+    for version in s3_backends["123456789012"]["aws"].buckets[bucket].keys.getlist(key):
+        version.last_modified = when.replace(tzinfo=None)
+
+
+def write_backup(bucket, hours_ago, stamped_hours_ago=None):
+    """A backup S3 stored ``hours_ago``, named as taken ``stamped_hours_ago`` (the same
+    unless a server lies)."""
     when = backup.now() - datetime.timedelta(hours=hours_ago)
-    folder = f"helios/daily/{backup.stamp(when)}/"
+    named = when if stamped_hours_ago is None else \
+        backup.now() - datetime.timedelta(hours=stamped_hours_ago)
+    folder = f"helios/daily/{backup.stamp(named)}/"
     s3 = boto3.client("s3")
     for name in (backup.DUMP, backup.MEDIA, backup.MANIFEST):
         s3.put_object(Bucket=bucket, Key=folder + name, Body=b"{}")
+        backdate(bucket, folder + name, when)
     return folder
 
 
@@ -67,6 +82,9 @@ def test_a_fresh_bucket_has_no_backup_and_no_drill_yet(project, bucket, monkeypa
     assert results["aws.E021"].status == "pass"
     assert results["aws.E022"].status == "pass"
     assert results["aws.E023"].status == "pass", results["aws.E023"].message
+    assert results["aws.E024"].status == "pass"
+    assert results["aws.E025"].status == "pass", results["aws.E025"].message
+    assert results["aws.E025"].message.endswith("locked for 35 days (governance mode).")
 
 
 def test_backups_and_drills_by_age(project, bucket):
@@ -117,11 +135,12 @@ def test_a_role_that_may_delete_backups_fails(project, bucket):
 
     result = check(project)["aws.E022"]
 
+    # The role's own policy refuses deleting a bucket, its policy, an object or a version
+    # outright, whatever another policy grants: what is left is still reported.
     assert result.status == "fail"
     assert result.message == (
-        f"Role {ROLE} may s3:DeleteBucket, s3:DeleteBucketMetadataTableConfiguration, "
-        "s3:DeleteBucketPolicy, s3:DeleteBucketWebsite, s3:DeleteObject, "
-        "s3:DeleteObjectTagging, s3:DeleteObjectVersion, s3:DeleteObjectVersionTagging "
+        f"Role {ROLE} may s3:DeleteBucketMetadataTableConfiguration, "
+        "s3:DeleteBucketWebsite, s3:DeleteObjectTagging, s3:DeleteObjectVersionTagging "
         f"on s3://{bucket} (granted by too-much).")
 
 
@@ -176,3 +195,33 @@ def test_a_role_whose_policies_drifted_fails_naming_the_actions(project, bucket)
         "ses:SendRawEmail); helios-backup-write also allows s3:PutObjectRetention; "
         "helios-backup-write no longer allows s3:AbortMultipartUpload; hand-made, which "
         "aws_provision does not write, allows ssm:GetParameter.")
+
+
+def test_a_backup_named_in_the_future_is_as_old_as_s3_says(project, bucket):
+    put_backup_objects(bucket)
+    lying = write_backup(bucket, hours_ago=30, stamped_hours_ago=-24 * 365 * 7000)
+
+    result = check(project)["aws.E020"]
+
+    assert result.status == "fail"
+    assert result.message.startswith(
+        f"The newest backup, {lying}, is 30.0 h old by S3's clock, though its name "
+        "claims 9")
+
+
+def test_an_overwritten_backup_is_an_incident(project, bucket):
+    put_backup_objects(bucket)
+    folder = write_backup(bucket, hours_ago=2)
+    assert check(project)["aws.E024"].status == "pass"
+    s3 = boto3.client("s3")
+    first, = s3.list_object_versions(Bucket=bucket, Prefix=folder + backup.DUMP)["Versions"]
+    s3.put_object(Bucket=bucket, Key=folder + backup.DUMP, Body=b"forged")
+
+    result = check(project)["aws.E024"]
+
+    assert result.status == "fail"
+    assert result.message == (f"1 backup object(s) in s3://{bucket} were written more "
+                              f"than once: {folder}{backup.DUMP} (2 versions, the first "
+                              f"{first['VersionId']}).")
+    assert "aws_restore --backup FOLDER --object-version FIRST" in \
+        base.REGISTRY["aws.E024"].hint

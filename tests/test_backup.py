@@ -240,13 +240,26 @@ def test_drill_restores_into_a_scratch_database_and_records_the_result(site, buc
     assert record["rows"] >= 2 * VOTERS + 3
 
 
+def damage(bucket, folder, body):
+    """Write ``body`` over the backup's dump and make its manifest name that version: a
+    dump written over alone is not read (the manifest names the version it describes)."""
+    s3 = boto3.client("s3")
+    version = s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=body,
+                            ChecksumAlgorithm="SHA256")["VersionId"]
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=folder + "manifest.json")[
+        "Body"].read())
+    manifest["database"]["version_id"] = version
+    s3.put_object(Bucket=bucket, Key=folder + "manifest.json",
+                  Body=json.dumps(manifest).encode(), ChecksumAlgorithm="SHA256")
+
+
 def test_a_corrupted_backup_fails_the_drill_loudly(site, bucket):
     take_backup(site)
     folder, manifest = newest(bucket)
     s3 = boto3.client("s3")
     data = bytearray(s3.get_object(Bucket=bucket, Key=folder + "db.dump")["Body"].read())
     data[len(data) // 2] ^= 0xFF
-    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=bytes(data))
+    damage(bucket, folder, bytes(data))
 
     drill = root(site, "drill")
 
@@ -286,8 +299,7 @@ def test_restore_into_production_brings_deleted_rows_back(site, bucket):
 def test_a_damaged_backup_is_refused_before_production_is_touched(site, bucket):
     take_backup(site)
     folder, _ = newest(bucket)
-    s3 = boto3.client("s3")
-    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=b"PGDMP but not really")
+    damage(bucket, folder, b"PGDMP but not really")
     site.psql("DELETE FROM helios_castvote WHERE id < 50")
     try:
         refused = restore(site, folder)
@@ -408,3 +420,39 @@ def test_list_shows_age_size_and_whether_a_drill_verified_each_backup(site, buck
     assert lines[1].endswith("not verified by a drill")
     assert lines[2].startswith(f"  {first}  0.0 h old  ")
     assert "KiB  verified (drill " in lines[2]
+
+
+def test_a_backup_written_over_is_restored_as_its_first_manifest_describes_it(site, bucket):
+    take_backup(site)
+    folder, manifest = newest(bucket)
+    s3 = boto3.client("s3")
+    first = s3.list_object_versions(Bucket=bucket, Prefix=folder + backup.MANIFEST)[
+        "Versions"][0]["VersionId"]
+    # What a taken-over server can do: write a dump of its own over the backup, with a
+    # manifest that vouches for it (its checksum, its version), all uploaded as the host
+    # uploads backups.
+    forged = b"PGDMP forged"
+    version = s3.put_object(Bucket=bucket, Key=folder + backup.DUMP, Body=forged,
+                            ChecksumAlgorithm="SHA256")["VersionId"]
+    lie = dict(manifest, database=dict(manifest["database"], version_id=version,
+                                       sha256=hashlib.sha256(forged).hexdigest()))
+    s3.put_object(Bucket=bucket, Key=folder + backup.MANIFEST,
+                  Body=json.dumps(lie).encode(), ChecksumAlgorithm="SHA256")
+    site.psql("DELETE FROM helios_castvote WHERE id % 5 = 0")
+
+    restored = restore(site, folder, "--object-version", first)
+
+    assert restored.returncode == 0, restored.stderr
+    assert f"restore {folder}: manifest version {first}" in restored.stdout
+    assert site.count("helios_castvote") == VOTERS
+
+
+@pytest.mark.parametrize("flags, said", [
+    (("--object-version", "abc"), "--object-version needs --backup KEY."),
+    (("--backup", "helios/daily/x", "--object-version", "a b;rm"), "is not an S3 version id"),
+], ids=["without --backup", "not a version id"])
+def test_a_bad_object_version_is_refused_before_anything_runs(site, flags, said):
+    result = run_manage(site.project, "aws_restore", SETTINGS, "--drill", *flags)
+
+    assert result.returncode == 1
+    assert said in result.stderr

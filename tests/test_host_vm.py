@@ -665,7 +665,15 @@ def test_backup_by_the_timer_drill_restore_and_a_corrupted_backup(deployment, aw
 
     data = bytearray(s3.get_object(Bucket=bucket, Key=folder + "db.dump")["Body"].read())
     data[len(data) // 2] ^= 0xFF
-    s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=bytes(data))
+    # Written over alone, the dump is not read (the manifest names the version it
+    # describes): the manifest is made to name the damaged version too.
+    version = s3.put_object(Bucket=bucket, Key=folder + "db.dump", Body=bytes(data))[
+        "VersionId"]
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=folder + "manifest.json")[
+        "Body"].read())
+    manifest["database"]["version_id"] = version
+    s3.put_object(Bucket=bucket, Key=folder + "manifest.json",
+                  Body=json.dumps(manifest).encode())
     broken = deployment.manage("aws_restore", "--drill", "--backup", folder, *ssh,
                                timeout=900)
     assert broken.returncode == 1

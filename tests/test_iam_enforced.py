@@ -11,6 +11,7 @@ restores it (the drill and the restore list the backups to find the newest; ``aw
 those paths must fail: an action nothing needs is not in the policy.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import boto3
 import pytest
 
 from fixtures import HELIOS_TIME_ZONE, run_manage
-from iam_enforcement import MOTO_SPELLINGS, actions, enforced, without
+from helios_aws.aws import backups
+from iam_enforcement import MOTO_SPELLINGS, actions, enforced, refused, without
 from test_backup import SETTINGS, Site, newest, provision_bucket, root
 
 # The django-ses Helios's uv.lock pins; the newest is the one installed here.
@@ -144,7 +146,9 @@ def test_the_instance_role_runs_backup_drill_list_and_restore(site, role_documen
 def test_every_action_of_the_instance_role_is_needed(site, role_documents, monkeypatch):
     """Each action taken out in turn: some real path then fails, refused by IAM."""
     unneeded = []
-    for action in actions(role_documents):
+    allowing = [dict(d, Statement=[st for st in d["Statement"] if st["Effect"] == "Allow"])
+                for d in role_documents]
+    for action in actions(allowing):
         with enforced(without(role_documents, action), monkeypatch) as denials:
             done = every_path(site)
         failed = [path for path, result in done if result.returncode != 0]
@@ -191,3 +195,51 @@ def test_the_instance_role_records_an_override_of_the_election_freeze(site, role
     assert result.returncode == 0, result.stderr
     assert "s3://helios-helios-backup-" in result.stdout and "/helios/audit/" in result.stdout
     assert denials.seen == []
+
+
+# What a taken-over server would try against the history that moto's server names by its
+# IAM action (moto 5.2 names a retention or legal hold "PutObject" and a bucket's Object
+# Lock "CreateBucket": those are judged by moto's evaluator below, under their names).
+def _rewrites(bucket, key, version):
+    return [
+        ("delete_object", dict(Key=key, VersionId=version, BypassGovernanceRetention=True)),
+        ("delete_object", dict(Key=key)),
+        ("put_bucket_lifecycle_configuration", dict(LifecycleConfiguration={"Rules": [
+            {"ID": "erase", "Status": "Enabled", "Filter": {"Prefix": ""},
+             "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}]})),
+        ("put_bucket_versioning", dict(VersioningConfiguration={"Status": "Suspended"})),
+        ("put_bucket_policy", dict(Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{bucket}/*"}]}))),
+        ("delete_bucket_policy", {}),
+    ]
+
+
+def test_the_instance_role_cannot_shorten_lift_or_outlive_the_lock(site, role_documents,
+                                                                  monkeypatch):
+    """Each attempt is refused, also with a policy granting s3:* added to the role: the
+    role's explicit Deny wins over any Allow."""
+    s3 = boto3.client("s3")
+    bucket = s3.list_buckets()["Buckets"][0]["Name"]
+    key = "helios/daily/2026-01-01T000000Z/db.dump"
+    version = s3.put_object(Bucket=bucket, Key=key, Body=b"dump",
+                            ChecksumAlgorithm="SHA256")["VersionId"]
+    everything = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+
+    for documents in (role_documents, role_documents + [everything]):
+        let_through = []
+        with enforced(documents, monkeypatch):
+            role = boto3.session.Session().client("s3")
+            for name, kwargs in _rewrites(bucket, key, version):
+                try:
+                    getattr(role, name)(Bucket=bucket, **kwargs)
+                    let_through.append(name)
+                except role.exceptions.ClientError as exc:
+                    assert exc.response["Error"]["Code"] == "AccessDenied", (name, exc)
+        assert let_through == []
+        requests = [(action, arn) for action in backups.NEVER_ACTIONS
+                    for arn in (f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{key}")]
+        assert len(refused(documents, requests)) == len(requests)
+    assert s3.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read() == b"dump"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"

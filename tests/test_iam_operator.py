@@ -188,4 +188,7 @@ NOT_SHOWN_BY_MOTO = {
     # moto serves no price list: the plan falls back to its table (tests/test_pricing.py
     # stubs the answer).
     "pricing:GetProducts": "every --plan's price of the instance (aws/pricing.py)",
+    # AWS checks it when a delete asks to bypass governance-mode retention; moto lets
+    # whoever may delete the version bypass it.
+    "s3:BypassGovernanceRetention": "backups.empty_and_delete (--destroy --delete-backups)",
 }

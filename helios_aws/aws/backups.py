@@ -13,12 +13,18 @@ settings are checked on every run and put back when they drifted:
 * a bucket policy denying every request not made over TLS;
 * a lifecycle rule: daily backups expire after ``backup_days`` (default 35); non-current
   versions after :data:`NONCURRENT_DAYS`; unfinished multipart uploads after 2 days.
+* S3 Object Lock with a default retention of ``backup_days``, in governance mode (or
+  compliance mode with ``--backup-lock compliance``): no version of a backup can be
+  deleted or overwritten away before then, whatever the lifecycle or a caller says.
+  A bucket made before the lock gets it in place (S3 allows that on a versioned bucket).
 
 The instance role gets an inline policy allowing ``s3:PutObject`` under ``NAME/`` and the
 reads the restore drill needs (``s3:GetObject`` there, ``s3:ListBucket`` with a prefix
 condition), nothing else: no ``DeleteObject``, no bucket administration, so an attacker
-on the server cannot erase the history. ``--destroy`` keeps the bucket unless
-``--delete-backups NAME`` is given.
+on the server cannot erase the history. An explicit Deny (:data:`NEVER_ACTIONS`) keeps it
+so even if another policy on the role grants more: the role can never shorten or bypass
+a retention, nor change the bucket's lock, lifecycle, versioning or policy.
+``--destroy`` keeps the bucket unless ``--delete-backups NAME`` is given.
 """
 
 import hashlib
@@ -45,6 +51,16 @@ READ_ACTIONS = ["s3:GetObject", "s3:GetObjectVersion"]
 ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
 PUBLIC_ACCESS = {"BlockPublicAcls": True, "IgnorePublicAcls": True,
                  "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+# What the instance role is refused outright, whatever else allows it: everything that
+# would let the server shorten, lift or outlive the history's protection.
+NEVER_ACTIONS = [
+    "s3:BypassGovernanceRetention", "s3:PutObjectRetention", "s3:PutObjectLegalHold",
+    "s3:PutBucketObjectLockConfiguration", "s3:PutLifecycleConfiguration",
+    "s3:PutBucketVersioning", "s3:PutBucketPolicy", "s3:DeleteBucketPolicy",
+    "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutEncryptionConfiguration",
+    "s3:PutBucketPublicAccessBlock", "s3:DeleteBucket",
+]
+LOCK_MODES = {"governance": "GOVERNANCE", "compliance": "COMPLIANCE"}
 
 
 def bucket_name(deployment, account):
@@ -75,6 +91,17 @@ def lifecycle(deployment):
     ]}
 
 
+def object_lock(deployment):
+    """The bucket's Object Lock: every new version kept ``backup_days`` in the chosen mode."""
+    return {"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {
+        "Mode": LOCK_MODES[deployment.backup_lock], "Days": deployment.backup_days}}}
+
+
+def describe_lock(deployment):
+    return (f"Object Lock: each backup kept {deployment.backup_days} days "
+            f"({deployment.backup_lock})")
+
+
 def role_policy(deployment, bucket, partition="aws"):
     arn = f"arn:{partition}:s3:::{bucket}"
     prefix = f"{deployment.name}/"
@@ -85,6 +112,8 @@ def role_policy(deployment, bucket, partition="aws"):
          "Resource": [f"{arn}/{prefix}*"]},
         {"Sid": "ListOwnPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
          "Resource": [arn], "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+        {"Sid": "NeverRewriteHistory", "Effect": "Deny", "Action": NEVER_ACTIONS,
+         "Resource": [arn, f"{arn}/*"]},
     ]}
 
 
@@ -123,7 +152,10 @@ def read_settings(s3, bucket):
                   missing=("NoSuchBucketPolicy",), Bucket=bucket)
     rules = call("read the bucket's lifecycle", s3.get_bucket_lifecycle_configuration,
                  missing=("NoSuchLifecycleConfiguration",), Bucket=bucket)
+    lock = call("read the bucket's Object Lock", s3.get_object_lock_configuration,
+                missing=("ObjectLockConfigurationNotFoundError",), Bucket=bucket)
     return {
+        "object_lock": lock["ObjectLockConfiguration"] if lock else None,
         "encryption": [r["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in
                        encryption["ServerSideEncryptionConfiguration"]["Rules"]]
         if encryption else [],
@@ -152,7 +184,27 @@ def drift(settings, deployment, bucket, partition="aws"):
         wrong["lifecycle"] = (f"the lifecycle is not: daily backups kept "
                               f"{deployment.backup_days} days, old versions "
                               f"{NONCURRENT_DAYS} days")
+    if _normal_lock(settings.get("object_lock")) != _normal_lock(object_lock(deployment)):
+        wrong["object_lock"] = (f"Object Lock is {_lock_text(settings.get('object_lock'))}, "
+                                f"not {deployment.backup_days} days ({deployment.backup_lock})")
     return wrong
+
+
+def _normal_lock(config):
+    """(enabled, mode, days) of an Object Lock configuration (S3 may add "Years": 0)."""
+    config = config or {}
+    retention = (config.get("Rule") or {}).get("DefaultRetention") or {}
+    days = (retention.get("Days") or 0) + 365 * (retention.get("Years") or 0)
+    return (config.get("ObjectLockEnabled") == "Enabled", retention.get("Mode"), days)
+
+
+def _lock_text(config):
+    enabled, mode, days = _normal_lock(config)
+    if not enabled:
+        return "off"
+    if not mode:
+        return "on without a default retention"
+    return f"{days} days ({mode.lower()})"
 
 
 def tls_only(policy, bucket, partition="aws"):
@@ -192,8 +244,15 @@ def foreign_grants(policy, account):
 
 def find_bucket(aws, deployment, recorded=None):
     """The name of the deployment's bucket, found by its tag (the recorded name first),
-    or None. Buckets of other deployments or owners are never touched."""
+    or None. Buckets of other deployments or owners are never touched. The recorded
+    bucket is asked for its tags directly; the account's buckets are listed only when it
+    is gone or no longer tagged."""
     s3 = aws.client("s3")
+    if recorded:
+        tags = call("read the bucket's tags", s3.get_bucket_tagging,
+                    missing=("NoSuchTagSet", "NoSuchBucket", "AccessDenied"), Bucket=recorded)
+        if tags and is_tagged(_View(aws, deployment), {"Tags": tags["TagSet"]}):
+            return recorded
     names = [b["Name"] for b in call("list the S3 buckets", s3.list_buckets)["Buckets"]]
     candidates = sorted(n for n in names if n.startswith(f"helios-{deployment.name}-"))
     if recorded in names:
@@ -239,17 +298,14 @@ class BackupBucketStep(AWSStep):
     def read(self, ctx):
         s3 = ctx.aws.client("s3")
         want = bucket_name(ctx.deployment, ctx.facts["account"])
-        found = find_bucket(ctx.aws, ctx.deployment, self.record(ctx).get("bucket"))
+        found = ctx.aws.cached(("backup_bucket", ctx.deployment.name), lambda: find_bucket(
+            ctx.aws, ctx.deployment, self.record(ctx).get("bucket")))
         squatted = None
         if found is None:
             squatted = _untagged_owner(ctx, s3, want)
         bucket = found or want
         ctx.facts["backup_bucket"] = bucket
-        if found:
-            newest = list_backups(Config(bucket=found, prefix=ctx.deployment.name,
-                                         region=ctx.aws.region), s3)
-            if newest:
-                ctx.facts["backup_size_gib"] = newest[0]["size"] / 2 ** 30
+        ctx.facts["backup_bucket_found"] = found
         policy = None
         if ctx.deployment.ses_credentials == "role":
             answer = ctx.aws.cached(("backup_role_policy", iam_name(ctx)), lambda: call(
@@ -258,7 +314,9 @@ class BackupBucketStep(AWSStep):
                 PolicyName=ROLE_POLICY_NAME))
             policy = answer["PolicyDocument"] if answer else None
         return {"bucket": bucket, "exists": found is not None, "squatted": squatted,
-                "settings": read_settings(s3, found) if found else None,
+                "settings": ctx.aws.cached(("bucket_settings", found),
+                                           lambda: read_settings(s3, found))
+                if found else None,
                 "role_policy": policy}
 
     def wanted_policy(self, ctx, bucket):
@@ -290,14 +348,14 @@ class BackupBucketStep(AWSStep):
             return Change(CREATE, f"S3 bucket {bucket}: SSE-S3 encryption, versioning, public "
                                   "access blocked, TLS only, daily backups kept "
                                   f"{d.backup_days} days (old versions {NONCURRENT_DAYS})",
-                          *role_details)
+                          describe_lock(d), *role_details)
         wrong = drift(current["settings"], d, bucket, ctx.facts.get("partition", "aws"))
         details = [f"repair: {text}" for text in wrong.values()] + role_details
         if details:
             return Change(UPDATE, *details)
         return self.kept_or_adopted(self.record(ctx).get("bucket") == bucket,
                                     f"s3://{bucket}/{d.name}/: daily backups kept "
-                                    f"{d.backup_days} days")
+                                    f"{d.backup_days} days", describe_lock(d))
 
     def apply(self, ctx, current, change):
         d, bucket = ctx.deployment, current["bucket"]
@@ -309,12 +367,14 @@ class BackupBucketStep(AWSStep):
             extra = {} if ctx.aws.region == "us-east-1" else {
                 "CreateBucketConfiguration": {"LocationConstraint": ctx.aws.region}}
             call("create the backup bucket", s3.create_bucket, Bucket=bucket,
-                 ObjectOwnership="BucketOwnerEnforced", **extra)
+                 ObjectOwnership="BucketOwnerEnforced", ObjectLockEnabledForBucket=True,
+                 **extra)
             call("tag the backup bucket", s3.put_bucket_tagging, Bucket=bucket,
                  Tagging={"TagSet": ctx.aws.tags(d.name, bucket)})
             self.save_record(ctx, bucket=bucket)
             wrong = set(drift({"encryption": [], "versioning": "", "public_access": {},
-                               "policy": None, "lifecycle": None}, d, bucket))
+                               "policy": None, "lifecycle": None, "object_lock": None},
+                              d, bucket))
         else:
             wrong = set(drift(current["settings"], d, bucket, partition))
         if "public_access" in wrong:
@@ -332,6 +392,11 @@ class BackupBucketStep(AWSStep):
         if "lifecycle" in wrong:
             call("put the lifecycle rules", s3.put_bucket_lifecycle_configuration,
                  Bucket=bucket, LifecycleConfiguration=lifecycle(d))
+        if "object_lock" in wrong:
+            # After versioning: S3 enables the lock in place only on a versioned bucket.
+            call("lock the backups for --backup-days", s3.put_object_lock_configuration,
+                 Bucket=bucket, ObjectLockConfiguration=object_lock(d))
+        ctx.aws.forget(("bucket_settings", bucket), ("backup_bucket", d.name))
         if d.ses_credentials == "role":
             ctx.aws.forget(("backup_role_policy", iam_name(ctx)))
             call("let the role write backups", ctx.aws.client("iam").put_role_policy,
@@ -344,10 +409,21 @@ class BackupBucketStep(AWSStep):
         """Storage for ``backup_days`` daily backups the size of the newest one (or of
         :data:`ASSUMED_BACKUP_GIB` before there is one)."""
         d = ctx.deployment
-        size = ctx.facts.get("backup_size_gib")
+        size = self._newest_size(ctx)
         label = f"about {size:.2f} GiB" if size else f"{ASSUMED_BACKUP_GIB:.1f} GiB assumed"
         return [(f"S3 backups, {d.backup_days} daily of {label}",
                  pricing.s3_month((size or ASSUMED_BACKUP_GIB) * d.backup_days))]
+
+    def _newest_size(self, ctx):
+        """GiB of the newest backup, or None; listed only when a cost is shown (a run
+        without --plan or -v 2 shows none)."""
+        found = ctx.facts.get("backup_bucket_found")
+        if not found:
+            return None
+        newest = ctx.aws.cached(("backups", found), lambda: list_backups(
+            Config(bucket=found, prefix=ctx.deployment.name, region=ctx.aws.region),
+            ctx.aws.client("s3")))
+        return newest[0]["size"] / 2 ** 30 if newest else None
 
     def teardown(self, ctx, current):
         doomed_name = ctx.options.get("delete_backups")
@@ -384,8 +460,10 @@ def empty_and_delete(s3, bucket):
         doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
                   for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
         if doomed:
+            # Governance mode yields to the operator who asks; compliance mode to nobody.
             answer = call("delete the backups", s3.delete_objects, Bucket=bucket,
-                          Delete={"Objects": doomed, "Quiet": True})
+                          Delete={"Objects": doomed, "Quiet": True},
+                          BypassGovernanceRetention=True)
             # S3 answers 200 and lists the keys it could not delete (AccessDenied...).
             errors = answer.get("Errors") or []
             if errors:
@@ -393,9 +471,12 @@ def empty_and_delete(s3, bucket):
                 raise AWSError(f"S3 did not delete {len(errors)} backup object(s) of "
                                f"s3://{bucket}, e.g. {first.get('Key')}: "
                                f"{first.get('Code')}: {first.get('Message')}.",
-                               "Give the credentials s3:DeleteObject and "
-                               "s3:DeleteObjectVersion on the bucket (aws_provision "
-                               "--operator-policy has them), then run --destroy again.")
+                               "Give the credentials s3:DeleteObject, "
+                               "s3:DeleteObjectVersion and s3:BypassGovernanceRetention on "
+                               "the bucket (aws_provision --operator-policy has them), then "
+                               "run --destroy again. Backups under compliance-mode Object "
+                               "Lock cannot be deleted by anyone before their retention "
+                               "ends: run it again then.")
     call("delete the backup bucket", s3.delete_bucket, Bucket=bucket)
 
 

@@ -166,6 +166,14 @@ PERMISSIONS = (
                ("s3:PutObject",), lambda n: [
                    f"arn:{n.partition}:s3:::helios-{n.deployment}-backup-*/{n.deployment}"
                    "/audit/*"]),
+    # The backups' Object Lock: read and put back by BackupBucketStep and aws_check; the
+    # versions listed by aws_check's overwrite check (s3:ListBucketVersions, above).
+    Permission("LockBackups", "BackupBucketStep, aws_check aws.E025", (
+        "s3:GetBucketObjectLockConfiguration", "s3:PutBucketObjectLockConfiguration"),
+        _bucket),
+    # Governance mode yields to this only: deleting locked backups on purpose.
+    Permission("DeleteLockedBackups", "--destroy --delete-backups (governance mode)",
+               ("s3:BypassGovernanceRetention",), _objects),
 )
 
 

@@ -1,6 +1,9 @@
 """Backup probes: is there a recent backup, has a drill restored one lately, is the bucket
 still protected, and can the server erase the history. Read from S3 and IAM with the
-operator's credentials, the bucket found by its tag (as aws_provision finds it)."""
+operator's credentials, the bucket found by its tag (as aws_provision finds it).
+
+Ages are S3's own: when S3 stored a backup's manifest (its version's ``LastModified``),
+never a date the server wrote into a name or a manifest."""
 
 import datetime
 import types
@@ -39,6 +42,12 @@ def _created_at(ctx, name):
     return next((b["CreationDate"] for b in listed if b["Name"] == name), None)
 
 
+def _settings(ctx):
+    """The bucket's protective settings, read once per run for every probe."""
+    return ctx.once("backup-bucket-settings",
+                    lambda: bucket_mod.read_settings(_s3(ctx), bucket(ctx).bucket))
+
+
 def _s3(ctx):
     return session(ctx).aws.client("s3")
 
@@ -57,10 +66,14 @@ def recent_backup(ctx):
                           f"the bucket is {describe_age(now() - made)} old.")
         return failed(f"There is no complete backup in s3://{config.bucket}/{config.prefix}/.")
     newest = found[0]
-    age = now() - newest["created_at"]
+    age = now() - newest["uploaded_at"]
+    message = f"The newest backup, {newest['folder']}, is {describe_age(age)} old"
+    if newest["created_at"] - newest["uploaded_at"] > datetime.timedelta(hours=1):
+        message += (" by S3's clock, though its name claims "
+                    f"{newest['created_at']:%Y-%m-%d %H:%M} UTC")
     if age > MAX_BACKUP_AGE:
-        return failed(f"The newest backup, {newest['folder']}, is {describe_age(age)} old.")
-    return passed(f"The newest backup, {newest['folder']}, is {describe_age(age)} old.")
+        return failed(message + ".")
+    return passed(message + ".")
 
 
 @probe("aws.W020", "A restore drill passed in the last 8 days",
@@ -91,7 +104,7 @@ def _caller(ctx):
 def bucket_protected(ctx):
     config = bucket(ctx)
     identity = _caller(ctx)
-    settings = bucket_mod.read_settings(_s3(ctx), config.bucket)
+    settings = _settings(ctx)
     wrong = bucket_mod.drift(settings, ctx.deployment, config.bucket, identity["partition"])
     if "policy" in wrong and settings["policy"] and bucket_mod.tls_only(
             settings["policy"], config.bucket, identity["partition"]):
@@ -158,9 +171,10 @@ def role_cannot_delete(ctx):
     return passed(f"Role {role} may write and read backups, not delete them.")
 
 
-def _actions(document):
-    return {a for s in policies.statements(document) for a in policies.as_list(
-        s.get("Action") or [f"all but {x}" for x in policies.as_list(s.get("NotAction"))])}
+def _actions(document, effect="Allow"):
+    return {a for s in policies.statements(document) if s.get("Effect", "Allow") == effect
+            for a in policies.as_list(
+                s.get("Action") or [f"all but {x}" for x in policies.as_list(s.get("NotAction"))])}
 
 
 @probe("aws.E023", "The instance role's policies are the ones aws_provision writes",
@@ -185,11 +199,15 @@ def role_policies_as_written(ctx):
             continue
         added = sorted(_actions(have) - _actions(document))
         removed = sorted(_actions(document) - _actions(have))
+        unrefused = sorted(_actions(document, "Deny") - _actions(have, "Deny"))
         if added:
             problems.append(f"{name} also allows {', '.join(added)}")
         if removed:
             problems.append(f"{name} no longer allows {', '.join(removed)}")
-        if not added and not removed and not identity_mod.same_policy(have, document):
+        if unrefused:
+            problems.append(f"{name} no longer refuses {', '.join(unrefused)}")
+        if not added and not removed and not unrefused and \
+                not identity_mod.same_policy(have, document):
             problems.append(f"{name} has other resources or conditions")
     for name in sorted(set(found) - set(wanted)):
         problems.append(f"{name}, which aws_provision does not write, allows "
@@ -198,3 +216,49 @@ def role_policies_as_written(ctx):
         return failed(f"Role {role}: " + "; ".join(problems) + ".")
     return passed(f"Role {role} has exactly the policies aws_provision writes: "
                   f"{', '.join(sorted(wanted))}.")
+
+
+@probe("aws.E024", "No backup in the bucket was overwritten",
+       "Treat it as an incident: something wrote over a backup (a taken-over server can). "
+       "The earlier versions are kept. A restore reads the versions its manifest names; "
+       "when a manifest.json was written over, restore with aws_restore --backup FOLDER "
+       "--object-version FIRST (the first version named above). Look at the server's logs "
+       "for who wrote the later one.")
+def no_overwritten_backup(ctx):
+    config = bucket(ctx)
+    versions = {}
+    pages = _s3(ctx).get_paginator("list_object_versions").paginate(
+        Bucket=config.bucket, Prefix=config.prefix + "/")
+    with translate(f"list the versions in s3://{config.bucket}/{config.prefix}/"):
+        for page in pages:
+            for version in page.get("Versions", []):
+                versions.setdefault(version["Key"], []).append(version)
+    # A key is written once; expiry adds a delete marker, never a second version.
+    overwritten = sorted(key for key, found in versions.items() if len(found) > 1)
+    if overwritten:
+        shown = ", ".join(f"{key} ({len(versions[key])} versions, the first "
+                          f"{_first(versions[key])['VersionId']})"
+                          for key in overwritten[:SHOWN_ACTIONS])
+        more = len(overwritten) - SHOWN_ACTIONS
+        return failed(f"{len(overwritten)} backup object(s) in s3://{config.bucket} were "
+                      f"written more than once: {shown}" + (f" and {more} more" if more > 0
+                                                             else "") + ".")
+    return passed(f"Each of the {len(versions)} objects under s3://{config.bucket}/"
+                  f"{config.prefix}/ was written once.")
+
+
+def _first(versions):
+    return min(versions, key=lambda v: v["LastModified"])
+
+
+@probe("aws.E025", "The backup bucket locks every backup for --backup-days",
+       "Run aws_provision: it turns S3 Object Lock on (in place) with the deployment's "
+       "retention and mode.")
+def backups_locked(ctx):
+    config = bucket(ctx)
+    d = ctx.deployment
+    wrong = bucket_mod.drift(_settings(ctx), d, config.bucket, _caller(ctx)["partition"])
+    if "object_lock" in wrong:
+        return failed(f"s3://{config.bucket}: {wrong['object_lock']}.")
+    return passed(f"s3://{config.bucket}: each new backup version is locked for "
+                  f"{d.backup_days} days ({d.backup_lock} mode).")

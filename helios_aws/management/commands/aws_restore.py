@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from helios_aws import backup_commands, cli, freeze, params
+from helios_aws import backup_commands, cli, freeze, params, rootside
 from helios_aws.errors import ConfigError
 
 
@@ -38,6 +38,11 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true",
                             help="With --no-input: do not ask for the deployment name.")
         parser.add_argument("--no-input", action="store_true", help="Never prompt.")
+        parser.add_argument("--object-version", default="", metavar="ID",
+                            help="With --backup: restore (or drill) the backup as this "
+                                 "version of its manifest.json describes it (aws_check "
+                                 "aws.E024 names the first version of an overwritten "
+                                 "backup).")
         backup_commands.add_ssh_arguments(parser)
         backup_commands.add_host_side_arguments(parser)
 
@@ -54,9 +59,20 @@ class Command(BaseCommand):
             raise ConfigError("aws_restore has no side that runs through manage.py on the "
                               "server: root runs python -I -m helios_aws.rootside there.",
                               "Run aws_restore from your machine.")
+        if options["object_version"]:
+            if not options["backup"]:
+                raise ConfigError("--object-version needs --backup KEY.",
+                                  "Give the backup whose manifest.json has that version.")
+            if not rootside.VERSION_RE.fullmatch(options["object_version"]):
+                raise ConfigError(f"--object-version {options['object_version']!r} is not "
+                                  "an S3 version id.",
+                                  "Copy the id as aws_check aws.E024 or `aws s3api "
+                                  "list-object-versions` shows it.")
         out_dir = cli.resolve_output(options)
         deployment = params.load(out_dir, None, cli.settings_layer())
         args = ["--backup", options["backup"]] if options["backup"] else []
+        if options["object_version"]:
+            args += ["--object-version", options["object_version"]]
         options["on_lock_wait"] = write
         if options["drill"]:
             backup_commands.on_host(deployment, out_dir, options, "drill", args, write)
