@@ -66,6 +66,32 @@ def image_parameter(deployment):
         arch=deployment.arch, debian_arch=ARCHES[deployment.arch])
 
 
+def latest_image(ctx):
+    """The latest image's id for the deployment's OS and architecture (read once a run,
+    kept in ``ctx.facts["image_id"]``), or None when AWS has no such parameter."""
+    parameter = image_parameter(ctx.deployment)
+
+    def fetch():
+        ssm = ctx.aws.client("ssm")
+        return call(f"read the SSM parameter {parameter}", ssm.get_parameters,
+                    Names=[parameter])
+
+    found = ctx.aws.cached(("ssm", parameter), fetch)["Parameters"]
+    image_id = found[0]["Value"] if found else None
+    ctx.facts.pop("image_recorded", None)
+    if image_id:
+        ctx.facts["image_id"] = image_id
+    return image_id
+
+
+def current_image(ctx):
+    """The image a new instance is launched from: the latest, read now if the run took
+    the recorded one."""
+    if ctx.facts.get("image_recorded"):
+        latest_image(ctx)
+    return ctx.facts.get("image_id")
+
+
 class ImageStep(AWSStep):
     """The latest image for the OS and architecture, from AWS's public SSM parameter.
 
@@ -77,16 +103,14 @@ class ImageStep(AWSStep):
 
     def read(self, ctx):
         parameter = image_parameter(ctx.deployment)
-
-        def fetch():
-            ssm = ctx.aws.client("ssm")
-            return call(f"read the SSM parameter {parameter}", ssm.get_parameters,
-                        Names=[parameter])
-
-        found = ctx.aws.cached(("ssm", parameter), fetch)["Parameters"]
-        image_id = found[0]["Value"] if found else None
-        if image_id:
-            ctx.facts["image_id"] = image_id
+        recorded = ctx.state.get(self.state_key) or {}
+        if ((ctx.state.get("instance") or {}).get("id") and recorded.get("id")
+                and recorded.get("parameter") == parameter):
+            # A server is recorded: it is never replaced by a newer image, so the
+            # parameter is read only if a new instance must be launched (latest_image).
+            ctx.facts["image_id"], ctx.facts["image_recorded"] = recorded["id"], True
+            return {"parameter": parameter, "image_id": recorded["id"], "recorded": True}
+        image_id = latest_image(ctx)
         return {"parameter": parameter, "image_id": image_id}
 
     def plan(self, ctx, current):
@@ -100,6 +124,10 @@ class ImageStep(AWSStep):
             )
         ctx.state.set(self.state_key, {"id": current["image_id"],
                                        "parameter": current["parameter"]})
+        if current.get("recorded"):
+            return Change(KEEP, f"{current['image_id']}: the server's {d.os_profile['label']} "
+                                f"({d.arch}) image (the latest is read from "
+                                f"{current['parameter']} only for a new instance)")
         return Change(KEEP, f"{current['image_id']}: latest {d.os_profile['label']} "
                             f"({d.arch}) from {current['parameter']}")
 

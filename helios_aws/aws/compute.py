@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from ..engine import (ADOPT, ADOPTED, CREATE, CREATED, DEFERRED, KEEP, UPDATE, UPDATED, Change,
                       duration)
 from ..errors import ConfigError
-from . import pricing
+from . import account, pricing
 from .base import AWSStep, ec2_name, note, pick, poll, tag_filter, tag_spec
 from .console import parse_host_keys
 from .session import call, error_code, translate, wait
@@ -237,7 +237,7 @@ class InstanceStep(AWSStep):
         profile_arn = ctx.facts.get("instance_profile_arn")
         if instance is None:
             self._check_instance_type(ctx)
-            return Change(CREATE, f"{d.instance_type} from {ctx.facts.get('image_id')}, "
+            return Change(CREATE, f"{d.instance_type} from {account.current_image(ctx)}, "
                                   f"{d.volume_size} GiB encrypted gp3 root volume, "
                                   "IMDSv2 required" + (", mail instance profile"
                                                        if profile_arn else ""))
@@ -301,7 +301,7 @@ class InstanceStep(AWSStep):
         # until the instance is recorded, so an interrupted launch is not repeated.
         token = self.record(ctx).get("client_token") or uuid.uuid4().hex
         self.save_record(ctx, client_token=token)
-        image_id = ctx.facts["image_id"]
+        image_id = account.current_image(ctx)
         images = call(f"read the image {image_id}", ec2.describe_images,
                       ImageIds=[image_id])["Images"]
         params = {

@@ -163,8 +163,8 @@ class MailStep(AWSStep):
             "domain": domain,
             "email": email,
             "verification": verification,
-            "tags": {identity: identity_tags(ctx, identity) for identity in (domain, email)
-                     if identity in verification},
+            "tags": {identity: self._tags(ctx, identity, record, domain)
+                     for identity in (domain, email) if identity in verification},
             "tokens": tokens,
             "zone": zone,
             "rrsets": record_sets(ctx, zone["Id"]) if zone else [],
@@ -241,6 +241,15 @@ class MailStep(AWSStep):
         return self.kept_or_adopted(self.record(ctx).get("domain") == domain,
                                     f"{domain} (DKIM) and {email} verified in SES", report)
 
+    def _tags(self, ctx, identity, record, domain):
+        """The identity's tags. An identity that this run's state file records as naming
+        the deployment among its users (``tagged``) is not asked again, except by
+        --destroy, which must know every other user: a no-op run reads each thing once."""
+        if (record.get("domain") == domain and identity in (record.get("tagged") or ())
+                and not ctx.options.get("destroy")):
+            return {USER_TAG + ctx.deployment.name: ctx.deployment.domain}
+        return identity_tags(ctx, identity)
+
     def _untagged(self, ctx, current):
         """The deployment's existing identities that do not name it as a user yet."""
         return [identity for identity, tags in current["tags"].items()
@@ -289,6 +298,9 @@ class MailStep(AWSStep):
                 tag_identity(ctx, domain, {RECORDS_TAG: " ".join(sorted(kinds))})
                 record["records"] = [r for r in record["records"] if r not in written] + written
                 self.save_record(ctx, **record)
+        # Every identity now names the deployment as a user (see _tags).
+        record["tagged"] = sorted({domain, email})
+        self.save_record(ctx, **record)
         return CREATED if change.action == CREATE else UPDATED
 
     def _claims(self, ctx, current):
