@@ -281,6 +281,7 @@ def destroy(ctx, out, confirm):
     (unless --no-snapshot), then delete what the deployment made in reverse order and list
     whatever tagged for it remains. With --plan, only say all that, with the costs."""
     d = ctx.deployment
+    ctx.facts["destroying"] = True  # the steps read what a teardown needs in full
     steps = aws_steps(d)
     with phase("the reading of what the deployment has in AWS",
                "Nothing was deleted; run --destroy again."):

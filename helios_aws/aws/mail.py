@@ -246,7 +246,7 @@ class MailStep(AWSStep):
         the deployment among its users (``tagged``) is not asked again, except by
         --destroy, which must know every other user: a no-op run reads each thing once."""
         if (record.get("domain") == domain and identity in (record.get("tagged") or ())
-                and not ctx.options.get("destroy")):
+                and not ctx.facts.get("destroying")):
             return {USER_TAG + ctx.deployment.name: ctx.deployment.domain}
         return identity_tags(ctx, identity)
 
