@@ -110,11 +110,20 @@ GIT_REF_BAD_RE = re.compile(r"^-|^/|/$|//|\.\.|@\{|\.lock(?:/|$)|/\.|^\.|\.$|^@$
                             r"|[\x00-\x20\x7f~^:?*\[\\]")
 
 
-def _field(default, help, flag=None, choices=None, metavar=None):
+def _field(default, help, flag=None, choices=None, metavar=None, repeat=False):
     return dataclasses.field(
         default=default,
-        metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar},
+        metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar,
+                  "repeat": repeat},
     )
+
+
+class _JoinAction(argparse.Action):
+    """A repeatable flag whose values are recorded as one comma-separated string."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
 
 
 @dataclasses.dataclass
@@ -161,6 +170,9 @@ class Deployment:
     host_prefix: str = _field("", "Put every host path under this directory (rehearsals).")
     http_port: int = _field(80, "Port nginx serves HTTP on.")
     https_port: int = _field(443, "Port nginx serves HTTPS on.")
+    alert_email: str = _field("", "An address the deployment's alarms are sent to "
+                                  "(repeatable; each confirms the mail AWS sends it).",
+                              repeat=True)
 
     # Derived values, always computed from the fields above.
 
@@ -225,6 +237,8 @@ def add_deployment_arguments(parser, names=None):
             kwargs["type"] = int
         elif field.type in (bool, "bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
+        if field.metadata.get("repeat"):
+            kwargs["action"] = _JoinAction
         parser.add_argument(flag_name(name), **kwargs)
 
 
@@ -363,6 +377,18 @@ def validate(d):
         raise ConfigError(f"--backup-days {d.backup_days!r} is out of range.",
                           "Give a number of days between 1 and 3650 (default 35).")
     validate_from_name(d.from_name, d.email or "elections@example.org")
+    validate_alert_email(d.alert_email)
+
+
+def validate_alert_email(value):
+    for address in value.split(","):
+        try:
+            validate_email(address.strip())
+        except ValidationError:
+            if address.strip() or value.strip():
+                raise ConfigError(f"--alert-email {address.strip()!r} is not an e-mail "
+                                  "address.", "Give one address per --alert-email, e.g. "
+                                  "--alert-email ops@example.org --alert-email me@example.org.")
 
 
 def validate_from_name(name, email):

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import backup_commands, envfile, params
-from .aws import account, backups, inventory, operator, pricing
+from .aws import account, backups, inventory, operator, pricing, watch
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
@@ -48,6 +48,8 @@ def run(deployment, out_dir, options, out, confirm):
                 action = "stop" if options.get("stop") else "start"
                 with phase(f"--{action}", f"Run aws_provision --{action} again."):
                     return stop_or_start(ctx, out, action)
+            if options.get("test_alert"):
+                return send_test_alert(ctx, out)
             if options.get("plan"):
                 with phase("the plan (--plan)", "Nothing was changed."):
                     return show_plan(ctx, out)
@@ -372,7 +374,7 @@ def _teardown(ctx, out, confirm, current, doomed):
                     out.line(line)
                     ctx.log.info("destroy: %s", line)
                 ctx.state.save()
-    remaining = inventory.leftovers(ctx) + backups.leftovers(ctx)
+    remaining = inventory.leftovers(ctx) + backups.leftovers(ctx) + watch.leftovers(ctx)
     report_leftovers(ctx, out, remaining)
     return remaining
 
@@ -421,9 +423,28 @@ def stop_or_start(ctx, out, action):
     with Activity(out, ctx, f"{action} {step.name}"):
         message = getattr(step, action)(ctx, step.read(ctx))
     out.line(message, "SUCCESS")
+    with Activity(out, ctx, f"{'disable' if action == 'stop' else 'enable'} the alarms"):
+        alarms = watch.set_alarm_actions(ctx, enabled=action == "start")
+    if alarms:
+        out.line(alarms, "SUCCESS")
+        ctx.log.info("%s: %s", action, alarms)
     if action == "stop":
         d = ctx.deployment
         out.line(f"While stopped the instance costs nothing; its volume (about "
                  f"${pricing.gp3_month(d.volume_size):.2f}/month) and the Elastic IP "
                  f"(${pricing.public_ipv4_month():.2f}/month) still do.")
     ctx.log.info("%s: %s", action, message)
+
+
+def send_test_alert(ctx, out):
+    """--test-alert: one alert through the deployment's topic, as an alarm sends it."""
+    account.AccountStep().read(ctx)
+    with phase("--test-alert", "Run aws_provision --test-alert again."):
+        told = watch.test_alert(ctx)
+    if told:
+        out.line(f"Sent a test alert to {', '.join(told)}.", "SUCCESS")
+    else:
+        out.line("Sent a test alert, but no address has confirmed its subscription: it "
+                 "reached nobody (aws_check says which are waiting).", "WARNING")
+    ctx.log.info("test alert: %s", told)
+    return told
