@@ -146,10 +146,13 @@ def alarms_cost(count):
 
 def read_topic(ctx, region):
     """The topic's subscriptions ([] for none), or None when the topic does not exist."""
-    sns = ctx.aws.client("sns", region)
-    found = call("read the alerts topic's subscriptions", sns.list_subscriptions_by_topic,
-                 missing=("NotFound",), TopicArn=topic_arn(ctx, region))
-    return None if found is None else found["Subscriptions"]
+    def fetch():
+        sns = ctx.aws.client("sns", region)
+        found = call("read the alerts topic's subscriptions", sns.list_subscriptions_by_topic,
+                     missing=("NotFound",), TopicArn=topic_arn(ctx, region))
+        return None if found is None else found["Subscriptions"]
+
+    return ctx.aws.cached(("topic", region), fetch)
 
 
 def is_pending(ctx, region, subscription):
@@ -231,6 +234,7 @@ class AlertTopicStep(AWSStep):
             return self.adopt(ctx, **record)
         wanted = addresses(ctx.deployment)
         for region, subscriptions in current["topics"].items():
+            ctx.aws.forget(("topic", region))
             sns = ctx.aws.client("sns", region)
             if subscriptions is None:
                 call(f"create the alerts topic in {region}", sns.create_topic,
@@ -480,6 +484,7 @@ def leftovers(ctx):
     """[(description, USD per month or None)] of what --destroy should have deleted."""
     found = []
     for region in topic_regions(ctx.aws.region):
+        ctx.aws.forget(("topic", region))
         if read_topic(ctx, region) is not None:
             found.append((f"SNS topic {topic_name(ctx.deployment)} ({region})", None))
     for region in alarm_names(ctx.deployment, ctx.aws.region):
