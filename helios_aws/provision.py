@@ -121,6 +121,11 @@ def check_options(deployment, options):
     if options.get("skip_aws") and any(options.get(a) for a in ("destroy", "stop", "start")):
         raise ConfigError("--destroy, --stop and --start act on AWS; --skip-aws forbids it.",
                           "Drop --skip-aws.")
+    others = [f"--{o.replace('_', '-')}" for o in ("plan", "skip_aws", "rollback", "releases")
+              if options.get(o)]
+    if options.get("test_alert") and others:
+        raise ConfigError(f"--test-alert sends one alert and does nothing else; {others[0]} "
+                          "does not go with it.", f"Drop {others[0]}.")
 
 
 def make_context(deployment, out_dir, options, out):
@@ -420,20 +425,30 @@ def roll_back(ctx, out):
 def stop_or_start(ctx, out, action):
     """--stop / --start: the guide's advice for servers used now and then."""
     step = InstanceStep()
+    current = step.read(ctx)
+    if action == "stop":  # before the site goes down, or its alarm would page
+        switch_alarms(ctx, out, action)
     with Activity(out, ctx, f"{action} {step.name}"):
-        message = getattr(step, action)(ctx, step.read(ctx))
+        message = getattr(step, action)(ctx, current)
     out.line(message, "SUCCESS")
-    with Activity(out, ctx, f"{'disable' if action == 'stop' else 'enable'} the alarms"):
-        alarms = watch.set_alarm_actions(ctx, enabled=action == "start")
-    if alarms:
-        out.line(alarms, "SUCCESS")
-        ctx.log.info("%s: %s", action, alarms)
+    if action == "start":  # once the server passes its status checks again
+        switch_alarms(ctx, out, action)
     if action == "stop":
         d = ctx.deployment
         out.line(f"While stopped the instance costs nothing; its volume (about "
                  f"${pricing.gp3_month(d.volume_size):.2f}/month) and the Elastic IP "
                  f"(${pricing.public_ipv4_month():.2f}/month) still do.")
     ctx.log.info("%s: %s", action, message)
+
+
+def switch_alarms(ctx, out, action):
+    """--stop disables the alarms' actions (a stopped server must not page, nor be
+    recovered); --start enables them."""
+    with Activity(out, ctx, f"{'disable' if action == 'stop' else 'enable'} the alarms"):
+        alarms = watch.set_alarm_actions(ctx, enabled=action == "start")
+    if alarms:
+        out.line(alarms, "SUCCESS")
+        ctx.log.info("%s: %s", action, alarms)
 
 
 def send_test_alert(ctx, out):

@@ -22,7 +22,8 @@ from test_provision_aws import (  # noqa: F401  (aws, host_keys, configured, pro
     DOMAIN, EMAIL, SETTINGS, aws, configured, create_zone, host_keys, project,
 )
 
-CONFIGURE = ("--no-input", "--domain", DOMAIN, "--email", EMAIL, "--auth-systems", "password")
+CONFIGURE = ("--no-input", "--domain", DOMAIN, "--email", EMAIL, "--auth-systems", "password",
+             "--alert-email", "ops@example.org")
 
 
 def published(project):
@@ -50,6 +51,10 @@ def drift(project):
         GroupId=instance["SecurityGroups"][0]["GroupId"], IpPermissions=[
             {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080,
              "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    check, = boto3.client("route53").list_health_checks()["HealthChecks"]
+    boto3.client("route53").update_health_check(HealthCheckId=check["Id"], Port=8443)
+    topic = boto3.client("sns").list_topics()["Topics"][0]["TopicArn"]
+    boto3.client("sns").subscribe(TopicArn=topic, Protocol="email", Endpoint="gone@example.org")
     bucket = without_bucket_policy()
     folder = write_backup(bucket, hours_ago=2)
     write_drill(bucket, folder, days_ago=0)
@@ -78,6 +83,7 @@ LIFECYCLE = (
     ("adopt and repair", ("aws_provision", "--skip-host"), drift),
     ("stop", ("aws_provision", "--stop"), None),
     ("start", ("aws_provision", "--start"), None),
+    ("test alert", ("aws_provision", "--test-alert"), None),
     ("aws_check", ("aws_check", "--only", "aws", "--format", "json"), without_bucket_policy),
     ("aws_backup --list", ("aws_backup", "--list"), None),
     ("destroy", ("aws_provision", "--destroy", "--no-input", "--no-backup"), None),
@@ -183,4 +189,6 @@ NOT_SHOWN_BY_MOTO = {
     # moto serves no price list: the plan falls back to its table (tests/test_pricing.py
     # stubs the answer).
     "pricing:GetProducts": "every --plan's price of the instance (aws/pricing.py)",
+    # AWS makes CloudWatch's role for EC2 actions with the first such alarm; moto makes none.
+    "iam:CreateServiceLinkedRole": "MachineAlarmsStep: put_metric_alarm with recover/reboot",
 }

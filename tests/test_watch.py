@@ -11,6 +11,7 @@ for an alarm that has lacked data for hours.
 
 import collections
 import datetime
+import re
 
 import boto3
 import pytest
@@ -19,11 +20,12 @@ from moto.sns.models import sns_backends
 
 from fixtures import run_manage
 from helios_aws import provision
+from helios_aws.errors import ConfigError
 from helios_aws.aws.session import AWS
 from helios_aws.host.base import LIVENESS_PATH
 from helios_aws.probes import base
 from test_provision_aws import (  # noqa: F401  (aws, host_keys, configured, project: fixtures)
-    DOMAIN, SETTINGS, aws, configured, create_zone, host_keys, in_process, outcomes, project,
+    DOMAIN, SETTINGS, aws, configured, create_zone, host_keys, in_process, project,
 )
 
 ACCOUNT = "123456789012"
@@ -232,12 +234,14 @@ def test_stop_start_test_alert_and_destroy(project):
     sent = sns_backends[ACCOUNT]["us-east-1"].topics[topic()].sent_notifications
     assert len(sent) == 1 and "test alert" in sent[0][2]
 
-    planned = run_manage(project, "aws_provision", SETTINGS, "--destroy", "--plan")
     destroyed = run_manage(project, "aws_provision", SETTINGS, "--destroy", "--no-input",
                            "--no-backup", "--no-snapshot")
 
-    assert "- SNS topic helios-helios-alerts (us-east-1) and its subscriptions" in planned.stdout
-    assert "- CloudWatch alarm helios-helios-site-health (us-east-1)" in planned.stdout
+    # What it deletes is listed above the deletions, with what stops costing.
+    assert "- SNS topic helios-helios-alerts (us-east-1) and its subscriptions" in \
+        destroyed.stdout
+    assert "- CloudWatch alarm helios-helios-site-health (us-east-1)" in destroyed.stdout
+    assert re.search(r"Route 53 health check \(HTTPS, AWS endpoint\)\s+1\.50", destroyed.stdout)
     assert destroyed.returncode == 0, destroyed.stderr
     assert alarms() == {} and health_checks() == []
     assert boto3.client("sns").list_topics()["Topics"] == []
@@ -245,9 +249,18 @@ def test_stop_start_test_alert_and_destroy(project):
     assert not any(kind in still_there for kind in ("SNS", "CloudWatch", "health check"))
 
 
-@pytest.mark.parametrize("flag", ["not-an-address", "ops@example.org,"])
-def test_a_bad_alert_address_is_refused_naming_the_flag(project, flag):
-    result = run_manage(project, "aws_configure", SETTINGS, "--no-input", "--alert-email", flag)
+def test_a_bad_alert_address_is_refused_naming_the_flag(project):
+    result = run_manage(project, "aws_configure", SETTINGS, "--no-input",
+                        "--alert-email", OPS, "--alert-email", "not-an-address")
 
     assert result.returncode != 0
     assert "--alert-email" in result.stderr and "is not an e-mail address" in result.stderr
+
+
+def test_test_alert_goes_with_no_other_action():
+    with pytest.raises(ConfigError) as raised:
+        provision.check_options(provisioned_deployment(), {"test_alert": True, "plan": True})
+
+    assert raised.value.message.startswith("--test-alert sends one alert and does nothing "
+                                           "else; --plan does not go with it.")
+

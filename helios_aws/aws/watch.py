@@ -90,7 +90,7 @@ def ec2_alarm_spec(ctx, what, metric, action, periods):
         "Dimensions": [{"Name": "InstanceId", "Value": iid or "(the new instance)"}],
         "Statistic": "Maximum", "Period": 60, "EvaluationPeriods": periods,
         "Threshold": 1.0, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-        "TreatMissingData": "missing",
+        "TreatMissingData": "missing", "ActionsEnabled": True,
         "AlarmActions": [f"arn:{ctx.facts.get('partition', 'aws')}:automate:{region}:ec2:"
                          f"{action}", topic],
         "OKActions": [topic],
@@ -107,7 +107,7 @@ def site_alarm_spec(ctx, health_check_id):
         "Dimensions": [{"Name": "HealthCheckId", "Value": health_check_id or "(new)"}],
         "Statistic": "Minimum", "Period": 60, "EvaluationPeriods": 3,
         "Threshold": 1.0, "ComparisonOperator": "LessThanThreshold",
-        "TreatMissingData": "breaching",
+        "TreatMissingData": "breaching", "ActionsEnabled": True,
         "AlarmActions": [topic], "OKActions": [topic],
     }
 
@@ -381,8 +381,10 @@ class SiteHealthStep(AWSStep):
 
     def _check_drift(self, ctx, check):
         config = check["HealthCheckConfig"]
+        # The type and the interval are fixed at creation (a check of another type is
+        # replaced; another interval is kept: it only costs more or less).
         return [key for key, value in health_config(ctx.deployment).items()
-                if key != "Type" and config.get(key) != value]
+                if key not in ("Type", "RequestInterval") and config.get(key) != value]
 
     def plan(self, ctx, current):
         d, check = ctx.deployment, current["check"]
