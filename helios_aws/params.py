@@ -110,11 +110,20 @@ GIT_REF_BAD_RE = re.compile(r"^-|^/|/$|//|\.\.|@\{|\.lock(?:/|$)|/\.|^\.|\.$|^@$
                             r"|[\x00-\x20\x7f~^:?*\[\\]")
 
 
-def _field(default, help, flag=None, choices=None, metavar=None):
+def _field(default, help, flag=None, choices=None, metavar=None, repeat=False):
     return dataclasses.field(
         default=default,
-        metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar},
+        metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar,
+                  "repeat": repeat},
     )
+
+
+class _JoinAction(argparse.Action):
+    """A repeatable flag whose values are recorded as one comma-separated string."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
 
 
 @dataclasses.dataclass
@@ -165,6 +174,9 @@ class Deployment:
                               "--backup-days: governance (the account's administrators can "
                               "lift it) or compliance (nobody can, the account's root "
                               "included).", choices=("governance", "compliance"))
+    alert_email: str = _field("", "An address the deployment's alarms are sent to "
+                                  "(repeatable; each confirms the mail AWS sends it).",
+                              repeat=True)
 
     # Derived values, always computed from the fields above.
 
@@ -229,6 +241,8 @@ def add_deployment_arguments(parser, names=None):
             kwargs["type"] = int
         elif field.type in (bool, "bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
+        if field.metadata.get("repeat"):
+            kwargs["action"] = _JoinAction
         parser.add_argument(flag_name(name), **kwargs)
 
 
@@ -367,6 +381,18 @@ def validate(d):
         raise ConfigError(f"--backup-days {d.backup_days!r} is out of range.",
                           "Give a number of days between 1 and 3650 (default 35).")
     validate_from_name(d.from_name, d.email or "elections@example.org")
+    validate_alert_email(d.alert_email)
+
+
+def validate_alert_email(value):
+    for address in value.split(","):
+        try:
+            validate_email(address.strip())
+        except ValidationError:
+            if address.strip() or value.strip():
+                raise ConfigError(f"--alert-email {address.strip()!r} is not an e-mail "
+                                  "address.", "Give one address per --alert-email, e.g. "
+                                  "--alert-email ops@example.org --alert-email me@example.org.")
 
 
 def validate_from_name(name, email):

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import backup_commands, envfile, freeze, params
-from .aws import account, backups, inventory, operator, pricing, ssh_access
+from .aws import account, backups, inventory, operator, pricing, ssh_access, watch
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
@@ -50,6 +50,8 @@ def run(deployment, out_dir, options, out, confirm):
                 action = "stop" if options.get("stop") else "start"
                 with phase(f"--{action}", f"Run aws_provision --{action} again."):
                     return stop_or_start(ctx, out, action)
+            if options.get("test_alert"):
+                return send_test_alert(ctx, out)
             if options.get("plan"):
                 with phase("the plan (--plan)", "Nothing was changed."):
                     return show_plan(ctx, out)
@@ -126,6 +128,11 @@ def check_options(deployment, options):
     if options.get("skip_aws") and any(options.get(a) for a in ("destroy", "stop", "start")):
         raise ConfigError("--destroy, --stop and --start act on AWS; --skip-aws forbids it.",
                           "Drop --skip-aws.")
+    others = [f"--{o.replace('_', '-')}" for o in ("plan", "skip_aws", "rollback", "releases")
+              if options.get(o)]
+    if options.get("test_alert") and others:
+        raise ConfigError(f"--test-alert sends one alert and does nothing else; {others[0]} "
+                          "does not go with it.", f"Drop {others[0]}.")
 
 
 def make_context(deployment, out_dir, options, out):
@@ -383,7 +390,7 @@ def _teardown(ctx, out, confirm, current, doomed):
                     out.line(line)
                     ctx.log.info("destroy: %s", line)
                 ctx.state.save()
-    remaining = inventory.leftovers(ctx) + backups.leftovers(ctx)
+    remaining = inventory.leftovers(ctx) + backups.leftovers(ctx) + watch.leftovers(ctx)
     report_leftovers(ctx, out, remaining)
     return remaining
 
@@ -433,9 +440,13 @@ def stop_or_start(ctx, out, action):
     if action == "stop" and current["instance"] is not None and \
             current["instance"]["State"]["Name"] != "stopped":
         server_gate(ctx, "--stop")([f"stop {current['instance']['InstanceId']}"])
+    if action == "stop":  # before the site goes down, or its alarm would page
+        switch_alarms(ctx, out, action)
     with Activity(out, ctx, f"{action} {step.name}"):
         message = getattr(step, action)(ctx, current)
     out.line(message, "SUCCESS")
+    if action == "start":  # once the server passes its status checks again
+        switch_alarms(ctx, out, action)
     if action == "stop":
         d = ctx.deployment
         out.line(f"While stopped the instance costs nothing; its volume (about "
@@ -459,3 +470,27 @@ def server_gate(ctx, action):
         ctx.options["ssh_wait"] = SERVER_GATE_SSH_WAIT
     return freeze.Gate(ctx.deployment, ctx.options, action, lambda: connection(ctx),
                        ctx=ctx, say=ctx.notice)
+
+
+def switch_alarms(ctx, out, action):
+    """--stop disables the alarms' actions (a stopped server must not page, nor be
+    recovered); --start enables them."""
+    with Activity(out, ctx, f"{'disable' if action == 'stop' else 'enable'} the alarms"):
+        alarms = watch.set_alarm_actions(ctx, enabled=action == "start")
+    if alarms:
+        out.line(alarms, "SUCCESS")
+        ctx.log.info("%s: %s", action, alarms)
+
+
+def send_test_alert(ctx, out):
+    """--test-alert: one alert through the deployment's topic, as an alarm sends it."""
+    account.AccountStep().read(ctx)
+    with phase("--test-alert", "Run aws_provision --test-alert again."):
+        told = watch.test_alert(ctx)
+    if told:
+        out.line(f"Sent a test alert to {', '.join(told)}.", "SUCCESS")
+    else:
+        out.line("Sent a test alert, but no address has confirmed its subscription: it "
+                 "reached nobody (aws_check says which are waiting).", "WARNING")
+    ctx.log.info("test alert: %s", told)
+    return told

@@ -15,8 +15,9 @@ What moto cannot judge is adapted here, and only that:
   the reference too.
 * moto 5.2 rejects every Route 53 request's signature: signatures are not checked (the
   access key still names the user whose policies are judged).
-* moto names a few S3 requests by their API name, not by their IAM action
-  (:data:`MOTO_SPELLINGS`): the test user also gets moto's spelling of those actions,
+* moto names a few S3 requests by their API name, not by their IAM action, and
+  CloudWatch's by its endpoint prefix (``monitoring:``) (:data:`MOTO_SPELLINGS`): the
+  test user also gets moto's spelling of those actions,
   on the bucket too (moto judges DeleteObjects on the bucket, AWS on each object).
 """
 
@@ -43,6 +44,10 @@ MOTO_SPELLINGS = {
     "s3:PutLifecycleConfiguration": ["s3:PutBucketLifecycleConfiguration"],
     "s3:GetBucketObjectLockConfiguration": ["s3:GetObjectLockConfiguration"],
     "s3:PutBucketObjectLockConfiguration": ["s3:PutObjectLockConfiguration"],
+    # moto names CloudWatch's actions by its endpoint prefix.
+    **{f"cloudwatch:{name}": [f"monitoring:{name}"] for name in (
+        "DeleteAlarms", "DescribeAlarms", "DisableAlarmActions", "EnableAlarmActions",
+        "PutMetricAlarm")},
 }
 
 

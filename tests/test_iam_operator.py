@@ -22,7 +22,8 @@ from test_provision_aws import (  # noqa: F401  (aws, host_keys, configured, pro
     DOMAIN, EMAIL, SETTINGS, aws, configured, create_zone, host_keys, project,
 )
 
-CONFIGURE = ("--no-input", "--domain", DOMAIN, "--email", EMAIL, "--auth-systems", "password")
+CONFIGURE = ("--no-input", "--domain", DOMAIN, "--email", EMAIL, "--auth-systems", "password",
+             "--alert-email", "ops@example.org")
 
 
 def published(project):
@@ -50,6 +51,10 @@ def drift(project):
         GroupId=instance["SecurityGroups"][0]["GroupId"], IpPermissions=[
             {"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080,
              "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    check, = boto3.client("route53").list_health_checks()["HealthChecks"]
+    boto3.client("route53").update_health_check(HealthCheckId=check["Id"], Port=8443)
+    topic = boto3.client("sns").list_topics()["Topics"][0]["TopicArn"]
+    boto3.client("sns").subscribe(TopicArn=topic, Protocol="email", Endpoint="gone@example.org")
     bucket = without_bucket_policy()
     folder = write_backup(bucket, hours_ago=2)
     write_drill(bucket, folder, days_ago=0)
@@ -81,6 +86,7 @@ LIFECYCLE = (
     ("stop", ("aws_provision", "--stop", "--force", "--reason", "moving the server"),
      without_bucket_policy),
     ("start", ("aws_provision", "--start"), None),
+    ("test alert", ("aws_provision", "--test-alert"), None),
     ("aws_check", ("aws_check", "--only", "aws", "--format", "json"), without_bucket_policy),
     ("aws_backup --list", ("aws_backup", "--list"), None),
     ("destroy", ("aws_provision", "--destroy", "--no-input", "--no-backup", "--force",
@@ -191,4 +197,6 @@ NOT_SHOWN_BY_MOTO = {
     # AWS checks it when a delete asks to bypass governance-mode retention; moto lets
     # whoever may delete the version bypass it.
     "s3:BypassGovernanceRetention": "backups.empty_and_delete (--destroy --delete-backups)",
+    # AWS makes CloudWatch's role for EC2 actions with the first such alarm; moto makes none.
+    "iam:CreateServiceLinkedRole": "MachineAlarmsStep: put_metric_alarm with recover/reboot",
 }

@@ -232,12 +232,14 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
         "AWS account": "unchanged", "machine image": "unchanged", "key pair": "created",
         "security group": "created", "mail permissions (IAM role)": "created",
         "backup bucket (S3)": "created", "EC2 instance": "created", "Elastic IP": "created",
-        "DNS record": "created", "mail (SES)": "created", "SSH host key": "created"}
-    assert "Done: 9 created, 2 unchanged." in first.stdout
+        "DNS record": "created", "mail (SES)": "created", "SSH host key": "created",
+        "alerts (SNS)": "created", "machine alarms (CloudWatch)": "created",
+        "site health check (Route 53)": "created"}
+    assert "Done: 12 created, 2 unchanged." in first.stdout
     # In a pipe each step's line appears when it starts, then with its outcome.
     shown = first.stdout.splitlines()
-    ended, = [i for i, line in enumerate(shown) if line.startswith("[ 4/11] security group: ")]
-    assert shown.index("[ 4/11] security group ...") < ended
+    ended, = [i for i, line in enumerate(shown) if line.startswith("[ 4/14] security group: ")]
+    assert shown.index("[ 4/14] security group ...") < ended
     assert inventory() == ONE_OF_EACH
     key_file = deploy / "ssh-key.pem"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -286,7 +288,7 @@ def test_first_run_creates_one_of_each_and_a_second_run_changes_nothing(project,
     second = run(project)
 
     assert set(outcomes(second.stdout).values()) == {"unchanged"}
-    assert len(outcomes(second.stdout)) == 11
+    assert len(outcomes(second.stdout)) == 14
     assert "Done: no changes." in second.stdout
     assert inventory() == ONE_OF_EACH
     log = (deploy / "provision.log").read_text()
@@ -331,14 +333,15 @@ def test_on_a_terminal_each_step_line_is_rewritten_in_place(project):
     for index, name in enumerate(["AWS account", "machine image", "key pair", "security group",
                                   "mail permissions (IAM role)", "backup bucket (S3)",
                                   "EC2 instance", "Elastic IP", "DNS record", "mail (SES)",
-                                  "SSH host key"], 1):
-        assert f"\r\x1b[K[{index:>2}/11] {name}: running, 0s" in received
+                                  "SSH host key", "alerts (SNS)", "machine alarms (CloudWatch)",
+                                  "site health check (Route 53)"], 1):
+        assert f"\r\x1b[K[{index:>2}/14] {name}: running, 0s" in received
     # What stays on the screen: one line per step, with its outcome, no start lines.
     screen = [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r\x1b[K")[-1])
               for line in received.split("\r\n")]
     steps = [line for line in screen if line.startswith("[")]
-    assert len(steps) == 11 and all(STEP_LINE.match(line) for line in steps)
-    assert "Done: 9 created, 2 unchanged." in screen
+    assert len(steps) == 14 and all(STEP_LINE.match(line) for line in steps)
+    assert "Done: 12 created, 2 unchanged." in screen
 
 
 def test_a_lost_state_file_means_adopting_by_tag_not_creating(project):
@@ -372,7 +375,7 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
             "amd64") in plan.stdout
     assert [line.split(": ")[1] for line in plan.stdout.splitlines()
             if STEP_LINE.match(line + " (")] == (
-        ["keep", "keep"] + ["create"] * 9)
+        ["keep", "keep"] + ["create"] * 12)
     assert "EC2 t3.small (on demand, all month)" in plan.stdout
     # The local AWS serves no price list: the table stands in, and the plan says so.
     assert re.search(r"^  The instance's price: from the built-in us-east-1 table \(the AWS "
@@ -382,7 +385,7 @@ def test_plan_shows_every_step_and_the_monthly_cost_and_changes_nothing(project)
     assert re.search(r"Public IPv4 address \(Elastic IP, \$0\.005/h\)\s+3\.65", plan.stdout)
     assert re.search(r"Route 53 hosted zone example\.org \(already there\)\s+0\.50", plan.stdout)
     assert re.search(r"S3 backups, 35 daily of 1\.0 GiB assumed\s+0\.80", plan.stdout)
-    assert re.search(r"Total\s+21\.41$", plan.stdout, re.M)
+    assert re.search(r"Total\s+23\.21$", plan.stdout, re.M)
     assert "Plan only: nothing was changed." in plan.stdout
     assert inventory() == NOTHING
     assert not (deploy / "ssh-key.pem").exists()
@@ -430,7 +433,7 @@ def test_ssh_open_to_the_world_is_allowed_only_when_asked_and_warned_about(proje
     assert "allow tcp 22 from 0.0.0.0/0" in plan.stdout
     assert re.search(r"EC2 m5\.2xlarge \(on demand, all month\)\s+price unknown$", plan.stdout,
                      re.M)
-    assert re.search(r"Total\s+6\.23 \+ unknown$", plan.stdout, re.M)
+    assert re.search(r"Total\s+8\.03 \+ unknown$", plan.stdout, re.M)
 
 
 def test_plan_says_when_the_os_is_not_the_one_proven_end_to_end(project):
@@ -661,10 +664,11 @@ def test_stop_and_start(project):
 
     stopped = forced(project, "--stop")
     assert instance_state() == "stopped"
-    forced_line, stopping = stopped.stdout.splitlines()[:2]
+    forced_line, rest = stopped.stdout.split("\n", 1)
     assert forced_line.startswith("--force: --stop although the elections could not be read; "
                                   "audit record written to s3://helios-helios-backup-")
-    assert stopping == "stop EC2 instance ..."
+    assert rest.startswith("disable the alarms ...\nDisabled the actions of 3 alarms")
+    assert "\nstop EC2 instance ...\n" in stopped.stdout
     assert "the Elastic IP ($3.65/month) still do" in stopped.stdout
 
     run(project, "--start")
@@ -916,7 +920,7 @@ def test_with_skip_host_a_host_key_not_yet_published_is_left_for_the_next_run(
     assert outcomes(first.stdout)["SSH host key"] == "deferred"
     assert "is not in its console output yet" in first.stdout
     assert "the next run reads it before it connects to the server" in first.stdout
-    assert "Done: 8 created, 1 deferred, 2 unchanged." in first.stdout
+    assert "Done: 11 created, 1 deferred, 2 unchanged." in first.stdout
     assert "host_key" not in state(deploy)
 
     monkeypatch.setattr(moto_console, "SAMPLE_CONSOLE_OUTPUT",

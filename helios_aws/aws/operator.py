@@ -83,6 +83,26 @@ def _changes(n):
     return [f"arn:{n.partition}:route53:::change/*"]
 
 
+def _topics(n):
+    # The deployment's region, and us-east-1 for the site's alarm (watch.py).
+    return sorted({n.arn("sns", region, n.account, f"helios-{n.deployment}-alerts")
+                   for region in (n.region, "us-east-1")})
+
+
+def _alarms(n):
+    return sorted({n.arn("cloudwatch", region, n.account, f"alarm:helios-{n.deployment}-*")
+                   for region in (n.region, "us-east-1")})
+
+
+def _events_role(n):
+    return [n.arn("iam", "", n.account,
+                  "role/aws-service-role/events.amazonaws.com/AWSServiceRoleForCloudWatchEvents*")]
+
+
+def _health_checks(n):
+    return [f"arn:{n.partition}:route53:::healthcheck/*"]
+
+
 PERMISSIONS = (
     # Reads that AWS does not scope to a resource.
     Permission("ReadEc2", "every step's read(), aws_check's aws.E001-E005, the waiters", (
@@ -174,6 +194,26 @@ PERMISSIONS = (
     # Governance mode yields to this only: deleting locked backups on purpose.
     Permission("DeleteLockedBackups", "--destroy --delete-backups (governance mode)",
                ("s3:BypassGovernanceRetention",), _objects),
+    # The alarms (watch.py): the alerts topics, the alarms and the site's health check.
+    Permission("OwnAlertTopics", "AlertTopicStep, --test-alert, aws_check aws.W051, "
+               "--destroy's inventory", (
+                   "sns:CreateTopic", "sns:DeleteTopic", "sns:ListSubscriptionsByTopic",
+                   "sns:Publish", "sns:Subscribe"), _topics),
+    Permission("AlertSubscriptions", "AlertTopicStep (an address dropped or confirmed), "
+               "aws_check aws.W051", ("sns:GetSubscriptionAttributes", "sns:Unsubscribe")),
+    Permission("OwnAlarms", "MachineAlarmsStep, SiteHealthStep, --stop, --start, --destroy, "
+               "aws_check aws.E050", (
+                   "cloudwatch:DeleteAlarms", "cloudwatch:DescribeAlarms",
+                   "cloudwatch:DisableAlarmActions", "cloudwatch:EnableAlarmActions",
+                   "cloudwatch:PutMetricAlarm"), _alarms),
+    Permission("FindHealthChecks", "SiteHealthStep, --destroy's inventory",
+               ("route53:CreateHealthCheck", "route53:ListHealthChecks")),
+    Permission("OwnHealthCheck", "SiteHealthStep (drift), --destroy", (
+        "route53:DeleteHealthCheck", "route53:UpdateHealthCheck"), _health_checks),
+    # The first alarm with an EC2 action (recover, reboot) in an account makes the role
+    # through which CloudWatch acts on instances.
+    Permission("AlarmActionsRole", "MachineAlarmsStep (the first recover/reboot alarm)",
+               ("iam:CreateServiceLinkedRole",), _events_role),
 )
 
 

@@ -4,7 +4,7 @@ The instance's hourly price comes from the AWS Price List API (``pricing:GetProd
 served from us-east-1 whatever the deployment's region) for the deployment's region and
 instance type. When it cannot be read (no permission, no network, a local AWS without a
 price list), a small built-in table of us-east-1 prices stands in, and the estimate says
-so. The other items (EBS, public IPv4, S3, Route 53) come from that table: they vary
+so. The other items (EBS, public IPv4, S3, Route 53, CloudWatch alarms) come from that table: they vary
 little between regions. Only an estimate: the AWS Pricing Calculator has the real
 figures. An instance type the table does not list is "price unknown".
 """
@@ -30,6 +30,11 @@ SNAPSHOT_PER_GB_MONTH = 0.05
 PUBLIC_IPV4_HOURLY = 0.005
 HOSTED_ZONE_MONTH = 0.50
 S3_STANDARD_PER_GB_MONTH = 0.023
+# CloudWatch: a standard-resolution metric alarm; Route 53: a health check of an AWS
+# endpoint, and what HTTPS adds to it (an optional feature).
+ALARM_MONTH = 0.10
+HEALTH_CHECK_MONTH = 0.50
+HEALTH_CHECK_HTTPS_MONTH = 1.00
 
 
 def instance_month(instance_type):

@@ -8,10 +8,11 @@ from .dns import DNSStep
 from .identity import MailRoleStep, MailUserStep
 from .mail import MailStep
 from .network import ElasticIPStep, SecurityGroupStep
+from .watch import AlertTopicStep, MachineAlarmsStep, SiteHealthStep
 
 
 def steps(deployment):
-    """The eleven AWS steps for ``deployment`` (the mail credentials depend on
+    """The AWS steps for ``deployment`` (the mail credentials depend on
     ``ses_credentials``: an instance role by default, an IAM user with ``keys``)."""
     mail_credentials = MailUserStep() if deployment.ses_credentials == "keys" else MailRoleStep()
     return [
@@ -26,4 +27,7 @@ def steps(deployment):
         DNSStep(),
         MailStep(),
         HostKeyStep(),
+        AlertTopicStep(),
+        MachineAlarmsStep(),
+        SiteHealthStep(),
     ]

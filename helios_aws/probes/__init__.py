@@ -20,6 +20,7 @@ from ..errors import ConfigError, HeliosAWSError
 from . import aws, config, host, mail, site  # noqa: F401  (registers the probes)
 from . import backup  # noqa: F401  (registers the backup probes)
 from . import seal  # noqa: F401  (registers the election probes)
+from . import alarms  # noqa: F401  (registers the alarm probes)
 from .base import (
     AREAS, DEFAULT_TIMEOUT, REGISTRY, Context, Target, area_wanted, matches, run, select,
 )

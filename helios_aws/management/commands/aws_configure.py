@@ -64,6 +64,12 @@ class Command(BaseCommand):
                 with phase(f"the question for --{name}",
                            "Nothing was written; run aws_configure again."):
                     merged[name] = cli.ask(params.FIELDS[name].metadata["help"])
+        if not merged.get("alert_email") and cli.can_ask(options):
+            with phase("the question for --alert-email",
+                       "Nothing was written; run aws_configure again."):
+                merged["alert_email"] = ",".join(cli.ask(
+                    "Addresses the alarms are sent to (separated by spaces; empty for "
+                    "none)").replace(",", " ").split())
         return params.build([merged])
 
     def _ask_login_secrets(self, deployment, project, out_dir, secrets):

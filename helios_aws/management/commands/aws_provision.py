@@ -36,6 +36,9 @@ class Command(BaseCommand):
                                  "instead of administrator keys; change nothing.")
         action.add_argument("--stop", action="store_true", help="Stop the instance.")
         action.add_argument("--start", action="store_true", help="Start the instance.")
+        action.add_argument("--test-alert", action="store_true",
+                            help="Send one alert through the deployment's alerts topic, "
+                                 "to every confirmed --alert-email address.")
         parser.add_argument("--rollback", action="store_true",
                             help="Switch the server back to the previous installed release and "
                                  "restart the app (refused while the database has migrations "
