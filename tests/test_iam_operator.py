@@ -183,4 +183,6 @@ NOT_SHOWN_BY_MOTO = {
     # moto serves no price list: the plan falls back to its table (tests/test_pricing.py
     # stubs the answer).
     "pricing:GetProducts": "every --plan's price of the instance (aws/pricing.py)",
+    # moto does not serve SES v2's PutAccountDetails (tests/test_mail_ready.py stubs it).
+    "ses:PutAccountDetails": "aws_provision --request-production-access",
 }

@@ -160,6 +160,12 @@ PERMISSIONS = (
                ("route53:GetChange",), _changes),
     # The plan's monthly price of the instance (pricing.py; without it, the built-in table).
     Permission("ReadPrices", "every --plan's cost lines", ("pricing:GetProducts",)),
+    # SES's reputation (CloudWatch publishes the rates; reading metrics takes no
+    # resource) and the request out of the sandbox (an account-level setting).
+    Permission("ReadSesReputation", "MailStep's plan, aws_check mail.W002",
+               ("cloudwatch:GetMetricStatistics",)),
+    Permission("RequestSesProductionAccess", "aws_provision --request-production-access",
+               ("ses:PutAccountDetails",)),
 )
 
 

@@ -55,6 +55,22 @@ def celery(app_name):
                             if (answer or {}).get("ok") == "pong")}
 
 
+def voters():
+    """{"elections": N, "voters": M}: the voters (Helios's Voter rows) of the open and
+    upcoming elections (elections.py's definition), the mail an invitation round sends."""
+    from django.db import connection
+
+    from .. import elections
+
+    names = [e.short_name for e in elections.current(connection)]
+    if not names:
+        return {"elections": 0, "voters": 0}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM helios_voter v JOIN helios_election e "
+                       "ON e.id = v.election_id WHERE e.short_name = ANY(%s)", [names])
+        return {"elections": len(names), "voters": cursor.fetchone()[0]}
+
+
 def _timed_out(exc):
     """Whether ``exc`` comes from a socket that waited too long (kombu and psycopg2 wrap
     the TimeoutError in their own exceptions)."""
@@ -88,7 +104,7 @@ def _bounded(func, seconds):
 
 def run(celery_app, seconds=CHECK_SECONDS):
     """Every check at once, each bounded by ``seconds``; the JSON object to print."""
-    checks = {"migrations": migrations, "database": database}
+    checks = {"migrations": migrations, "database": database, "voters": voters}
     if celery_app:
         checks["celery"] = lambda: celery(celery_app)
     results = {}

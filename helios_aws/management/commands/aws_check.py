@@ -67,6 +67,10 @@ class Command(BaseCommand):
         parser.add_argument("--send-test-email", default="", metavar="ADDRESS",
                             help="Also send a test message through the deployment's mail "
                                  "configuration and report its SES message id.")
+        parser.add_argument("--voters", type=_count, default=None, metavar="N",
+                            help="How many voters will be mailed (mail.E002); default: the "
+                                 "voters of the open and upcoming elections in the "
+                                 "deployment's database.")
 
     @cli.translate_errors
     def handle(self, *args, **options):
@@ -90,6 +94,7 @@ class Command(BaseCommand):
                 known_hosts=options["known_hosts"],
                 trust_host_key=_tokens(options["trust_host_key"]),
                 settings_layer=cli.settings_layer(),
+                voters=options["voters"],
             ))
         if options["format"] == "json":
             self.stdout.write(json.dumps(report.as_json(), indent=2))
@@ -107,6 +112,13 @@ def _seconds(text):
     value = float(text)
     if not 0 < value <= 3600:
         raise argparse.ArgumentTypeError("give a number of seconds between 0 and 3600")
+    return value
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("give a number of voters, 0 or more")
     return value
 
 

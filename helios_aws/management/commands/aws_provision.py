@@ -77,6 +77,15 @@ class Command(BaseCommand):
                                "server's (with --server), or a TLS-inspecting proxy's.")
         host.add_argument("--git-url", default=None, help="Helios repository to deploy.")
         host.add_argument("--git-ref", default=None, help="Branch, tag or commit to deploy.")
+        mail = parser.add_argument_group("mail")
+        mail.add_argument("--request-production-access", action="store_true",
+                          help="Ask AWS to take the region's SES account out of the sandbox "
+                               "(SES v2 PutAccountDetails, with --use-case and the site's "
+                               "URL); change nothing else. With --plan: say what it would "
+                               "file.")
+        mail.add_argument("--use-case", default="", metavar="TEXT",
+                          help="What mail the site sends and to whom, for AWS's review "
+                               "(with --request-production-access).")
 
     @cli.translate_errors
     def handle(self, *args, **options):
@@ -88,6 +97,9 @@ class Command(BaseCommand):
                 raise ConfigError("--operator-policy changes nothing and has no plan.",
                                   "Drop --plan.")
             self.stdout.write(provision.operator_policy(deployment, options.get("profile")))
+            return
+        if options["request_production_access"] or options["use_case"]:
+            self.stdout.write(provision.production_access(deployment, options))
             return
         out = Output(self.stdout.write, options["verbosity"], self.style,
                      terminal=self._terminal() if self.stdout.isatty() else None)
