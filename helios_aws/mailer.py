@@ -65,6 +65,7 @@ UNSENT_ERRORS = (botocore.exceptions.EndpointConnectionError,
 # The error details django-ses stores on a message as if they were headers.
 DJANGO_SES_ERROR_KEYS = ("status", "reason", "body", "request_id", "error_code",
                          "error_message")
+_CLIENTS = {}  # (pid, region, endpoint, key id, v2) -> the sending client of this process
 ELECTION_UUID = re.compile(r"/helios/elections/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
                            r"[0-9a-f]{4}-[0-9a-f]{12})")
 ELECTION_SHORT_NAME = re.compile(r"/helios/e/([\w-]{1,100})")
@@ -203,8 +204,29 @@ class PacedSESBackend(SESBackend):
         self.pace = Pace(pace_file(), self._read_rate,
                          _setting("HELIOS_AWS_MAIL_RATE", None, float))
 
+    def open(self):
+        """django-ses builds a boto3 session and client for every backend, and Django
+        makes a backend for every ``send_mail`` (Helios's worker: one per voter), which
+        costs more than a message's turn at a high rate. One client per process and
+        configuration serves them all (boto3 clients are thread-safe, and the instance
+        role's credentials refresh inside it)."""
+        if self.connection:
+            return False
+        key = (os.getpid(), self._region_name, self._endpoint_url, self._access_key_id,
+               self._use_ses_v2)
+        client = _CLIENTS.get(key)
+        if client is None:
+            super().open()
+            if self.connection is not None:
+                _CLIENTS[key] = self.connection
+        else:
+            self.connection = client
+        return None
+
     def _read_rate(self):
         self.open()
+        if self._use_ses_v2:
+            return self.connection.get_account()["SendQuota"]["MaxSendRate"]
         return self.connection.get_send_quota()["MaxSendRate"]
 
     def send_messages(self, email_messages):
