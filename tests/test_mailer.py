@@ -145,3 +145,18 @@ def test_a_message_ses_rejects_is_not_retried_and_is_recorded(project, throttle,
     assert stand_in.sent == 1 and stand_in.refused == 0  # one try: SES said no
     [row] = [r for r in ledger(project) if r[0] == "voter200@example.net"]
     assert row[2] == "send-failure" and row[3].startswith("MessageRejected:")
+
+
+def test_throttled_sends_are_retried_until_taken_and_never_sent_twice(
+        project, throttle, tmp_path, aws_env):
+    # The process believes in twice the rate SES allows (another sender in the account,
+    # say): SES refuses about every other message, and each is tried again.
+    stand_in = throttle(rate=5, burst=1)
+    process = sender(project, stand_in, tmp_path, 300, 10, HELIOS_AWS_MAIL_RATE="10")
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 0 and "done 0" in out, out + err
+    assert stand_in.refused >= 3
+    assert stand_in.sent == 10
+    assert delivered(aws_env) == {f"voter{i}@example.net": 1 for i in range(300, 310)}
+    assert not [row for row in ledger(project) if row[0].startswith("voter30")]
