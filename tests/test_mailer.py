@@ -160,3 +160,34 @@ def test_throttled_sends_are_retried_until_taken_and_never_sent_twice(
     assert stand_in.sent == 10
     assert delivered(aws_env) == {f"voter{i}@example.net": 1 for i in range(300, 310)}
     assert not [row for row in ledger(project) if row[0].startswith("voter30")]
+
+
+ELECTION = """
+import uuid
+from helios.models import Election
+Election.objects.get_or_create(short_name="board-2026", name="Board",
+                               uuid=uuid.UUID("%s"))
+""" % UUID
+
+
+def test_aws_mail_lists_the_undelivered_addresses_of_an_election(project, aws_env):
+    # Fed by the failures of the tests above (the throttled and the rejected send).
+    path, url = project
+    env = helios_env(DATABASE_URL=url)
+    made = run_manage(path, "shell", SETTINGS, "-c", ELECTION, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+
+    listed = run_manage(path, "aws_mail", SETTINGS, "--election", "board-2026", "--format",
+                        "csv", "--since", "2020-01-01", env=env, timeout=120)
+    unknown = run_manage(path, "aws_mail", SETTINGS, "--election", "nope", env=env,
+                         timeout=120)
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == "occurred_at,address,kind,reason,election_uuid,message_id"
+    rows = {line.split(",")[1]: line for line in lines[1:]}
+    assert {"voter100@example.net", "voter200@example.net"} <= set(rows)
+    assert "send-failure,Throttling: Maximum sending rate exceeded. after 3 tries," + UUID in (
+        rows["voter100@example.net"])
+    assert unknown.returncode != 0
+    assert "No election has the short name or uuid 'nope'" in unknown.stderr
