@@ -191,3 +191,19 @@ def test_aws_mail_lists_the_undelivered_addresses_of_an_election(project, aws_en
         rows["voter100@example.net"])
     assert unknown.returncode != 0
     assert "No election has the short name or uuid 'nope'" in unknown.stderr
+
+
+def test_the_open_elections_undelivered_mail_is_counted_for_aws_check(project, aws_env):
+    # The election of the tests above, opened; its two failures are counted by kind.
+    path, url = project
+    opened = run_manage(path, "shell", SETTINGS, "-c",
+                        "from helios.models import Election;"
+                        "Election.objects.filter(short_name='board-2026').update("
+                        "frozen_at=Election.utcnow());"
+                        "import json; from helios_aws.probes import django_side;"
+                        "print(json.dumps(django_side.undelivered()))",
+                        env=helios_env(DATABASE_URL=url), timeout=120)
+    assert opened.returncode == 0, opened.stderr
+    import json
+    assert json.loads(opened.stdout.strip().splitlines()[-1]) == {
+        "elections": 1, "by_kind": {"send-failure": 2}}

@@ -68,3 +68,24 @@ def voters_fit_quota(ctx):
     if account.get("SendingEnabled") is False:
         return warned(f"Sending is paused for the account (aws.W001). {text}")
     return passed(text[0].upper() + text[1:])
+
+
+@probe("mail.W003", "No mail to the voters of the open elections is recorded as undelivered",
+       "On the host, `manage.py aws_mail --election NAME` lists the addresses and why; "
+       "correct them in Helios and resend.",
+       timeout=host.DJANGO_PROBE_SECONDS, needs=host.DJANGO_PROBE_SECONDS)
+def undelivered_mail(ctx):
+    try:
+        ctx.ssh()
+    except Skip:
+        raise Skip("No host: the mail ledger is in the deployment's database.")
+    answer, problem = host._answer(ctx, "undelivered")
+    if problem:
+        return problem
+    counts = answer["by_kind"]
+    if not answer["elections"]:
+        return passed("No election is open.")
+    if not counts:
+        return passed(f"Nothing undelivered in the {answer['elections']} open election(s).")
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    return failed(f"Undelivered mail in the {answer['elections']} open election(s): {found}.")
