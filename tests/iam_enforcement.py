@@ -15,9 +15,9 @@ What moto cannot judge is adapted here, and only that:
   the reference too.
 * moto 5.2 rejects every Route 53 request's signature: signatures are not checked (the
   access key still names the user whose policies are judged).
-* moto names a few S3 requests by their API name, not by their IAM action
-  (:data:`MOTO_SPELLINGS`): the test user also gets moto's spelling of those actions,
-  on the bucket too (moto judges DeleteObjects on the bucket, AWS on each object).
+* moto names a few S3 requests by their API name, not by their IAM action, and
+  CloudWatch's by its endpoint's prefix, ``monitoring:`` (:data:`MOTO_SPELLINGS`): the
+  test user also gets moto's spelling of those actions, on the bucket too (moto judges DeleteObjects on the bucket, AWS on each object).
 """
 
 import contextlib
@@ -41,6 +41,8 @@ MOTO_SPELLINGS = {
     "s3:PutEncryptionConfiguration": ["s3:PutBucketEncryption"],
     "s3:GetLifecycleConfiguration": ["s3:GetBucketLifecycleConfiguration"],
     "s3:PutLifecycleConfiguration": ["s3:PutBucketLifecycleConfiguration"],
+    # moto names CloudWatch's actions by its endpoint's prefix.
+    "cloudwatch:GetMetricStatistics": ["monitoring:GetMetricStatistics"],
 }
 
 
