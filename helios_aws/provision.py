@@ -72,6 +72,9 @@ def production_access(deployment, options):
     if not options.get("request_production_access"):
         raise ConfigError("--use-case means something only with "
                           "--request-production-access.", "Add it, or drop --use-case.")
+    if not deployment.domain:
+        raise ConfigError("The deployment has no --domain: AWS asks for the site's URL.",
+                          "Run aws_configure with --domain first.")
     others = [f"--{name.replace('_', '-')}" for name in (
         "destroy", "operator_policy", "stop", "start", "rollback", "releases")
         if options.get(name)]

@@ -12,11 +12,12 @@ import os
 
 import boto3
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 
 import rig
 from fixtures import helios_env, make_fixture_project, run_manage
 from helios_aws import provision
+from helios_aws.aws import sending
 from helios_aws.aws.mail import MailStep
 from helios_aws.aws.session import AWS
 from helios_aws.errors import ConfigError
@@ -122,7 +123,6 @@ def test_the_production_access_request_is_filed_with_the_use_case_and_url(aws_en
             "MailType": "TRANSACTIONAL", "WebsiteURL": "https://vote.example.org",
             "ContactLanguage": "EN", "UseCaseDescription": use_case,
             "ProductionAccessEnabled": True})
-        from helios_aws.aws import sending
         text = sending.request_production_access(aws, deployment, use_case)
         stub.assert_no_pending_responses()
     assert text.startswith("Asked AWS for production access to SES in us-east-1")

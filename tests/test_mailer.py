@@ -5,6 +5,7 @@ land in the mail ledger in a real PostgreSQL.
 """
 
 import email
+import json
 import os
 import subprocess
 import sys
@@ -97,7 +98,6 @@ def ledger(project):
     result = run_manage(project, "shell", SETTINGS, "-c", LEDGER,
                         env=helios_env(DATABASE_URL=url), timeout=120)
     assert result.returncode == 0, result.stderr
-    import json
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -204,6 +204,5 @@ def test_the_open_elections_undelivered_mail_is_counted_for_aws_check(project, a
                         "print(json.dumps(django_side.undelivered()))",
                         env=helios_env(DATABASE_URL=url), timeout=120)
     assert opened.returncode == 0, opened.stderr
-    import json
     assert json.loads(opened.stdout.strip().splitlines()[-1]) == {
         "elections": 1, "by_kind": {"send-failure": 2}}

@@ -55,8 +55,10 @@ def rate_problems(rates):
 
 
 def rates_text(rates):
-    return ", ".join(f"{name} rate {'none published' if rates.get(name) is None else f'{rates[name]:.2%}'}"
-                     for name, _, _ in RATES)
+    def shown(value):
+        return "none published" if value is None else f"{value:.2%}"
+
+    return ", ".join(f"{name} rate {shown(rates.get(name))}" for name, _, _ in RATES)
 
 
 def quota(account, aws):
