@@ -98,6 +98,7 @@ class Pace:
         self.path = Path(path)
         self.read_rate = read_rate  # () -> MaxSendRate from SES
         self.fixed_rate = fixed_rate
+        self._alone = {}  # the state of a process pacing itself alone
 
     def _rate(self, state, now):
         if self.fixed_rate:
@@ -114,7 +115,17 @@ class Pace:
         return rate
 
     def take(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if self.path is None:
+            return self._take_alone()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # Mail must not stop because the file cannot be opened (made by another
+            # user, a read-only directory): this process then paces itself alone.
+            logger.warning("The mail pace file %s cannot be opened (%s): this process "
+                           "paces its own mail only.", self.path, exc.strerror)
+            self.path = None
+            return self._take_alone()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.read(fd, 4096)
@@ -122,17 +133,30 @@ class Pace:
                 state = json.loads(raw) if raw else {}
             except ValueError:
                 state = {}  # a file cut short by a crash: start afresh
-            now = time.time()
-            rate = self._rate(state, now)
-            slot = max(float(state.get("next", 0)), now)
-            state["next"] = slot + 1.0 / (rate * PACE_SHARE)
+            slot = self._next_slot(state)
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(state).encode())
         finally:
             os.close(fd)  # drops the lock
-        if slot > now:
-            time.sleep(slot - now)
+        self._wait(slot)
+
+    def _take_alone(self):
+        self._wait(self._next_slot(self._alone))
+
+    def _next_slot(self, state):
+        """The time of the next free slot; ``state`` is moved on past it."""
+        now = time.time()
+        rate = self._rate(state, now)
+        slot = max(float(state.get("next", 0)), now)
+        state["next"] = slot + 1.0 / (rate * PACE_SHARE)
+        return slot
+
+    @staticmethod
+    def _wait(slot):
+        delay = slot - time.time()
+        if delay > 0:
+            time.sleep(delay)
 
 
 def now_utc():

@@ -76,9 +76,9 @@ def sender(project, throttle, tmp_path, first, count, **extra):
     project, url = project
     env = helios_env(DATABASE_URL=url, EMAIL_USE_AWS="1", DEFAULT_FROM_EMAIL=SENDER,
                      AWS_ENDPOINT_URL=throttle.url, AWS_SES_REGION_NAME="us-east-1",
-                     HELIOS_AWS_MAIL_PACE_FILE=str(tmp_path / "pace"),
                      HELIOS_AWS_MAIL_BACKOFF="0.05", FIRST=str(first), COUNT=str(count),
-                     UUID=UUID, **extra)
+                     UUID=UUID, **{"HELIOS_AWS_MAIL_PACE_FILE": str(tmp_path / "pace"),
+                                   **extra})
     return subprocess.Popen([sys.executable, "manage.py", "shell", SETTINGS, "-c", SEND],
                             cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
@@ -206,3 +206,15 @@ def test_the_open_elections_undelivered_mail_is_counted_for_aws_check(project, a
     assert opened.returncode == 0, opened.stderr
     assert json.loads(opened.stdout.strip().splitlines()[-1]) == {
         "elections": 1, "by_kind": {"send-failure": 2}}
+
+
+def test_a_pace_file_that_cannot_be_opened_does_not_stop_the_mail(project, throttle,
+                                                                    tmp_path, aws_env):
+    stand_in = throttle(rate=50)
+    process = sender(project, stand_in, tmp_path, 400, 2,
+                     HELIOS_AWS_MAIL_PACE_FILE=str(tmp_path / "missing" / "pace"))
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 0 and "done 0" in out, out + err
+    assert "cannot be opened (No such file or directory): this process paces its own" in err
+    assert delivered(aws_env) == {"voter400@example.net": 1, "voter401@example.net": 1}
