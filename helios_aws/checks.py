@@ -295,7 +295,8 @@ def check_mail(app_configs=None, **kwargs):
     if not _is_helios():
         return []
     problems = []
-    if not str(settings.EMAIL_BACKEND).startswith("django_ses."):
+    if not (str(settings.EMAIL_BACKEND).startswith("django_ses.")
+            or settings.EMAIL_BACKEND == "helios_aws.mailer.PacedSESBackend"):
         problems.append(_with_detail(W002, f"EMAIL_BACKEND={settings.EMAIL_BACKEND}"))
     sender = str(settings.DEFAULT_FROM_EMAIL or "").strip().lower()
     if not sender or sender in PLACEHOLDER_SENDERS:

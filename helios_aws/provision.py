@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from . import backup_commands, envfile, freeze, params
-from .aws import account, backups, inventory, operator, pricing, ssh_access, watch
+from .aws import account, backups, inventory, operator, pricing, sending, ssh_access, watch
 from .aws.base import AWSStep
 from .aws.backups import BackupBucketStep
 from .aws.compute import KEY_FILE, InstanceStep, publish_host_key
@@ -74,6 +74,26 @@ def operator_policy(deployment, profile=None):
     identity = account.caller(ctx)
     return json.dumps(operator.policy(deployment, identity["account"],
                                       identity["partition"]), indent=2)
+
+
+def production_access(deployment, options):
+    """--request-production-access: file (with --plan, describe) the SES request."""
+    if not options.get("request_production_access"):
+        raise ConfigError("--use-case means something only with "
+                          "--request-production-access.", "Add it, or drop --use-case.")
+    if not deployment.domain:
+        raise ConfigError("The deployment has no --domain: AWS asks for the site's URL.",
+                          "Run aws_configure with --domain first.")
+    others = [f"--{name.replace('_', '-')}" for name in (
+        "destroy", "operator_policy", "stop", "start", "rollback", "releases")
+        if options.get(name)]
+    if others:
+        raise ConfigError(f"--request-production-access does not go with {others[0]}.",
+                          "Run it alone.")
+    with phase("the production access request", "Nothing was requested; run it again."):
+        return sending.request_production_access(AWS(deployment.region, options.get("profile")),
+                                                 deployment, options.get("use_case"),
+                                                 plan=options.get("plan"))
 
 
 # (option, the option it only works with)

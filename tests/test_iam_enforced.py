@@ -13,6 +13,7 @@ those paths must fail: an action nothing needs is not in the policy.
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 
@@ -67,17 +68,27 @@ def pinned_django_ses(tmp_path_factory):
 
 SEND = ("import importlib.metadata as m, django_ses;"
         "from django.core.mail import send_mail;"
-        "print('django-ses', m.version('django-ses'));"
+        "from django.conf import settings;"
+        "print('django-ses', m.version('django-ses'), settings.EMAIL_BACKEND);"
         "send_mail('Your ballot', 'Vote now.', None, ['voter@example.net'])")
 
 
 def send_as_helios(site, pythonpath=None):
     """Helios sends mail with send_mail in its settings; the deployment's .env has
-    EMAIL_USE_AWS=1, so it goes through django-ses with the overlay's settings."""
+    EMAIL_USE_AWS=1, so it goes through helios-aws's backend on django-ses with the
+    overlay's settings. The backend reads the account's sending rate (GetSendQuota) into a
+    fresh pace file; a rate it could not read (it then sends at SES's lowest) counts as a
+    failure of the path."""
     env = {"PYTHONPATH": str(pythonpath)} if pythonpath else {}
     from fixtures import helios_env
-    return run_manage(site.project, "shell", SETTINGS, "-c", SEND, timeout=120,
-                      env=helios_env(HELIOS_ENV_FILE=str(site.env_file), **env))
+    pace = site.env_file.parent / f"mail-pace-{secrets.token_hex(4)}"
+    result = run_manage(site.project, "shell", SETTINGS, "-c", SEND, timeout=120,
+                        env=helios_env(HELIOS_ENV_FILE=str(site.env_file),
+                                       HELIOS_AWS_MAIL_PACE_FILE=str(pace), **env))
+    pace.unlink(missing_ok=True)
+    if result.returncode == 0 and "sending rate could not be read" in result.stderr:
+        result.returncode = 1
+    return result
 
 
 def backup_runner(site):
@@ -130,6 +141,7 @@ def test_the_instance_role_sends_helios_mail_with_the_pinned_and_newest_django_s
     assert f"django-ses {PINNED_DJANGO_SES}" in pinned.stdout
     assert "django-ses 4." in newest_ses.stdout
     assert newest_ses.stdout != pinned.stdout
+    assert "helios_aws.mailer.PacedSESBackend" in newest_ses.stdout
     assert denials.seen == []
 
 

@@ -199,4 +199,6 @@ NOT_SHOWN_BY_MOTO = {
     "s3:BypassGovernanceRetention": "backups.empty_and_delete (--destroy --delete-backups)",
     # AWS makes CloudWatch's role for EC2 actions with the first such alarm; moto makes none.
     "iam:CreateServiceLinkedRole": "MachineAlarmsStep: put_metric_alarm with recover/reboot",
+    # moto does not serve SES v2's PutAccountDetails (tests/test_mail_ready.py stubs it).
+    "ses:PutAccountDetails": "aws_provision --request-production-access",
 }

@@ -791,11 +791,11 @@ def test_ses_sandbox_status_and_quota_are_reported_with_what_to_do(tmp_path):
 
         stub.assert_no_pending_responses()
     assert ("SES sandbox in us-east-1: 200 messages a day, 1 a second, 3 sent in the last "
-            "24 hours") in change.details
+            "24 hours; bounce rate none published, complaint rate none published"
+            ) in change.details
     sandbox, = [n for n in ctx.facts["notes"] if "in the sandbox" in n]
     assert "mail goes only to verified addresses" in sandbox
-    assert ("aws sesv2 put-account-details --region us-east-1 --production-access-enabled "
-            "--mail-type TRANSACTIONAL --website-url https://vote.example.org") in sandbox
+    assert "aws_provision --request-production-access --use-case TEXT" in sandbox
 
 
 def test_ses_production_access_is_reported_without_a_warning(tmp_path):
@@ -811,7 +811,8 @@ def test_ses_production_access_is_reported_without_a_warning(tmp_path):
         change = step.plan(ctx, step.read(ctx))
 
     assert ("SES production access in us-east-1: 50000 messages a day, 14 a second, 0 sent "
-            "in the last 24 hours") in change.details
+            "in the last 24 hours; bounce rate none published, complaint rate none published"
+            ) in change.details
     assert not [n for n in ctx.facts.get("notes", []) if "sandbox" in n]
 
 
@@ -823,7 +824,8 @@ def test_ses_sandbox_status_is_unknown_when_aws_cannot_say(tmp_path):
 
     change = step.plan(ctx, step.read(ctx))
 
-    assert "SES sandbox status: unknown" in change.details
+    assert ("SES sandbox status: unknown; bounce rate none published, complaint rate none "
+            "published") in change.details
     unknown, = [n for n in ctx.facts["notes"] if "sandbox is unknown" in n]
     assert "GetAccount answered HTTP 404" in unknown
 

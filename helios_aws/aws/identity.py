@@ -5,7 +5,8 @@ from its metadata service and no key is ever written down. With ``--ses-credenti
 an IAM user with an access key (the guide's way), whose key goes into the .env (0600).
 Either way one inline policy allows only ``ses:SendRawEmail``, and only as the
 deployment's own identities (its mail domain and sender address), and
-``ses:GetSendQuota``, which django-ses reads to keep under the account's sending rate.
+``ses:GetSendQuota``, which helios-aws's mail backend (helios_aws/mailer.py) reads to keep
+every sending process together under the account's sending rate.
 """
 
 import json
@@ -47,8 +48,9 @@ def send_policy(ctx):
             "Action": SEND_ACTIONS,
             "Resource": [prefix + identity for identity in mail_identities(ctx.deployment)],
         }, {
-            # django-ses reads the account's sending rate before sending, to stay under it
-            # (AWS_SES_AUTO_THROTTLE); GetSendQuota takes no resource.
+            # The mail backend reads the account's sending rate (MaxSendRate) to pace every
+            # sending process under it (helios_aws/mailer.py); GetSendQuota takes no
+            # resource.
             "Sid": "ReadTheSendingRate",
             "Effect": "Allow",
             "Action": ["ses:GetSendQuota"],

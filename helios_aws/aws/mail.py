@@ -27,6 +27,8 @@ it; it says what it keeps and for whom.
 import botocore.exceptions
 
 from ..engine import ADOPT, CREATE, CREATED, UPDATE, UPDATED, Change
+from ..errors import AWSError
+from . import sending
 from .base import AWSStep, note
 from .dns import (change_records, find_record, find_zone, fqdn, record_sets, txt_text,
                   values)
@@ -70,7 +72,7 @@ def account_report(ctx, account):
         note(ctx, f"Whether SES in {region} is still in the sandbox is unknown (GetAccount "
                   f"answered {account['unknown']}). Look at the SES console's account "
                   "dashboard: in the sandbox, mail reaches only verified addresses.")
-        return "SES sandbox status: unknown"
+        return f"SES sandbox status: unknown{reputation_report(ctx)}"
     quota = account.get("SendQuota") or {}
     limits = (f"{quota.get('Max24HourSend', 0):.0f} messages a day, "
               f"{quota.get('MaxSendRate', 0):.0f} a second, "
@@ -79,14 +81,25 @@ def account_report(ctx, account):
         note(ctx, f"Sending is disabled for the SES account in {region}: read the notices "
                   "in the SES console (reputation dashboard) before an election.")
     if account.get("ProductionAccessEnabled"):
-        return f"SES production access in {region}: {limits}"
+        return f"SES production access in {region}: {limits}{reputation_report(ctx)}"
     note(ctx, f"SES in {region} is in the sandbox: mail goes only to verified addresses, "
               f"{limits}. Voters get no mail until AWS grants production access: "
-              f"aws sesv2 put-account-details --region {region} --production-access-enabled "
-              f"--mail-type TRANSACTIONAL --website-url {ctx.deployment.url} "
-              "--use-case-description 'Election mail from a Helios voting server' "
-              "(or in the SES console: Get set up, Request production access).")
-    return f"SES sandbox in {region}: {limits}"
+              "aws_provision --request-production-access --use-case TEXT files the "
+              "request (or in the SES console: Get set up, Request production access).")
+    return f"SES sandbox in {region}: {limits}{reputation_report(ctx)}"
+
+
+def reputation_report(ctx):
+    """"; bounce rate ..., complaint rate ..." for the plan's account line, with a note for
+    each rate at or above AWS's review threshold."""
+    try:
+        rates = sending.reputation(ctx.aws)
+    except AWSError as exc:
+        return f"; bounce and complaint rates unknown ({exc.message})"
+    for problem in sending.rate_problems(rates):
+        note(ctx, f"SES in {ctx.aws.region}: {problem}. Remove the addresses that bounce "
+                  "or complain (aws_check lists them) before mailing voters.")
+    return f"; {sending.rates_text(rates)}"
 
 
 def identity_arn(ctx, identity):

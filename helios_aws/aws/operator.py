@@ -214,6 +214,12 @@ PERMISSIONS = (
     # through which CloudWatch acts on instances.
     Permission("AlarmActionsRole", "MachineAlarmsStep (the first recover/reboot alarm)",
                ("iam:CreateServiceLinkedRole",), _events_role),
+    # SES's reputation (CloudWatch publishes the rates; reading metrics takes no
+    # resource) and the request out of the sandbox (an account-level setting).
+    Permission("ReadSesReputation", "MailStep's plan, aws_check mail.W002",
+               ("cloudwatch:GetMetricStatistics",)),
+    Permission("RequestSesProductionAccess", "aws_provision --request-production-access",
+               ("ses:PutAccountDetails",)),
 )
 
 

@@ -21,6 +21,7 @@ from . import aws, config, host, mail, site  # noqa: F401  (registers the probes
 from . import backup  # noqa: F401  (registers the backup probes)
 from . import seal  # noqa: F401  (registers the election probes)
 from . import alarms  # noqa: F401  (registers the alarm probes)
+from . import mail_ready  # noqa: F401  (registers the SES readiness probes)
 from .base import (
     AREAS, DEFAULT_TIMEOUT, REGISTRY, Context, Target, area_wanted, matches, run, select,
 )
@@ -53,6 +54,7 @@ class Options:
     trust_host_key: tuple = ()
     settings_layer: dict = None
     ssh_from: str = ""
+    voters: int = None
 
 
 def validate_selection(tokens):
@@ -145,7 +147,8 @@ def check(options):
                   aws=lambda: _aws(deployment, options),
                   ssh=_ssh(deployment, state, out_dir, options, ssh_notes),
                   test_email=options.test_email)
-    probes = [p for p in select(options.only, options.skip) if p.area != "mail"]
+    ctx.voters = options.voters
+    probes = [p for p in select(options.only, options.skip) if p.id != "mail.E001"]
     tasks, local_probes = _local_tasks(options)
     if tasks or local_probes:
         if not env_file.is_file():

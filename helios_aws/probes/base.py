@@ -298,6 +298,7 @@ class Context:
         self.static_file = static_file
         self.celery_app = celery_app
         self.test_email = test_email
+        self.voters = None  # aws_check --voters N (None: count them on the host)
         self.shared = Shared()
         self._aws = aws
         self._ssh = ssh

@@ -55,6 +55,43 @@ def celery(app_name):
                             if (answer or {}).get("ok") == "pong")}
 
 
+def voters():
+    """{"elections": N, "voters": M}: the voters (Helios's Voter rows) of the open and
+    upcoming elections (elections.py's definition), the mail an invitation round sends."""
+    from django.db import connection
+
+    from .. import elections
+
+    names = [e.short_name for e in elections.current(connection)]
+    if not names:
+        return {"elections": 0, "voters": 0}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM helios_voter v JOIN helios_election e "
+                       "ON e.id = v.election_id WHERE e.short_name = ANY(%s)", [names])
+        return {"elections": len(names), "voters": cursor.fetchone()[0]}
+
+
+def undelivered():
+    """{"elections": N, "by_kind": {kind: count}}: the mail ledger's events for the open
+    elections (elections.py's definition), by kind."""
+    from django.db import connection
+    from django.db.models import Count
+
+    from .. import elections
+    from ..models import MailEvent
+
+    names = elections.open_now(elections.current(connection))
+    if not names:
+        return {"elections": 0, "by_kind": {}}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT uuid::text FROM helios_election WHERE short_name = ANY(%s)",
+                       [names])
+        uuids = [row[0] for row in cursor.fetchall()]
+    counts = (MailEvent.objects.filter(election_uuid__in=uuids).values("kind")
+              .annotate(n=Count("id")))
+    return {"elections": len(names), "by_kind": {c["kind"]: c["n"] for c in counts}}
+
+
 def _timed_out(exc):
     """Whether ``exc`` comes from a socket that waited too long (kombu and psycopg2 wrap
     the TimeoutError in their own exceptions)."""
@@ -88,7 +125,8 @@ def _bounded(func, seconds):
 
 def run(celery_app, seconds=CHECK_SECONDS):
     """Every check at once, each bounded by ``seconds``; the JSON object to print."""
-    checks = {"migrations": migrations, "database": database}
+    checks = {"migrations": migrations, "database": database, "voters": voters,
+              "undelivered": undelivered}
     if celery_app:
         checks["celery"] = lambda: celery(celery_app)
     results = {}

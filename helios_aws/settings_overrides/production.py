@@ -16,7 +16,8 @@ not reach them. This module therefore:
    ``AWS_ENDPOINT_URL`` points at a local stand-in), the SES
    access key when the deployment uses one instead of an instance role, and
    django-auth-ldap's ``AUTH_LDAP_*`` settings (Helios hard-codes a public test
-   directory there; here they come from the .env, and without a directory there none).
+   directory there; here they come from the .env, and without a directory there none);
+5. puts helios-aws's mail backend (:mod:`helios_aws.mailer`) in place of django-ses's.
 """
 
 import importlib.util
@@ -99,6 +100,13 @@ if _endpoint:
 if os.environ.get("AWS_SES_ACCESS_KEY_ID"):
     AWS_SES_ACCESS_KEY_ID = os.environ["AWS_SES_ACCESS_KEY_ID"]
     AWS_SES_SECRET_ACCESS_KEY = os.environ.get("AWS_SES_SECRET_ACCESS_KEY", "")
+
+# Helios's django-ses, paced under SES's sending rate across every process, retried when
+# SES refuses, and each final failure recorded (helios_aws/mailer.py says why a backend).
+# django-ses's own throttle counts one process's sends only: the pace replaces it.
+if globals().get("EMAIL_BACKEND") == "django_ses.SESBackend":
+    EMAIL_BACKEND = "helios_aws.mailer.PacedSESBackend"
+    AWS_SES_AUTO_THROTTLE = None
 
 # django-auth-ldap reads these from django.conf.settings. Helios's own point at a public
 # test directory whose accounts are published: replace them all, with the deployment's

@@ -71,6 +71,10 @@ class Command(BaseCommand):
                             help="Without --ssh-cidr: this machine's public address, which "
                                  "port 22 is opened to while the host is checked (default: "
                                  "the answer of AWS's address echo).")
+        parser.add_argument("--voters", type=_count, default=None, metavar="N",
+                            help="How many voters will be mailed (mail.E002); default: the "
+                                 "voters of the open and upcoming elections in the "
+                                 "deployment's database.")
 
     @cli.translate_errors
     def handle(self, *args, **options):
@@ -95,6 +99,7 @@ class Command(BaseCommand):
                 trust_host_key=_tokens(options["trust_host_key"]),
                 settings_layer=cli.settings_layer(),
                 ssh_from=options["ssh_from"],
+                voters=options["voters"],
             ))
         if options["format"] == "json":
             self.stdout.write(json.dumps(report.as_json(), indent=2))
@@ -112,6 +117,13 @@ def _seconds(text):
     value = float(text)
     if not 0 < value <= 3600:
         raise argparse.ArgumentTypeError("give a number of seconds between 0 and 3600")
+    return value
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("give a number of voters, 0 or more")
     return value
 
 

@@ -90,6 +90,15 @@ class Command(BaseCommand):
                                  "--reason; recorded on the server and in the bucket).")
         freeze.add_argument("--reason", default="",
                             help="Why the change cannot wait (with --force).")
+        mail = parser.add_argument_group("mail")
+        mail.add_argument("--request-production-access", action="store_true",
+                          help="Ask AWS to take the region's SES account out of the sandbox "
+                               "(SES v2 PutAccountDetails, with --use-case and the site's "
+                               "URL); change nothing else. With --plan: say what it would "
+                               "file.")
+        mail.add_argument("--use-case", default="", metavar="TEXT",
+                          help="What mail the site sends and to whom, for AWS's review "
+                               "(with --request-production-access).")
 
     @cli.translate_errors
     def handle(self, *args, **options):
@@ -101,6 +110,9 @@ class Command(BaseCommand):
                 raise ConfigError("--operator-policy changes nothing and has no plan.",
                                   "Drop --plan.")
             self.stdout.write(provision.operator_policy(deployment, options.get("profile")))
+            return
+        if options["request_production_access"] or options["use_case"]:
+            self.stdout.write(provision.production_access(deployment, options))
             return
         out = Output(self.stdout.write, options["verbosity"], self.style,
                      terminal=self._terminal() if self.stdout.isatty() else None)
