@@ -36,6 +36,7 @@ NEW_KINDS = (
     "the alerts topic (sns.ListSubscriptionsByTopic)",
     "the alarms (cloudwatch.DescribeAlarms)",
     "the site's health check (route53.ListHealthChecks)",
+    "the SES account's bounce and complaint rates (cloudwatch.GetMetricData)",
 )
 GOAL = TODAY + len(NEW_KINDS)
 DOMAIN, ZONE, EMAIL = "vote.example.org", "example.org", "elections@example.org"

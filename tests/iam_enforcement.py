@@ -48,7 +48,7 @@ MOTO_SPELLINGS = {
     **{f"cloudwatch:{name}": [f"monitoring:{name}"] for name in (
         "DeleteAlarms", "DescribeAlarms", "DisableAlarmActions", "EnableAlarmActions",
         "PutMetricAlarm")},
-    "cloudwatch:GetMetricStatistics": ["monitoring:GetMetricStatistics"],
+    "cloudwatch:GetMetricData": ["monitoring:GetMetricData"],
 }
 
 

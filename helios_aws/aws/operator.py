@@ -217,7 +217,7 @@ PERMISSIONS = (
     # SES's reputation (CloudWatch publishes the rates; reading metrics takes no
     # resource) and the request out of the sandbox (an account-level setting).
     Permission("ReadSesReputation", "MailStep's plan, aws_check mail.W002",
-               ("cloudwatch:GetMetricStatistics",)),
+               ("cloudwatch:GetMetricData",)),
     Permission("RequestSesProductionAccess", "aws_provision --request-production-access",
                ("ses:PutAccountDetails",)),
 )
