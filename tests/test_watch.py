@@ -25,7 +25,8 @@ from helios_aws.aws.session import AWS
 from helios_aws.host.base import LIVENESS_PATH
 from helios_aws.probes import base
 from test_provision_aws import (  # noqa: F401  (aws, host_keys, configured, project: fixtures)
-    DOMAIN, SETTINGS, aws, configured, create_zone, host_keys, in_process, project,
+    DOMAIN, FORCED, SETTINGS, aws, configured, create_zone, forced, host_keys, in_process,
+    project,
 )
 
 ACCOUNT = "123456789012"
@@ -105,7 +106,8 @@ def test_topic_alarms_and_health_check_are_made_then_a_run_reads_each_kind_once(
     assert {step.name: outcome for step, outcome, _ in results if step.name in WATCH_STEPS} \
         == dict.fromkeys(WATCH_STEPS, "unchanged")
     # One read per kind: the topic's subscriptions, the alarms, the health checks.
-    assert {k: v for k, v in calls.items() if k.split(".")[0] in ("sns", "cloudwatch")
+    assert {k: v for k, v in calls.items() if k in ("sns.ListSubscriptionsByTopic",
+            "cloudwatch.DescribeAlarms") or k.split(".")[0] == "sns" or "Alarm" in k
             or "HealthCheck" in k} == {"sns.ListSubscriptionsByTopic": 1,
                                        "cloudwatch.DescribeAlarms": 1,
                                        "route53.ListHealthChecks": 1}
@@ -219,7 +221,7 @@ def test_stop_start_test_alert_and_destroy(project):
     assert created.returncode == 0, created.stderr
     assert emails() == [ME, OPS]
 
-    stopped = run_manage(project, "aws_provision", SETTINGS, "--stop")
+    stopped = forced(project, "--stop")  # no server answers SSH (test_provision_aws)
     enabled_when_stopped = {n: a["ActionsEnabled"] for n, a in alarms().items()}
     started = run_manage(project, "aws_provision", SETTINGS, "--start")
     enabled_when_started = {n: a["ActionsEnabled"] for n, a in alarms().items()}
@@ -235,7 +237,7 @@ def test_stop_start_test_alert_and_destroy(project):
     assert len(sent) == 1 and "test alert" in sent[0][2]
 
     destroyed = run_manage(project, "aws_provision", SETTINGS, "--destroy", "--no-input",
-                           "--no-backup", "--no-snapshot")
+                           "--no-backup", "--no-snapshot", *FORCED)
 
     # What it deletes is listed above the deletions, with what stops costing.
     assert "- SNS topic helios-helios-alerts (us-east-1) and its subscriptions" in \
