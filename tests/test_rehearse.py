@@ -38,7 +38,7 @@ def test_rehearses_the_operators_checkout_and_leaves_it_untouched(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     copy = tmp_path / "work/project"
     assert (copy / "server_ui/templates/local-change.txt").read_text() == "our own change\n"
-    assert "no changes" in result.stdout.split("aws_provision again")[1]
+    assert "no changes" in result.stdout.split("== aws_provision again")[1]
     assert re.search(r"^(PASS|WARN): 0 failed", result.stdout, re.M), result.stdout[-3000:]
     assert f"Generated files:      {copy / 'deploy'}" in result.stdout
     # Nothing was written into the checkout: no deploy/, no lock, no byte code.
