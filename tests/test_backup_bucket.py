@@ -16,7 +16,7 @@ import pytest
 from helios_aws.aws import backups
 from test_backup import provision_bucket
 from test_provision_aws import (  # noqa: F401  (aws, host_keys, configured, project: fixtures)
-    NAME, aws, configured, create_zone, host_keys, project, run, tagged_left,
+    NAME, aws, configured, create_zone, forced, host_keys, project, run, tagged_left,
 )
 
 ROLE = f"helios-{NAME}-us-east-1"
@@ -218,7 +218,7 @@ def test_destroy_keeps_the_bucket_and_says_what_it_costs(project):
     name = bucket_name()
     put_backup_objects(name, b"x" * 100)
 
-    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup")
+    destroyed = forced(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup")
 
     assert "No final backup (--no-backup)" in destroyed.stdout
     assert bucket_name() == name
@@ -233,7 +233,7 @@ def test_destroy_stops_when_the_final_backup_fails(project):
     create_zone()
     run(project)
 
-    refused = run(project, "--destroy", "--no-input", "--no-snapshot", check=False)
+    refused = forced(project, "--destroy", "--no-input", "--no-snapshot", check=False)
 
     assert refused.returncode == 1
     assert "The final backup failed, so nothing was destroyed" in refused.stderr
@@ -249,14 +249,14 @@ def test_destroy_deletes_the_bucket_only_with_the_deployments_name(project):
     s3 = boto3.client("s3")
     put_backup_objects(name, b"one", b"two")
 
-    wrong = run(project, "--destroy", "--no-input", "--no-backup", "--delete-backups",
+    wrong = forced(project, "--destroy", "--no-input", "--no-backup", "--delete-backups",
                 "other", check=False)
 
     assert wrong.returncode == 1
     assert "--delete-backups 'other' is not the deployment's name" in wrong.stderr
     assert bucket_name() == name
 
-    destroyed = run(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup",
+    destroyed = forced(project, "--destroy", "--no-input", "--no-snapshot", "--no-backup",
                     "--delete-backups", NAME)
 
     assert f"S3 bucket {name} and EVERY BACKUP in it (--delete-backups)" in destroyed.stdout

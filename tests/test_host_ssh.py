@@ -251,7 +251,7 @@ def test_a_killed_run_s_last_command_finishes_before_the_next_run_starts(sshd, t
         result = connection.run(f"test -f {done} && echo finished-first", sudo=True)
     assert result.stdout == "finished-first\n"
     assert waits and "Another helios-aws run holds the deployment lock" in waits[0]
-    assert f"({sshd.user}, pid " in waits[0]  # the holder, named
+    assert f"(last taken by {sshd.user}, pid " in waits[0]  # the holder, named
 
 
 def test_a_lock_held_too_long_is_reported_with_what_to_look_at(sshd, tmp_path):

@@ -67,14 +67,14 @@ NO_SERVER = "tests: the instance has no server answering SSH"
 FORCED = ("--force", "--reason", NO_SERVER)
 
 
-def forced(project, *flags):
+def forced(project, *flags, check=True):
     """aws_provision --force --reason NO_SERVER: its audit record goes to the backup bucket,
     whose TLS-only policy moto takes for a refusal of every object request (see
     test_backup.py): the policy goes first."""
     s3 = boto3.client("s3")
     for bucket in s3.list_buckets()["Buckets"]:
         s3.delete_bucket_policy(Bucket=bucket["Name"])
-    return run(project, *FORCED, *flags)
+    return run(project, *FORCED, *flags, check=check)
 
 
 # ------------------------------------------------------------------------ the stand-in
