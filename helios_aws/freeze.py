@@ -55,7 +55,8 @@ def command(deployment, action):
     argv = ["env", "-i", f"PATH={rootside.SAFE_PATH}", "LANG=C.UTF-8",
             str(lay.root_tool / "bin" / "python"), "-I", "-m", "helios_aws.freezeside",
             action, "--config", prefix + "/var/lib/helios-aws/backup.json",
-            "--env-file", str(lay.env_file), "--log", prefix + "/var/lib/helios-aws/audit.jsonl"]
+            "--env-file", str(lay.env_file), "--log", prefix + "/var/lib/helios-aws/audit.jsonl",
+            *host_facts(deployment)]
     current = shlex.quote(str(lay.current))
     never = (f"if [ ! -e {current} ] && [ ! -L {current} ]; then echo {NO_HELIOS}; exit 0; fi\n"
              if action != AUDIT_ACTION else "")
@@ -311,4 +312,14 @@ def seal_arguments(deployment):
     return ["--config", prefix + "/var/lib/helios-aws/backup.json",
             "--env-file", str(lay.env_file), "--current", str(lay.current),
             "--unit-dir", str(lay.unit_dir), "--nginx-site", str(lay.nginx_site),
-            "--seal-dir", prefix + SEAL_DIR, "--publish-dir", prefix + PUBLISH_DIR]
+            "--seal-dir", prefix + SEAL_DIR, "--publish-dir", prefix + PUBLISH_DIR,
+            *host_facts(deployment)]
+
+
+def host_facts(deployment):
+    """What root's side needs where the host has no backup.json (no bucket): Helios's
+    time zone, from the project's settings, and the service user."""
+    from .elections import session_time_zone
+
+    lay = layout_mod.for_deployment(deployment, deployment.host_prefix)
+    return ["--time-zone", session_time_zone(), "--service-user", lay.service_user]

@@ -42,8 +42,18 @@ AUDIT_LOG = "/var/lib/helios-aws/audit.jsonl"
 AUDIT_FOLDER = "audit"
 
 
+def _config(args):
+    """backup.json; on a host without backups (no bucket, so no backup.json), what the
+    operator's side passed: Helios's time zone and the service user (the audit record
+    then stays on the host)."""
+    if not Path(args.config).exists() and getattr(args, "time_zone", ""):
+        return backup.Config(bucket="", prefix="", region="",
+                             service_user=args.service_user, time_zone=args.time_zone)
+    return backup.Config.load(args.config)
+
+
 def _load(args):
-    config = backup.Config.load(args.config)
+    config = _config(args)
     user = config.service_user if config.service_user not in ("", "root") else ""
     values = rootside.read_env(args.env_file, user)
     os.environ.clear()
@@ -141,6 +151,8 @@ def write_audit(config, record, log_path):
         os.fsync(fd)
     finally:
         os.close(fd)
+    if not config.bucket:
+        return None  # no backup bucket: the host's log is the record
     key = audit_key(config, record)
     body = (line + "\n").encode()
     call(f"put the audit record s3://{config.bucket}/{key}", config.s3().put_object,
@@ -155,6 +167,8 @@ def arguments(argv):
     parser.add_argument("--config", default=backup.CONFIG_PATH)
     parser.add_argument("--env-file", required=True)
     parser.add_argument("--log", default=AUDIT_LOG)
+    parser.add_argument("--time-zone", default="")
+    parser.add_argument("--service-user", default="")
     return parser.parse_args(argv)
 
 
@@ -181,7 +195,9 @@ def main(argv=None):
                       HeliosAWSError)
         record["sha256_of_previous"] = _previous_digest(args.log)
         key = write_audit(config, record, args.log)
-        sys.stdout.write(f"audit record written to {args.log} and s3://{config.bucket}/{key}\n")
+        sys.stdout.write(f"audit record written to {args.log}"
+                         + (f" and s3://{config.bucket}/{key}\n" if key else
+                            " (the deployment has no backup bucket)\n"))
         return 0
     except HeliosAWSError as exc:
         sys.stderr.write(f"{exc.message}\n{exc.hint}\n" if exc.hint else f"{exc.message}\n")

@@ -180,10 +180,12 @@ def write_seals(args, config, db, user, say):
     for name in todo:
         text = json.dumps({"election": name, "sealed_at": at, **serving}, indent=1,
                           sort_keys=True) + "\n"
-        key = f"{config.prefix}/{freezeside.AUDIT_FOLDER}/seals/{name}.json"
-        call(f"put the seal s3://{config.bucket}/{key}", config.s3().put_object,
-             Bucket=config.bucket, Key=key, Body=text.encode(), ContentType="application/json",
-             ServerSideEncryption="AES256", ChecksumAlgorithm="SHA256")
+        if config.bucket:  # (without a backup bucket, the host's copies are the seal)
+            key = f"{config.prefix}/{freezeside.AUDIT_FOLDER}/seals/{name}.json"
+            call(f"put the seal s3://{config.bucket}/{key}", config.s3().put_object,
+                 Bucket=config.bucket, Key=key, Body=text.encode(),
+                 ContentType="application/json", ServerSideEncryption="AES256",
+                 ChecksumAlgorithm="SHA256")
         _exclusive(seal_dir / f"{name}.json", text, 0o600)
         publish.mkdir(parents=True, exist_ok=True)
         os.chmod(publish, 0o755)
@@ -218,6 +220,8 @@ def arguments(argv):
     parser.add_argument("--nginx-site", action="append", default=[])
     parser.add_argument("--seal-dir", default=SEAL_DIR)
     parser.add_argument("--publish-dir", default=PUBLISH_DIR)
+    parser.add_argument("--time-zone", default="")
+    parser.add_argument("--service-user", default="")
     return parser.parse_args(argv)
 
 
