@@ -524,3 +524,26 @@ def test_a_server_whose_root_tool_predates_the_freeze_needs_force_once(site, ser
                                            "election is open on the server")
     assert record["changes"][2].startswith("the site's address (URL_HOST) could not be "
                                            "checked")
+
+
+def test_a_host_without_backups_is_judged_in_helios_s_zone_and_its_record_stays_there(
+        tmp_path):
+    """No bucket, so no backup.json: root's side takes Helios's time zone and the service
+    user that the operator's side passes, and an override's record is the host's log."""
+    import argparse
+
+    from helios_aws import freezeside
+
+    missing = tmp_path / "backup.json"
+    args = argparse.Namespace(config=str(missing), time_zone=HELIOS_TIME_ZONE,
+                              service_user="helios")
+    config = freezeside._config(args)
+    assert (config.bucket, config.time_zone, config.service_user) == \
+        ("", HELIOS_TIME_ZONE, "helios")
+    log = tmp_path / "audit.jsonl"
+    assert freezeside.write_audit(config, {"reason": "urgent fix"}, log) is None
+    assert json.loads(log.read_text()) == {"reason": "urgent fix"}
+    # Without the zone it cannot judge an election: it refuses, naming the file.
+    with pytest.raises(backup.BackupError, match="backup.json is missing"):
+        freezeside._config(argparse.Namespace(config=str(missing), time_zone="",
+                                              service_user="helios"))

@@ -4,7 +4,7 @@ for the seals."""
 
 import shlex
 
-from helios_aws import engine
+from helios_aws import elections, engine
 from helios_aws.host.seal import SealTimer
 from test_host_steps import ctx, facts, project, run_step, target  # noqa: F401
 
@@ -39,6 +39,9 @@ def test_the_timer_runs_roots_own_sealer_every_minute_and_nginx_publishes_the_se
                         "helios_aws.sealside", "write"]
     assert argv[argv.index("--env-file") + 1] == "/srv/helios/config/.env"
     assert argv[argv.index("--publish-dir") + 1] == "/var/www/helios-seal"
+    # For a host without backup.json (no bucket): Helios's zone from the project's settings.
+    assert argv[argv.index("--time-zone") + 1] == elections.session_time_zone()
+    assert argv[argv.index("--service-user") + 1] == "helios"
     assert "User=" not in service  # root: it reads root's files and writes where nginx reads
     assert "OnUnitActiveSec=1min\n" in timer
     assert ("    location /.well-known/helios-seal/ {\n"
